@@ -1,0 +1,2 @@
+// Placeholder until the real tool lands.
+int main() { return 0; }

@@ -1,0 +1,147 @@
+// The one typed configuration of a run. Every process reads the same YAML file and
+// uses the sections it needs; every key can be overridden by a flag `--section.key=V`
+// (or `--section.key V`). Unknown keys and bad values are errors that name the key.
+#ifndef PMDRL_COMMON_CONFIG_H_
+#define PMDRL_COMMON_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace pmdrl {
+
+struct RunConfig {
+  std::string dir = "runs/arith";  // run directory: checkpoints, metrics CSV, logs
+  uint64_t seed = 1;
+  std::string token_file;  // bearer token file; else $PMDRL_TOKEN
+};
+
+struct ModelSection {
+  std::string path;  // Hugging Face model directory to start from; empty: random init
+  std::string architecture = "llama";  // llama | qwen2 | qwen3
+  int64_t hidden_size = 128;
+  int64_t intermediate_size = 384;
+  int64_t num_layers = 2;
+  int64_t num_heads = 4;
+  int64_t num_kv_heads = 4;
+  int64_t max_position = 64;
+  double rope_theta = 10000.0;
+  bool tie_embeddings = false;
+};
+
+struct TaskConfig {
+  std::string name = "arith";  // arith
+  int64_t digits = 3;          // operand digits (zero-padded)
+  std::string ops = "+";       // operators drawn from: any of "+-*"
+  int64_t eval_size = 500;     // held-out problems
+  uint64_t eval_seed = 777;    // the held-out split is fixed by this seed
+};
+
+struct SftConfig {
+  std::string output = "runs/arith-base";  // where `pmdrl sft` writes the base policy
+  int64_t max_steps = 4000;
+  int64_t batch_size = 128;
+  double lr = 1e-3;
+  int64_t eval_every = 100;
+  double target_greedy = 0.20;  // stop at the first check with greedy >= this ...
+  double target_pass_ratio = 1.8;  // ... and pass@k >= ratio * greedy
+  int64_t pass_k = 8;
+  int64_t threads = 2;
+};
+
+struct ActorConfig {
+  std::string name = "actor-0";
+  std::string coordinator = "127.0.0.1:50051";
+  std::vector<std::string> verifiers = {"127.0.0.1:50061"};
+  int64_t prompts_per_batch = 16;
+  double temperature = 1.0;
+  double top_p = 1.0;
+  int64_t max_new_tokens = 6;
+  uint64_t seed = 0;  // 0: derived from run.seed and the actor name
+  int64_t threads = 1;
+  int64_t metrics_port = 0;  // 0: no HTTP endpoint
+};
+
+struct VerifierConfig {
+  std::string name = "verifier-0";
+  std::string listen = "127.0.0.1:50061";
+  std::string learner = "127.0.0.1:50051";
+  int64_t timeout_ms = 2000;  // hard limit per answer check
+  double reward_correct = 1.0;
+  double reward_incorrect = -1.0;
+  int64_t metrics_port = 0;
+};
+
+struct LearnerConfig {
+  std::string listen = "127.0.0.1:50051";
+  int64_t metrics_port = 0;
+  int64_t threads = 1;
+  // PMD-mean.
+  std::string loss = "pmd_mean";   // pmd_mean
+  std::string baseline = "mean";   // mean | loo
+  std::string length_norm = "token";  // token (L_j) | max
+  std::string old_logprobs = "actor";  // actor | recompute
+  double tau = 1.0;
+  // Batching.
+  int64_t group_size = 8;          // k
+  int64_t prompts_per_update = 64; // B
+  int64_t mini_batches = 2;        // optimizer steps per rollout batch
+  int64_t max_staleness = 2;
+  // Optimizer.
+  double lr = 3e-4;
+  int64_t warmup_steps = 20;
+  double weight_decay = 0.0;
+  double grad_clip = 1.0;
+  // Schedule.
+  int64_t updates = 100;
+  double max_seconds = 0;  // 0: no time limit
+  int64_t eval_every = 5;
+  int64_t eval_last = 3;   // final accuracy = mean of the last this-many evaluations
+  int64_t checkpoint_every = 10;
+  std::string resume;  // "" | "auto" (latest in run.dir) | a checkpoint directory
+  double lease_ttl_seconds = 30;
+};
+
+struct LocalConfig {
+  int64_t actors = 2;
+  int64_t verifiers = 2;
+  int64_t base_port = 0;  // 0: pick free loopback ports
+};
+
+struct Config {
+  RunConfig run;
+  ModelSection model;
+  TaskConfig task;
+  SftConfig sft;
+  ActorConfig actor;
+  VerifierConfig verifier;
+  LearnerConfig learner;
+  LocalConfig local;
+};
+
+// Loads `yaml_path` (may be empty: defaults) and then applies `overrides`, each
+// "section.key=value". Validates the result.
+absl::StatusOr<Config> LoadConfig(const std::string& yaml_path,
+                                  const std::vector<std::string>& overrides);
+
+// Parses a command line: `--config FILE`, `--section.key=value` / `--section.key value`
+// overrides. Arguments that are not flags are returned in `positional`.
+// `--help` returns a NotFound status whose message is the help text.
+absl::StatusOr<Config> ConfigFromArgs(int argc, char** argv,
+                                      std::vector<std::string>* positional);
+
+// Checks ranges and enumerations; the message names the key.
+absl::Status ValidateConfig(const Config& config);
+
+// The effective configuration as YAML (every key, defaults included).
+std::string ConfigToYaml(const Config& config);
+
+// Help text listing every key, its default and meaning.
+std::string ConfigHelp();
+
+}  // namespace pmdrl
+
+#endif  // PMDRL_COMMON_CONFIG_H_

@@ -1,0 +1,2 @@
+// Keeps a library with no other sources well-formed for CMake.
+namespace pmdrl {}

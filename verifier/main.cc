@@ -1,0 +1,2 @@
+// Placeholder until the real main lands.
+int main() { return 0; }
