@@ -1,2 +1,109 @@
-// Placeholder until the real main lands.
-int main() { return 0; }
+// pmdrl-actor: the rollout actor process. Leases prompts from the coordinator, samples
+// groups of completions with the current policy and streams them to the verifiers.
+//
+//   pmdrl-actor --config run.yaml [--actor.name=actor-1 --actor.threads=2 ...]
+//
+// Exit status: 0 when the run is finished or on SIGINT/SIGTERM, 1 on a fatal error,
+// 2 on a configuration error.
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <ATen/Parallel.h>
+
+#include "absl/status/status.h"
+#include "actor/actor.h"
+#include "common/auth.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/process.h"
+#include "spdlog/spdlog.h"
+
+int main(int argc, char** argv) {
+  pmdrl::InstallStopSignals();
+
+  std::vector<std::string> positional;
+  absl::StatusOr<pmdrl::Config> config = pmdrl::ConfigFromArgs(argc, argv, &positional);
+  if (!config.ok()) {
+    if (absl::IsNotFound(config.status())) {  // --help
+      std::printf("usage: pmdrl-actor [--config FILE] [--section.key=value ...]\n\n%s",
+                  std::string(config.status().message()).c_str());
+      return 0;
+    }
+    std::fprintf(stderr, "pmdrl-actor: %s\n", std::string(config.status().message()).c_str());
+    return 2;
+  }
+  if (!positional.empty()) {
+    std::fprintf(stderr, "pmdrl-actor: unexpected argument '%s'\n", positional[0].c_str());
+    return 2;
+  }
+  const pmdrl::ActorConfig& ac = config->actor;
+  pmdrl::InitLogging("actor", ac.name);
+
+  pmdrl::LimitBlasThreads();
+  at::set_num_threads(static_cast<int>(ac.threads));
+
+  absl::StatusOr<std::string> token = pmdrl::LoadToken(config->run.token_file);
+  if (!token.ok()) {
+    spdlog::error("{}", std::string(token.status().message()));
+    return 2;
+  }
+
+  pmdrl::MetricsRegistry metrics("actor");
+  std::unique_ptr<pmdrl::MetricsServer> metrics_server;
+  if (ac.metrics_port > 0) {
+    auto server =
+        pmdrl::MetricsServer::Start(metrics, "127.0.0.1", static_cast<int>(ac.metrics_port));
+    if (!server.ok()) {
+      spdlog::error("{}", std::string(server.status().message()));
+      return 1;
+    }
+    metrics_server = *std::move(server);
+    spdlog::info("metrics on http://127.0.0.1:{}/metrics", metrics_server->Port());
+  }
+
+  pmdrl::ActorOptions options;
+  options.config = ac;
+  options.run_seed = config->run.seed;
+  options.token = *token;
+  pmdrl::Actor actor(std::move(options), &metrics);
+
+  std::atomic<bool> done{false};
+  std::thread signal_thread([&] {
+    while (!done.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      if (pmdrl::StopRequested()) {
+        spdlog::info("signal {}: stopping", pmdrl::StopSignal());
+        actor.Stop();
+        return;
+      }
+    }
+  });
+
+  const absl::Status status = actor.Run();
+  done.store(true);
+  signal_thread.join();
+  if (!status.ok()) spdlog::error("actor failed: {}", status.ToString());
+
+  std::string file_name = ac.name;  // the name is free text: keep it inside metrics/
+  for (char& c : file_name) {
+    if (c == '/' || c == '\\') c = '_';
+  }
+  if (file_name.empty() || file_name[0] == '.') file_name = "actor" + file_name;
+  const std::string snapshot =
+      (std::filesystem::path(config->run.dir) / "metrics" / (file_name + ".prom")).string();
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(snapshot).parent_path(), ec);
+  if (absl::Status s = metrics.WriteSnapshot(snapshot); !s.ok()) {
+    spdlog::warn("metrics snapshot: {}", std::string(s.message()));
+  }
+  spdlog::info("exiting");
+  return status.ok() ? 0 : 1;
+}

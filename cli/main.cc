@@ -1,2 +1,52 @@
-// Placeholder until the real tool lands.
-int main() { return 0; }
+// The `pmdrl` tool: dispatches `pmdrl <sub-command> ...` to the sub-command's entry
+// point, which receives argv starting at the sub-command's name.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "cli/local.h"
+#include "cli/sft.h"
+
+namespace {
+
+struct SubCommand {
+  const char* name;
+  const char* summary;
+  int (*run)(int argc, char** argv);
+};
+
+constexpr SubCommand kSubCommands[] = {
+    {"local", "run a whole cluster (learner, verifiers, actors) on this machine",
+     pmdrl::RunLocal},
+    {"sft", "train a base policy for the built-in task by supervised warm-up", pmdrl::RunSft},
+};
+
+void PrintUsage(FILE* out) {
+  std::fprintf(out,
+               "usage: pmdrl <command> [--config FILE] [--section.key=value ...]\n"
+               "\n"
+               "Commands:\n");
+  for (const SubCommand& c : kSubCommands) std::fprintf(out, "  %-8s %s\n", c.name, c.summary);
+  std::fprintf(out, "\n'pmdrl <command> --help' describes a command and every configuration key.\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    PrintUsage(stderr);
+    return 2;
+  }
+  const char* command = argv[1];
+  if (std::strcmp(command, "--help") == 0 || std::strcmp(command, "-h") == 0 ||
+      std::strcmp(command, "help") == 0) {
+    PrintUsage(stdout);
+    return 0;
+  }
+  for (const SubCommand& c : kSubCommands) {
+    if (std::strcmp(command, c.name) == 0) return c.run(argc - 1, argv + 1);
+  }
+  std::fprintf(stderr, "pmdrl: unknown command '%s'\n\n", command);
+  PrintUsage(stderr);
+  return 2;
+}

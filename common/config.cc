@@ -1,1 +1,434 @@
-namespace pmdrl {}
+#include "common/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <charconv>
+#include <cmath>
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+
+namespace pmdrl {
+namespace {
+
+// One configuration key: how to parse a value into the struct and print it back.
+// The table below is the single list of keys, so YAML loading, flag overrides, help
+// and the effective-config dump cannot drift apart.
+struct Field {
+  std::string key;
+  std::string help;
+  std::function<absl::Status(Config&, const std::string&)> set;
+  std::function<std::string(const Config&)> get;
+};
+
+absl::Status BadValue(const std::string& key, const std::string& value, absl::string_view want) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("config key '", key, "': bad value '", value, "' (want ", want, ")"));
+}
+
+template <typename T>
+Field Make(std::string key, std::string help, T Config::*section, auto member) {
+  Field f;
+  f.key = key;
+  f.help = std::move(help);
+  using V = std::remove_reference_t<decltype(std::declval<T&>().*member)>;
+  f.set = [key, section, member](Config& c, const std::string& raw) -> absl::Status {
+    V& dst = (c.*section).*member;
+    std::string v(absl::StripAsciiWhitespace(absl::string_view(raw)));
+    if constexpr (std::is_same_v<V, std::string>) {
+      dst = v;
+    } else if constexpr (std::is_same_v<V, bool>) {
+      std::string l = absl::AsciiStrToLower(v);
+      if (l == "true" || l == "yes" || l == "1" || l == "on") {
+        dst = true;
+      } else if (l == "false" || l == "no" || l == "0" || l == "off") {
+        dst = false;
+      } else {
+        return BadValue(key, raw, "true or false");
+      }
+    } else if constexpr (std::is_same_v<V, double>) {
+      double d;
+      if (!absl::SimpleAtod(v, &d) || !std::isfinite(d)) return BadValue(key, raw, "a number");
+      dst = d;
+    } else if constexpr (std::is_same_v<V, int64_t>) {
+      int64_t i;
+      if (!absl::SimpleAtoi(v, &i)) return BadValue(key, raw, "an integer");
+      dst = i;
+    } else if constexpr (std::is_same_v<V, uint64_t>) {
+      uint64_t u;
+      if (!absl::SimpleAtoi(v, &u)) return BadValue(key, raw, "a non-negative integer");
+      dst = u;
+    } else if constexpr (std::is_same_v<V, std::vector<std::string>>) {
+      dst.clear();
+      for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipWhitespace())) {
+        dst.emplace_back(absl::StripAsciiWhitespace(part));
+      }
+    } else {
+      static_assert(sizeof(V) == 0, "unsupported config field type");
+    }
+    return absl::OkStatus();
+  };
+  f.get = [section, member](const Config& c) -> std::string {
+    const V& v = (c.*section).*member;
+    if constexpr (std::is_same_v<V, std::string>) {
+      return v;
+    } else if constexpr (std::is_same_v<V, bool>) {
+      return v ? "true" : "false";
+    } else if constexpr (std::is_same_v<V, double>) {
+      std::ostringstream os;
+      os << v;
+      return os.str();
+    } else if constexpr (std::is_same_v<V, std::vector<std::string>>) {
+      return absl::StrJoin(v, ",");
+    } else {
+      return std::to_string(v);
+    }
+  };
+  return f;
+}
+
+const std::vector<Field>& Fields() {
+  static const std::vector<Field> fields = [] {
+    using C = Config;
+    std::vector<Field> f;
+    // run
+    f.push_back(Make("run.dir", "run directory: checkpoints, metrics.csv, logs", &C::run, &RunConfig::dir));
+    f.push_back(Make("run.seed", "seed of data order, initialisation and sampling", &C::run, &RunConfig::seed));
+    f.push_back(Make("run.token_file", "file holding the bearer token (else $PMDRL_TOKEN)", &C::run, &RunConfig::token_file));
+    // model
+    f.push_back(Make("model.path", "Hugging Face model directory to start from (empty: random init)", &C::model, &ModelSection::path));
+    f.push_back(Make("model.architecture", "llama | qwen2 | qwen3 (random init only)", &C::model, &ModelSection::architecture));
+    f.push_back(Make("model.hidden_size", "d_model (random init only)", &C::model, &ModelSection::hidden_size));
+    f.push_back(Make("model.intermediate_size", "MLP width (random init only)", &C::model, &ModelSection::intermediate_size));
+    f.push_back(Make("model.num_layers", "decoder layers (random init only)", &C::model, &ModelSection::num_layers));
+    f.push_back(Make("model.num_heads", "attention heads (random init only)", &C::model, &ModelSection::num_heads));
+    f.push_back(Make("model.num_kv_heads", "key/value heads (random init only)", &C::model, &ModelSection::num_kv_heads));
+    f.push_back(Make("model.max_position", "longest sequence (random init only)", &C::model, &ModelSection::max_position));
+    f.push_back(Make("model.rope_theta", "RoPE base (random init only)", &C::model, &ModelSection::rope_theta));
+    f.push_back(Make("model.tie_embeddings", "share input and output embeddings (random init only)", &C::model, &ModelSection::tie_embeddings));
+    // task
+    f.push_back(Make("task.name", "arith", &C::task, &TaskConfig::name));
+    f.push_back(Make("task.digits", "operand digits, 1..6", &C::task, &TaskConfig::digits));
+    f.push_back(Make("task.ops", "operators drawn from, any of +-*", &C::task, &TaskConfig::ops));
+    f.push_back(Make("task.eval_size", "held-out problems", &C::task, &TaskConfig::eval_size));
+    f.push_back(Make("task.eval_seed", "seed fixing the held-out split", &C::task, &TaskConfig::eval_seed));
+    // sft
+    f.push_back(Make("sft.output", "where `pmdrl sft` writes the base policy", &C::sft, &SftConfig::output));
+    f.push_back(Make("sft.max_steps", "most supervised steps", &C::sft, &SftConfig::max_steps));
+    f.push_back(Make("sft.batch_size", "sequences per step", &C::sft, &SftConfig::batch_size));
+    f.push_back(Make("sft.lr", "AdamW learning rate", &C::sft, &SftConfig::lr));
+    f.push_back(Make("sft.eval_every", "steps between held-out checks", &C::sft, &SftConfig::eval_every));
+    f.push_back(Make("sft.target_greedy", "stop once greedy accuracy >= this ...", &C::sft, &SftConfig::target_greedy));
+    f.push_back(Make("sft.target_pass_ratio", "... and pass@k >= this times greedy", &C::sft, &SftConfig::target_pass_ratio));
+    f.push_back(Make("sft.pass_k", "k of pass@k", &C::sft, &SftConfig::pass_k));
+    f.push_back(Make("sft.threads", "Torch threads", &C::sft, &SftConfig::threads));
+    // actor
+    f.push_back(Make("actor.name", "this actor's name", &C::actor, &ActorConfig::name));
+    f.push_back(Make("actor.coordinator", "coordinator address host:port", &C::actor, &ActorConfig::coordinator));
+    f.push_back(Make("actor.verifiers", "verifier addresses, comma-separated (round robin)", &C::actor, &ActorConfig::verifiers));
+    f.push_back(Make("actor.prompts_per_batch", "prompts leased and sampled together", &C::actor, &ActorConfig::prompts_per_batch));
+    f.push_back(Make("actor.temperature", "sampling temperature", &C::actor, &ActorConfig::temperature));
+    f.push_back(Make("actor.top_p", "nucleus sampling mass", &C::actor, &ActorConfig::top_p));
+    f.push_back(Make("actor.max_new_tokens", "longest response", &C::actor, &ActorConfig::max_new_tokens));
+    f.push_back(Make("actor.seed", "sampling seed (0: from run.seed and actor.name)", &C::actor, &ActorConfig::seed));
+    f.push_back(Make("actor.threads", "Torch threads", &C::actor, &ActorConfig::threads));
+    f.push_back(Make("actor.metrics_port", "HTTP port of /metrics and /healthz (0: none)", &C::actor, &ActorConfig::metrics_port));
+    // verifier
+    f.push_back(Make("verifier.name", "this verifier's name", &C::verifier, &VerifierConfig::name));
+    f.push_back(Make("verifier.listen", "gRPC address to serve on", &C::verifier, &VerifierConfig::listen));
+    f.push_back(Make("verifier.learner", "learner address host:port", &C::verifier, &VerifierConfig::learner));
+    f.push_back(Make("verifier.timeout_ms", "hard time limit of one answer check", &C::verifier, &VerifierConfig::timeout_ms));
+    f.push_back(Make("verifier.reward_correct", "reward of a correct answer", &C::verifier, &VerifierConfig::reward_correct));
+    f.push_back(Make("verifier.reward_incorrect", "reward of a wrong, unparsable or timed-out answer", &C::verifier, &VerifierConfig::reward_incorrect));
+    f.push_back(Make("verifier.metrics_port", "HTTP port of /metrics and /healthz (0: none)", &C::verifier, &VerifierConfig::metrics_port));
+    // learner
+    f.push_back(Make("learner.listen", "gRPC address of the coordinator and learner services", &C::learner, &LearnerConfig::listen));
+    f.push_back(Make("learner.metrics_port", "HTTP port of /metrics and /healthz (0: none)", &C::learner, &LearnerConfig::metrics_port));
+    f.push_back(Make("learner.threads", "Torch threads", &C::learner, &LearnerConfig::threads));
+    f.push_back(Make("learner.loss", "pmd_mean", &C::learner, &LearnerConfig::loss));
+    f.push_back(Make("learner.baseline", "mean | loo", &C::learner, &LearnerConfig::baseline));
+    f.push_back(Make("learner.length_norm", "token (divide by L_j) | max (by the longest response)", &C::learner, &LearnerConfig::length_norm));
+    f.push_back(Make("learner.old_logprobs", "actor (recorded while sampling) | recompute", &C::learner, &LearnerConfig::old_logprobs));
+    f.push_back(Make("learner.tau", "PMD regularisation strength tau > 0", &C::learner, &LearnerConfig::tau));
+    f.push_back(Make("learner.group_size", "completions per prompt k", &C::learner, &LearnerConfig::group_size));
+    f.push_back(Make("learner.prompts_per_update", "prompts per rollout batch B", &C::learner, &LearnerConfig::prompts_per_update));
+    f.push_back(Make("learner.mini_batches", "optimizer steps per rollout batch", &C::learner, &LearnerConfig::mini_batches));
+    f.push_back(Make("learner.max_staleness", "largest learner version - sampling version used", &C::learner, &LearnerConfig::max_staleness));
+    f.push_back(Make("learner.lr", "AdamW learning rate", &C::learner, &LearnerConfig::lr));
+    f.push_back(Make("learner.warmup_steps", "linear learning-rate warm-up steps", &C::learner, &LearnerConfig::warmup_steps));
+    f.push_back(Make("learner.weight_decay", "AdamW weight decay", &C::learner, &LearnerConfig::weight_decay));
+    f.push_back(Make("learner.grad_clip", "gradient norm clip (0: off)", &C::learner, &LearnerConfig::grad_clip));
+    f.push_back(Make("learner.updates", "policy updates in the run", &C::learner, &LearnerConfig::updates));
+    f.push_back(Make("learner.max_seconds", "stop after this many seconds of training (0: no limit)", &C::learner, &LearnerConfig::max_seconds));
+    f.push_back(Make("learner.eval_every", "updates between held-out evaluations", &C::learner, &LearnerConfig::eval_every));
+    f.push_back(Make("learner.eval_last", "final accuracy = mean of the last this-many evaluations", &C::learner, &LearnerConfig::eval_last));
+    f.push_back(Make("learner.checkpoint_every", "updates between checkpoints (0: only at the end)", &C::learner, &LearnerConfig::checkpoint_every));
+    f.push_back(Make("learner.resume", "'' | auto (latest checkpoint in run.dir) | a checkpoint directory", &C::learner, &LearnerConfig::resume));
+    f.push_back(Make("learner.lease_ttl_seconds", "a lease not heartbeated for this long is re-issued", &C::learner, &LearnerConfig::lease_ttl_seconds));
+    // local
+    f.push_back(Make("local.actors", "actors `pmdrl local` starts", &C::local, &LocalConfig::actors));
+    f.push_back(Make("local.verifiers", "verifiers `pmdrl local` starts", &C::local, &LocalConfig::verifiers));
+    f.push_back(Make("local.base_port", "first port of the local cluster (0: free ports)", &C::local, &LocalConfig::base_port));
+    return f;
+  }();
+  return fields;
+}
+
+const Field* FindField(const std::string& key) {
+  for (const Field& f : Fields()) {
+    if (f.key == key) return &f;
+  }
+  return nullptr;
+}
+
+absl::Status SetKey(Config& c, const std::string& key, const std::string& value,
+                    absl::string_view where) {
+  const Field* f = FindField(key);
+  if (f == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown config key '", key, "' (", where, "); see --help for the keys"));
+  }
+  absl::Status s = f->set(c, value);
+  if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(s.message(), " (", where, ")"));
+  return absl::OkStatus();
+}
+
+// Flattens a YAML mapping into dotted keys; sequences become comma-joined values.
+absl::Status ApplyYaml(Config& c, const YAML::Node& node, const std::string& prefix,
+                       const std::string& file) {
+  if (!node.IsMap()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        file, ": ", prefix.empty() ? "top level" : "key '" + prefix + "'", " must be a mapping"));
+  }
+  for (const auto& kv : node) {
+    std::string name = kv.first.as<std::string>();
+    std::string key = prefix.empty() ? name : prefix + "." + name;
+    const YAML::Node& v = kv.second;
+    if (prefix.empty()) {
+      if (v.IsNull()) continue;  // an empty section
+      // Sections must be mappings; an unknown section is an unknown key.
+      bool known_section = false;
+      for (const Field& f : Fields()) {
+        if (absl::StartsWith(f.key, key + ".")) known_section = true;
+      }
+      if (!known_section) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(file, ": unknown config key '", key, "'"));
+      }
+      absl::Status s = ApplyYaml(c, v, key, file);
+      if (!s.ok()) return s;
+      continue;
+    }
+    std::string value;
+    if (v.IsSequence()) {
+      std::vector<std::string> parts;
+      for (const auto& item : v) parts.push_back(item.as<std::string>());
+      value = absl::StrJoin(parts, ",");
+    } else if (v.IsScalar()) {
+      value = v.as<std::string>();
+    } else if (v.IsNull()) {
+      value = "";
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file, ": config key '", key, "' must be a value, not a mapping"));
+    }
+    absl::Status s = SetKey(c, key, value, file);
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OneOf(const std::string& key, const std::string& v,
+                   std::initializer_list<absl::string_view> allowed) {
+  for (absl::string_view a : allowed) {
+    if (v == a) return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat("config key '", key, "': bad value '", v,
+                                                 "' (want one of: ", absl::StrJoin(allowed, ", "),
+                                                 ")"));
+}
+
+absl::Status Check(bool ok, const std::string& key, absl::string_view want) {
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("config key '", key, "': must be ", want));
+}
+
+}  // namespace
+
+absl::StatusOr<Config> LoadConfig(const std::string& yaml_path,
+                                  const std::vector<std::string>& overrides) {
+  Config c;
+  if (!yaml_path.empty()) {
+    YAML::Node root;
+    try {
+      root = YAML::LoadFile(yaml_path);
+    } catch (const YAML::Exception& e) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot read config ", yaml_path, ": ", e.what()));
+    }
+    if (!root.IsNull()) {
+      try {
+        absl::Status s = ApplyYaml(c, root, "", yaml_path);
+        if (!s.ok()) return s;
+      } catch (const YAML::Exception& e) {
+        return absl::InvalidArgumentError(absl::StrCat(yaml_path, ": ", e.what()));
+      }
+    }
+  }
+  for (const std::string& o : overrides) {
+    size_t eq = o.find('=');
+    if (eq == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("override '", o, "' must look like section.key=value"));
+    }
+    absl::Status s = SetKey(c, o.substr(0, eq), o.substr(eq + 1), "command line");
+    if (!s.ok()) return s;
+  }
+  absl::Status s = ValidateConfig(c);
+  if (!s.ok()) return s;
+  return c;
+}
+
+absl::StatusOr<Config> ConfigFromArgs(int argc, char** argv,
+                                      std::vector<std::string>* positional) {
+  std::string config_path;
+  std::vector<std::string> overrides;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") return absl::NotFoundError(ConfigHelp());
+    if (!absl::StartsWith(a, "--")) {
+      if (positional) positional->push_back(a);
+      continue;
+    }
+    std::string body = a.substr(2);
+    std::string key = body, value;
+    size_t eq = body.find('=');
+    bool has_value = eq != std::string::npos;
+    if (has_value) {
+      key = body.substr(0, eq);
+      value = body.substr(eq + 1);
+    }
+    if (!has_value) {
+      if (i + 1 >= argc) {
+        return absl::InvalidArgumentError(absl::StrCat("flag --", key, " needs a value"));
+      }
+      value = argv[++i];
+    }
+    if (key == "config") {
+      config_path = value;
+    } else {
+      overrides.push_back(key + "=" + value);
+    }
+  }
+  return LoadConfig(config_path, overrides);
+}
+
+absl::Status ValidateConfig(const Config& c) {
+  std::vector<absl::Status> checks = {
+      Check(!c.run.dir.empty(), "run.dir", "non-empty"),
+      OneOf("model.architecture", c.model.architecture, {"llama", "qwen2", "qwen3"}),
+      Check(c.model.hidden_size > 0, "model.hidden_size", "> 0"),
+      Check(c.model.intermediate_size > 0, "model.intermediate_size", "> 0"),
+      Check(c.model.num_layers > 0, "model.num_layers", "> 0"),
+      Check(c.model.num_heads > 0 && c.model.hidden_size % c.model.num_heads == 0,
+            "model.num_heads", "> 0 and divide model.hidden_size"),
+      Check(c.model.num_kv_heads > 0 && c.model.num_heads % c.model.num_kv_heads == 0,
+            "model.num_kv_heads", "> 0 and divide model.num_heads"),
+      Check(c.model.max_position > 0, "model.max_position", "> 0"),
+      Check(c.model.rope_theta > 0, "model.rope_theta", "> 0"),
+      OneOf("task.name", c.task.name, {"arith"}),
+      Check(c.task.digits >= 1 && c.task.digits <= 6, "task.digits", "in 1..6"),
+      Check(!c.task.ops.empty() && c.task.ops.find_first_not_of("+-*") == std::string::npos,
+            "task.ops", "a non-empty string of + - *"),
+      Check(c.task.eval_size > 0, "task.eval_size", "> 0"),
+      Check(c.sft.max_steps >= 0, "sft.max_steps", ">= 0"),
+      Check(c.sft.batch_size > 0, "sft.batch_size", "> 0"),
+      Check(c.sft.lr > 0, "sft.lr", "> 0"),
+      Check(c.sft.eval_every > 0, "sft.eval_every", "> 0"),
+      Check(c.sft.pass_k > 0, "sft.pass_k", "> 0"),
+      Check(c.sft.threads > 0, "sft.threads", "> 0"),
+      Check(!c.actor.coordinator.empty(), "actor.coordinator", "non-empty"),
+      Check(!c.actor.verifiers.empty(), "actor.verifiers", "at least one address"),
+      Check(c.actor.prompts_per_batch > 0, "actor.prompts_per_batch", "> 0"),
+      Check(c.actor.temperature >= 0, "actor.temperature", ">= 0"),
+      Check(c.actor.top_p > 0 && c.actor.top_p <= 1, "actor.top_p", "in (0, 1]"),
+      Check(c.actor.max_new_tokens > 0, "actor.max_new_tokens", "> 0"),
+      Check(c.actor.threads > 0, "actor.threads", "> 0"),
+      Check(c.actor.metrics_port >= 0 && c.actor.metrics_port < 65536, "actor.metrics_port",
+            "a port number"),
+      Check(c.verifier.timeout_ms > 0, "verifier.timeout_ms", "> 0"),
+      Check(c.verifier.metrics_port >= 0 && c.verifier.metrics_port < 65536,
+            "verifier.metrics_port", "a port number"),
+      Check(c.learner.metrics_port >= 0 && c.learner.metrics_port < 65536,
+            "learner.metrics_port", "a port number"),
+      Check(c.learner.threads > 0, "learner.threads", "> 0"),
+      OneOf("learner.loss", c.learner.loss, {"pmd_mean"}),
+      OneOf("learner.baseline", c.learner.baseline, {"mean", "loo"}),
+      OneOf("learner.length_norm", c.learner.length_norm, {"token", "max"}),
+      OneOf("learner.old_logprobs", c.learner.old_logprobs, {"actor", "recompute"}),
+      Check(c.learner.tau > 0, "learner.tau", "> 0"),
+      Check(c.learner.group_size >= (c.learner.baseline == "loo" ? 2 : 1),
+            "learner.group_size", ">= 1 (>= 2 with baseline loo)"),
+      Check(c.learner.prompts_per_update > 0, "learner.prompts_per_update", "> 0"),
+      Check(c.learner.mini_batches > 0 && c.learner.mini_batches <= c.learner.prompts_per_update,
+            "learner.mini_batches", "in 1..learner.prompts_per_update"),
+      Check(c.learner.max_staleness >= 0, "learner.max_staleness", ">= 0"),
+      Check(c.learner.lr > 0, "learner.lr", "> 0"),
+      Check(c.learner.warmup_steps >= 0, "learner.warmup_steps", ">= 0"),
+      Check(c.learner.weight_decay >= 0, "learner.weight_decay", ">= 0"),
+      Check(c.learner.grad_clip >= 0, "learner.grad_clip", ">= 0"),
+      Check(c.learner.updates > 0, "learner.updates", "> 0"),
+      Check(c.learner.max_seconds >= 0, "learner.max_seconds", ">= 0"),
+      Check(c.learner.eval_every > 0, "learner.eval_every", "> 0"),
+      Check(c.learner.eval_last > 0, "learner.eval_last", "> 0"),
+      Check(c.learner.checkpoint_every >= 0, "learner.checkpoint_every", ">= 0"),
+      Check(c.learner.lease_ttl_seconds > 0, "learner.lease_ttl_seconds", "> 0"),
+      Check(c.local.actors >= 0 && c.local.actors <= 64, "local.actors", "in 0..64"),
+      Check(c.local.verifiers >= 1 && c.local.verifiers <= 64, "local.verifiers", "in 1..64"),
+      Check(c.local.base_port >= 0 && c.local.base_port < 65000, "local.base_port",
+            "a port number below 65000"),
+  };
+  for (const absl::Status& s : checks) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+std::string ConfigToYaml(const Config& c) {
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  std::string section;
+  for (const Field& f : Fields()) {
+    size_t dot = f.key.find('.');
+    std::string s = f.key.substr(0, dot);
+    if (s != section) {
+      if (!section.empty()) out << YAML::EndMap;
+      section = s;
+      out << YAML::Key << s << YAML::Value << YAML::BeginMap;
+    }
+    out << YAML::Key << f.key.substr(dot + 1) << YAML::Value << f.get(c);
+  }
+  if (!section.empty()) out << YAML::EndMap;
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+std::string ConfigHelp() {
+  Config defaults;
+  std::string h =
+      "Configuration: --config FILE (YAML) and any key as --section.key=VALUE.\n"
+      "Keys (default in brackets):\n";
+  for (const Field& f : Fields()) {
+    absl::StrAppend(&h, "  --", f.key, " [", f.get(defaults), "]\n      ", f.help, "\n");
+  }
+  return h;
+}
+
+}  // namespace pmdrl

@@ -1,2 +1,445 @@
-// Placeholder until the real main lands.
-int main() { return 0; }
+// pmdrl-learner: learner rank 0. Serves the Coordinator and Learner services, trains
+// the policy with PMD-mean on the rollout batches the verifiers forward, publishes every
+// new version to the actors, evaluates, checkpoints, and writes <run.dir>/metrics.csv.
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <numeric>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/auth.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/model_config.h"
+#include "common/process.h"
+#include "common/rpc.h"
+#include "learner/checkpoint.h"
+#include "learner/coordinator.h"
+#include "learner/learner_service.h"
+#include "learner/prompt_source.h"
+#include "learner/trainer.h"
+#include "learner/weight_publisher.h"
+#include "spdlog/spdlog.h"
+
+namespace pmdrl {
+namespace {
+
+namespace fs = std::filesystem;
+
+
+// What GetStatus reports of the training side.
+struct Progress {
+  std::mutex mu;
+  uint64_t update = 0;
+  double mean_reward = 0;
+  double eval_accuracy = -1;
+  double base_accuracy = -1;
+  std::vector<double> evaluations;
+  int64_t eval_last = 3;
+  double tokens_per_second = 0;
+  double elapsed_offset = 0;  // seconds trained before a resume
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+
+  double Elapsed() {
+    return elapsed_offset +
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  double FinalAccuracy() {
+    if (evaluations.empty()) return -1;
+    size_t n = std::min<size_t>(evaluations.size(), static_cast<size_t>(eval_last));
+    return std::accumulate(evaluations.end() - n, evaluations.end(), 0.0) / n;
+  }
+};
+
+// <run.dir>/metrics.csv: one row per update (row 0: the base evaluation).
+class MetricsCsv {
+ public:
+  absl::Status Open(const std::string& path, bool append) {
+    bool exists = fs::exists(path);
+    out_.open(path, append ? std::ios::app : std::ios::trunc);
+    if (!out_) return absl::InternalError(absl::StrCat("cannot write ", path));
+    if (!append || !exists) {
+      out_ << "update,version,elapsed_seconds,mean_reward,eval_accuracy,loss,grad_norm,"
+              "mixed_groups_fraction,trained_tokens_per_second,sampled_tokens_per_second,"
+              "staleness_mean,logprob_mismatch,groups_accepted,groups_dropped_stale,"
+              "mean_abs_delta,entropy\n";
+    }
+    out_.flush();
+    return absl::OkStatus();
+  }
+  void Row(int64_t update, uint64_t version, double elapsed, const UpdateStats* s, double eval,
+           const Coordinator::Counts& c, double sampled_tps) {
+    std::string e = eval >= 0 ? absl::StrFormat("%.4f", eval) : "";
+    if (s == nullptr) {
+      out_ << absl::StrFormat("%d,%d,%.2f,,%s,,,,,,,,%d,%d,,\n", update, version, elapsed, e,
+                              c.accepted, c.stale);
+    } else {
+      out_ << absl::StrFormat(
+          "%d,%d,%.2f,%.4f,%s,%.6g,%.6g,%.4f,%.1f,%.1f,%.3f,%.6g,%d,%d,%.6g,%.6g\n", update,
+          version, elapsed, s->mean_reward, e, s->loss, s->grad_norm, s->mixed_fraction,
+          s->seconds > 0 ? s->trained_tokens / s->seconds : 0.0, sampled_tps, s->staleness_mean,
+          s->logprob_mismatch, c.accepted, c.stale, s->mean_abs_delta, s->entropy);
+    }
+    out_.flush();
+  }
+
+ private:
+  std::ofstream out_;
+};
+
+int Run(int argc, char** argv) {
+  InstallStopSignals();
+  LimitBlasThreads();
+
+  std::vector<std::string> positional;
+  absl::StatusOr<Config> cfg = ConfigFromArgs(argc, argv, &positional);
+  if (!cfg.ok()) {
+    if (absl::IsNotFound(cfg.status())) {
+      std::cout << "usage: pmdrl-learner --config FILE [--section.key=value ...]\n\n"
+                << cfg.status().message();
+      return 0;
+    }
+    std::cerr << "pmdrl-learner: " << cfg.status().message() << "\n";
+    return 2;
+  }
+  if (!positional.empty()) {
+    std::cerr << "pmdrl-learner: unexpected argument '" << positional[0] << "'\n";
+    return 2;
+  }
+  const Config& config = *cfg;
+  InitLogging("learner", "rank0");
+  absl::StatusOr<std::string> token = LoadToken(config.run.token_file);
+  if (!token.ok()) {
+    spdlog::error("{}", token.status().message());
+    return 2;
+  }
+  std::error_code ec;
+  fs::create_directories(config.run.dir, ec);
+  if (ec) {
+    spdlog::error("cannot create run.dir {}: {}", config.run.dir, ec.message());
+    return 1;
+  }
+  const std::string config_yaml = ConfigToYaml(config);
+  spdlog::info("effective config:\n{}", config_yaml);
+  {
+    std::ofstream(fs::path(config.run.dir) / "config.yaml") << config_yaml;
+  }
+
+  absl::StatusOr<std::unique_ptr<PromptSource>> source = MakePromptSource(config);
+  if (!source.ok()) {
+    spdlog::error("{}", source.status().message());
+    return 2;
+  }
+
+  // Resume point, if any.
+  std::string checkpoint;
+  TrainerState state;
+  if (!config.learner.resume.empty()) {
+    absl::StatusOr<std::string> found = FindCheckpoint(config.run.dir, config.learner.resume);
+    if (!found.ok()) {
+      spdlog::error("{}", found.status().message());
+      return 2;
+    }
+    checkpoint = *found;
+    absl::StatusOr<TrainerState> st = ReadTrainerState(checkpoint);
+    if (!st.ok()) {
+      spdlog::error("{}", st.status().message());
+      return 2;
+    }
+    state = *st;
+  }
+
+  std::string model_dir = checkpoint.empty() ? config.model.path : checkpoint;
+  absl::StatusOr<std::unique_ptr<Trainer>> trainer_or =
+      Trainer::Create(config, (*source)->tokenizer(), model_dir);
+  if (!trainer_or.ok()) {
+    spdlog::error("cannot create the policy: {}", trainer_or.status().message());
+    return 2;
+  }
+  Trainer& trainer = **trainer_or;
+  LeaseTable table(static_cast<int64_t>((*source)->ItemsPerEpoch()));
+  std::vector<v1::Group> buffered;
+  if (!checkpoint.empty()) {
+    if (absl::Status s = trainer.LoadOptimizer(checkpoint); !s.ok()) {
+      spdlog::error("{}", s.message());
+      return 2;
+    }
+    trainer.set_optimizer_steps(state.optimizer_steps);
+    absl::StatusOr<LeaseTableState> ls = LeaseStateFromJson(state.lease_state_json);
+    if (!ls.ok()) {
+      spdlog::error("{}: {}", checkpoint, ls.status().message());
+      return 2;
+    }
+    table = LeaseTable::Restore(*ls);
+    absl::StatusOr<std::vector<v1::Group>> bg = ReadBufferedGroups(checkpoint);
+    if (!bg.ok()) {
+      spdlog::error("{}", bg.status().message());
+      return 2;
+    }
+    buffered = *std::move(bg);
+    spdlog::info("resumed from {}: update {}, version {}, data cursor ({}, {}), {} buffered groups",
+                 checkpoint, state.update, state.version, table.cursor().epoch,
+                 table.cursor().index, buffered.size());
+  }
+
+  MetricsRegistry metrics("learner");
+  CoordinatorOptions copts;
+  copts.group_size = config.learner.group_size;
+  copts.prompts_per_update = config.learner.prompts_per_update;
+  copts.max_staleness = config.learner.max_staleness;
+  copts.lease_ttl_ms = static_cast<int64_t>(config.learner.lease_ttl_seconds * 1000);
+  copts.limits.vocab_size = trainer.model_config().vocab_size;
+  copts.limits.max_prompt_tokens = trainer.model_config().max_position_embeddings;
+  copts.limits.max_response_tokens = config.actor.max_new_tokens;
+  copts.limits.group_size = config.learner.group_size;
+  {
+    std::string tmp = (fs::path(config.run.dir) / ".model_config.json").string();
+    if (absl::Status s = WriteModelConfig(trainer.model_config(), tmp); !s.ok()) {
+      spdlog::error("{}", s.message());
+      return 1;
+    }
+    std::ifstream in(tmp);
+    copts.model_config_json.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  // groups.csv: every classified group, in arrival order (tests and audits read it).
+  std::ofstream group_log((fs::path(config.run.dir) / "groups.csv").string(),
+                          checkpoint.empty() ? std::ios::trunc : std::ios::app);
+  if (checkpoint.empty()) {
+    group_log << "actor_id,verifier_id,lease_id,epoch,index,policy_version,issued_at_version,"
+                 "learner_version,outcome\n";
+  }
+  copts.on_group = [&group_log](const v1::Group& g, v1::AckStatus status, uint64_t version) {
+    group_log << g.actor_id() << ',' << g.verifier_id() << ',' << g.lease_id() << ','
+              << g.epoch() << ',' << g.index() << ',' << g.policy_version() << ','
+              << g.issued_at_version() << ',' << version << ','
+              << v1::AckStatus_Name(status) << '\n';
+    group_log.flush();
+  };
+  Coordinator coordinator(copts, source->get(), std::move(table), &metrics);
+  coordinator.SetVersion(state.version);
+  coordinator.RestoreBuffer(std::move(buffered));
+
+  WeightPublisher publisher;
+  publisher.Publish(trainer.Snapshot(state.version));
+
+  Progress progress;
+  progress.update = static_cast<uint64_t>(state.update);
+  progress.base_accuracy = state.base_accuracy;
+  progress.evaluations = state.evaluations;
+  progress.eval_last = config.learner.eval_last;
+  progress.elapsed_offset = state.elapsed_seconds;
+  if (!state.evaluations.empty()) progress.eval_accuracy = state.evaluations.back();
+
+  CoordinatorService coordinator_service(
+      &coordinator, &publisher, *token, &metrics, [&progress](v1::StatusResponse* r) {
+        std::lock_guard<std::mutex> lock(progress.mu);
+        r->set_update(progress.update);
+        r->set_mean_reward(progress.mean_reward);
+        r->set_eval_accuracy(progress.eval_accuracy);
+        r->set_base_accuracy(progress.base_accuracy);
+        r->set_final_accuracy(progress.FinalAccuracy());
+        r->set_trained_tokens_per_second(progress.tokens_per_second);
+        r->set_elapsed_seconds(progress.Elapsed());
+      });
+  LearnerService learner_service(&coordinator, *token, &metrics);
+  int port = 0;
+  absl::StatusOr<std::unique_ptr<grpc::Server>> server =
+      StartServer(config.learner.listen, {&coordinator_service, &learner_service}, &port);
+  if (!server.ok()) {
+    spdlog::error("{}", server.status().message());
+    return 1;
+  }
+  std::unique_ptr<MetricsServer> http;
+  if (config.learner.metrics_port > 0) {
+    absl::StatusOr<std::unique_ptr<MetricsServer>> h =
+        MetricsServer::Start(metrics, "127.0.0.1", static_cast<int>(config.learner.metrics_port));
+    if (!h.ok()) {
+      spdlog::error("{}", h.status().message());
+      return 1;
+    }
+    http = *std::move(h);
+  }
+  spdlog::info("serving Coordinator and Learner on {} (port {})", config.learner.listen, port);
+
+
+  auto& m_update = metrics.Gauge("pmdrl_learner_update", "policy updates done");
+  auto& m_version = metrics.Gauge("pmdrl_learner_policy_version", "current policy version");
+  auto& m_loss = metrics.Gauge("pmdrl_learner_loss", "PMD-mean loss of the last update");
+  auto& m_reward = metrics.Gauge("pmdrl_learner_mean_reward", "mean reward of the last batch");
+  auto& m_grad = metrics.Gauge("pmdrl_learner_grad_norm", "gradient norm before clipping");
+  auto& m_tps = metrics.Gauge("pmdrl_learner_tokens_per_second", "trained tokens per second");
+  auto& m_step = metrics.Gauge("pmdrl_learner_step_seconds", "seconds of the last update");
+  auto& m_mismatch = metrics.Gauge("pmdrl_learner_logprob_mismatch",
+                                   "mean |learner - actor| token log-prob at the same version");
+  auto& m_mixed = metrics.Gauge("pmdrl_learner_mixed_groups_ratio",
+                                "fraction of groups whose rewards differ");
+  auto& m_equal = metrics.Counter("pmdrl_learner_equal_reward_groups_total",
+                                  "groups whose rewards were all equal (no signal)");
+  auto& m_eval = metrics.Gauge("pmdrl_learner_eval_accuracy", "held-out greedy accuracy");
+  auto& m_trained = metrics.Counter("pmdrl_learner_groups_trained_total", "groups trained on");
+  auto& m_wait = metrics.Counter("pmdrl_learner_wait_seconds_total",
+                                 "seconds the learner waited for rollout data");
+
+  MetricsCsv csv;
+  if (absl::Status s = csv.Open((fs::path(config.run.dir) / "metrics.csv").string(),
+                                !checkpoint.empty());
+      !s.ok()) {
+    spdlog::error("{}", s.message());
+    return 1;
+  }
+  const auto& held_out = (*source)->HeldOut();
+  auto evaluate = [&]() {
+    EvalResult r = trainer.Evaluate(held_out, config.actor.max_new_tokens);
+    std::lock_guard<std::mutex> lock(progress.mu);
+    progress.evaluations.push_back(r.greedy_accuracy);
+    progress.eval_accuracy = r.greedy_accuracy;
+    m_eval.Set(r.greedy_accuracy);
+    return r.greedy_accuracy;
+  };
+
+  uint64_t version = state.version;
+  int64_t update = state.update;
+  if (checkpoint.empty()) {
+    double base = evaluate();
+    {
+      std::lock_guard<std::mutex> lock(progress.mu);
+      progress.base_accuracy = base;
+    }
+    spdlog::info("base policy: held-out greedy accuracy {:.1f}%", 100 * base);
+    csv.Row(0, version, progress.Elapsed(), nullptr, base, coordinator.counts(), 0);
+  }
+  m_version.Set(static_cast<double>(version));
+  m_update.Set(static_cast<double>(update));
+
+  auto checkpoint_now = [&]() {
+    TrainerState st;
+    st.update = update;
+    st.version = version;
+    st.optimizer_steps = trainer.optimizer_steps();
+    {
+      std::lock_guard<std::mutex> lock(progress.mu);
+      st.elapsed_seconds = progress.Elapsed();
+      st.base_accuracy = progress.base_accuracy;
+      st.evaluations = progress.evaluations;
+    }
+    st.lease_state_json = ToJson(coordinator.SaveState());
+    absl::StatusOr<std::string> dir = WriteCheckpoint(config.run.dir, st, trainer,
+                                                      coordinator.BufferedGroups(), config_yaml);
+    if (!dir.ok()) {
+      spdlog::error("checkpoint failed: {}", dir.status().message());
+    } else {
+      spdlog::info("checkpoint {}", *dir);
+    }
+  };
+
+  int exit_code = 0;
+  int64_t last_eval_update = update;  // the base evaluation, or the resumed state
+  int64_t last_checkpoint_update = update;
+  auto last_update_time = std::chrono::steady_clock::now();
+  while (!StopRequested() && update < config.learner.updates) {
+    if (config.learner.max_seconds > 0 && progress.Elapsed() >= config.learner.max_seconds) {
+      spdlog::info("learner.max_seconds reached after {} updates", update);
+      break;
+    }
+    auto wait_start = std::chrono::steady_clock::now();
+    std::optional<std::vector<v1::Group>> batch =
+        coordinator.PopBatch(version, std::chrono::milliseconds(500));
+    m_wait.Increment(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count());
+    if (!batch) continue;
+    absl::StatusOr<UpdateStats> stats = trainer.Update(*batch, version);
+    if (!stats.ok()) {
+      spdlog::error("update {} failed: {}", update + 1, stats.status().message());
+      exit_code = 1;
+      break;
+    }
+    ++update;
+    ++version;
+    publisher.Publish(trainer.Snapshot(version));
+    coordinator.SetVersion(version);
+
+    int64_t sampled = 0;
+    for (const v1::Group& g : *batch) {
+      for (const v1::Completion& c : g.completions()) sampled += c.tokens_size();
+    }
+    auto now = std::chrono::steady_clock::now();
+    double since = std::chrono::duration<double>(now - last_update_time).count();
+    last_update_time = now;
+    double sampled_tps = since > 0 ? sampled / since : 0;
+
+    double eval = -1;
+    if (update % config.learner.eval_every == 0 || update == config.learner.updates) {
+      eval = evaluate();
+      last_eval_update = update;
+    }
+    {
+      std::lock_guard<std::mutex> lock(progress.mu);
+      progress.update = static_cast<uint64_t>(update);
+      progress.mean_reward = stats->mean_reward;
+      progress.tokens_per_second = stats->trained_tokens / std::max(stats->seconds, 1e-9);
+    }
+    m_update.Set(static_cast<double>(update));
+    m_version.Set(static_cast<double>(version));
+    m_loss.Set(stats->loss);
+    m_reward.Set(stats->mean_reward);
+    m_grad.Set(stats->grad_norm);
+    m_tps.Set(stats->trained_tokens / std::max(stats->seconds, 1e-9));
+    m_step.Set(stats->seconds);
+    m_mismatch.Set(stats->logprob_mismatch);
+    m_mixed.Set(stats->mixed_fraction);
+    m_equal.Increment(static_cast<double>(stats->equal_reward_groups));
+    m_trained.Increment(static_cast<double>(batch->size()));
+    csv.Row(update, version, progress.Elapsed(), &*stats, eval, coordinator.counts(), sampled_tps);
+    spdlog::info(
+        "update {} version {}: loss {:.4g} reward {:.3f} mixed {:.2f} grad {:.3g} |delta| {:.3g} "
+        "mismatch {:.2g} {:.0f} tok/s{}",
+        update, version, stats->loss, stats->mean_reward, stats->mixed_fraction,
+        stats->grad_norm, stats->mean_abs_delta, stats->logprob_mismatch,
+        stats->trained_tokens / std::max(stats->seconds, 1e-9),
+        eval >= 0 ? absl::StrFormat(" eval %.1f%%", 100 * eval) : "");
+    if (stats->mixed_fraction < 0.1 && stats->mean_reward < -0.8) {
+      spdlog::warn(
+          "possible collapse: mean reward {:.2f} and only {:.0f}% of groups have mixed rewards; "
+          "consider a lower learner.lr or a larger learner.tau",
+          stats->mean_reward, 100 * stats->mixed_fraction);
+    }
+    if (config.learner.checkpoint_every > 0 && update % config.learner.checkpoint_every == 0) {
+      checkpoint_now();
+      last_checkpoint_update = update;
+    }
+  }
+  if (exit_code == 0 && !StopRequested()) {
+    if (last_eval_update != update) evaluate();
+    if (last_checkpoint_update != update) checkpoint_now();
+    coordinator.Finish();
+    spdlog::info("training finished: {} updates, final accuracy {:.1f}% (mean of last {})",
+                 update, 100 * progress.FinalAccuracy(), config.learner.eval_last);
+    // Keep serving (late groups, status) until told to stop.
+    while (!StopRequested()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  coordinator.Finish();
+  publisher.Close();
+  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  fs::create_directories(fs::path(config.run.dir) / "metrics", ec);
+  if (absl::Status s = metrics.WriteSnapshot(
+          (fs::path(config.run.dir) / "metrics" / "learner.prom").string());
+      !s.ok()) {
+    spdlog::warn("{}", s.message());
+  }
+  return exit_code;
+}
+
+}  // namespace
+}  // namespace pmdrl
+
+int main(int argc, char** argv) { return pmdrl::Run(argc, argv); }

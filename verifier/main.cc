@@ -1,2 +1,129 @@
-// Placeholder until the real main lands.
-int main() { return 0; }
+// pmdrl-verifier: serves Verifier.ScoreGroups, forwarding scored groups to the learner.
+//   pmdrl-verifier [--config run.yaml] [--verifier.name=verifier-1] [--section.key=value ...]
+// Exit codes: 0 after SIGINT/SIGTERM (or --help), 2 on a configuration or token error,
+// 1 when a port cannot be bound.
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/server.h>
+#include <spdlog/spdlog.h>
+
+#include "absl/status/status.h"
+#include "common/auth.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/rpc.h"
+#include "verifier/verifier_service.h"
+
+namespace pmdrl {
+namespace {
+
+int Run(int argc, char** argv) {
+  // Block the shutdown signals before any thread exists, so every thread (gRPC's,
+  // the metrics server's, the grading pool's) inherits the mask and only sigwait
+  // below receives them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  std::vector<std::string> positional;
+  absl::StatusOr<Config> config = ConfigFromArgs(argc, argv, &positional);
+  if (!config.ok()) {
+    if (absl::IsNotFound(config.status())) {  // --help
+      std::cout << config.status().message() << std::endl;
+      return 0;
+    }
+    std::cerr << "pmdrl-verifier: " << config.status().message() << std::endl;
+    return 2;
+  }
+  if (!positional.empty()) {
+    std::cerr << "pmdrl-verifier: unexpected argument \"" << positional.front()
+              << "\" (options are --section.key=value)" << std::endl;
+    return 2;
+  }
+  const VerifierConfig& vc = config->verifier;
+  InitLogging("verifier", vc.name);
+  spdlog::debug("effective config:\n{}", ConfigToYaml(*config));
+
+  absl::StatusOr<std::string> token = LoadToken(config->run.token_file);
+  if (!token.ok()) {
+    std::cerr << "pmdrl-verifier: " << token.status().message() << std::endl;
+    return 2;
+  }
+
+  MetricsRegistry metrics("verifier");
+  VerifierOptions options;
+  options.scorer.verifier_id = vc.name;
+  options.scorer.default_task = config->task.name;
+  options.scorer.timeout = std::chrono::milliseconds(vc.timeout_ms);
+  options.scorer.reward_correct = static_cast<float>(vc.reward_correct);
+  options.scorer.reward_incorrect = static_cast<float>(vc.reward_incorrect);
+  options.scorer.threads = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
+  options.learner = vc.learner;
+  options.token = *token;
+  VerifierService service(std::move(options), &metrics);
+
+  std::atomic<bool> serving{false};
+  std::unique_ptr<MetricsServer> metrics_server;
+  if (vc.metrics_port > 0) {
+    absl::StatusOr<std::unique_ptr<MetricsServer>> started = MetricsServer::Start(
+        metrics, "127.0.0.1", static_cast<int>(vc.metrics_port), [&serving] {
+          return serving.load() ? absl::OkStatus()
+                                : absl::UnavailableError("verifier is not serving");
+        });
+    if (!started.ok()) {
+      spdlog::error("metrics endpoint: {}", std::string(started.status().message()));
+      return 1;
+    }
+    metrics_server = *std::move(started);
+  }
+
+  int port = 0;
+  absl::StatusOr<std::unique_ptr<grpc::Server>> server =
+      StartServer(vc.listen, {&service}, &port);
+  if (!server.ok()) {
+    spdlog::error("verifier: {}", std::string(server.status().message()));
+    return 1;
+  }
+  serving = true;
+  const std::string host = vc.listen.substr(0, vc.listen.rfind(':'));
+  spdlog::info("verifier {} listening on {}:{} (learner {}, task {}, timeout {} ms)", vc.name,
+               host, port, vc.learner, config->task.name, vc.timeout_ms);
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  spdlog::info("verifier: {} received, shutting down", strsignal(signal_number));
+  serving = false;
+  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+
+  const std::filesystem::path dir = std::filesystem::path(config->run.dir) / "metrics";
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    spdlog::error("verifier: cannot create {}: {}", dir.string(), ec.message());
+  } else if (absl::Status s = metrics.WriteSnapshot((dir / (vc.name + ".prom")).string());
+             !s.ok()) {
+    spdlog::error("verifier: metrics snapshot: {}", std::string(s.message()));
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace pmdrl
+
+int main(int argc, char** argv) { return pmdrl::Run(argc, argv); }

@@ -1,0 +1,42 @@
+# Top-level entry points. `make demo` and `make test` each do the whole set-up on a
+# fresh Debian 12 machine: install the packages, configure, build, then run.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+.PHONY: all deps configure build test unit demo bench sanitize format clean
+
+all: build
+
+deps:
+	bash scripts/install-deps
+
+configure: deps
+	cmake -S . -B $(BUILD) -G Ninja $(CMAKE_FLAGS)
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	bash scripts/test $(BUILD)
+
+unit: build
+	ctest --test-dir $(BUILD) -L unit --output-on-failure
+
+demo: build
+	bash scripts/demo $(BUILD)
+
+bench: build
+	$(BUILD)/bench/throughput_bench
+
+# Unit tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+sanitize: deps
+	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DPMDRL_SANITIZE=ON
+	cmake --build build-asan -j $(JOBS)
+	ASAN_OPTIONS=detect_leaks=0 ctest --test-dir build-asan -L unit --output-on-failure
+
+format:
+	clang-format -i $$(git ls-files '*.cc' '*.h')
+
+clean:
+	rm -rf $(BUILD) build-asan

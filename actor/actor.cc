@@ -1,0 +1,592 @@
+#include "actor/actor.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <grpcpp/client_context.h>
+
+#include "absl/strings/str_cat.h"
+#include "actor/rollout_engine.h"
+#include "actor/verifier_pool.h"
+#include "actor/weight_receiver.h"
+#include "common/auth.h"
+#include "common/model_config.h"
+#include "common/rpc.h"
+#include "common/tokenizer.h"
+#include "pmdrl/pmdrl.grpc.pb.h"
+#include "spdlog/spdlog.h"
+
+namespace pmdrl {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+constexpr milliseconds kRpcTimeout{10000};
+constexpr milliseconds kMaxBackoff{2000};
+// Upper bound on k: a coordinator asking for more is misconfigured, not a workload.
+constexpr uint32_t kMaxGroupSize = 4096;
+
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+int64_t UnixMillis() {
+  return std::chrono::duration_cast<milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+double SecondsSince(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// ReadModelConfig reads a file; the coordinator sends the text.
+absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json) {
+  std::string path = (std::filesystem::temp_directory_path() / "pmdrl-actor-config-XXXXXX")
+                         .string();
+  const int fd = mkstemp(path.data());
+  if (fd < 0) {
+    return absl::InternalError(
+        absl::StrCat("cannot create a temporary file for the model config: ", path));
+  }
+  close(fd);
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << json;
+    if (!out) {
+      std::remove(path.c_str());
+      return absl::InternalError(absl::StrCat("cannot write the model config to ", path));
+    }
+  }
+  absl::StatusOr<ModelConfig> config = ReadModelConfig(path);
+  std::remove(path.c_str());
+  if (!config.ok()) {
+    return absl::Status(config.status().code(),
+                        absl::StrCat("model config from the coordinator: ",
+                                     config.status().message()));
+  }
+  return config;
+}
+
+const char* AckName(v1::AckStatus status) {
+  switch (status) {
+    case v1::ACK_ACCEPTED:
+      return "accepted";
+    case v1::ACK_STALE:
+      return "stale";
+    case v1::ACK_DUPLICATE:
+      return "duplicate";
+    case v1::ACK_REJECTED:
+      return "rejected";
+    default:
+      return "unknown";
+  }
+}
+
+}  // namespace
+
+uint64_t DeriveActorSeed(uint64_t run_seed, const std::string& actor_name) {
+  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a: stable across platforms and builds
+  for (unsigned char c : actor_name) {
+    h ^= c;
+    h *= 0x100000001b3ULL;
+  }
+  return SplitMix64(SplitMix64(run_seed) ^ h);
+}
+
+class Actor::Impl {
+ public:
+  Impl(ActorOptions options, MetricsRegistry* metrics)
+      : options_(std::move(options)),
+        generated_tokens_(metrics->Counter("pmdrl_actor_generated_tokens_total",
+                                           "Response tokens sampled")),
+        tokens_per_second_(metrics->Gauge("pmdrl_actor_tokens_per_second",
+                                          "Sampled tokens per second in the last batch")),
+        policy_version_(metrics->Gauge("pmdrl_actor_policy_version",
+                                       "Policy version of the loaded weights")),
+        groups_in_flight_(metrics->Gauge(
+            "pmdrl_actor_groups_in_flight", "Leased prompts being sampled or sent")),
+        weight_swaps_(metrics->Counter("pmdrl_actor_weight_swaps_total",
+                                       "Policy weight versions loaded")),
+        weight_sync_seconds_(metrics->Histogram(
+            "pmdrl_actor_weight_sync_seconds",
+            "From the first chunk of a version to its weights loaded in the model",
+            {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120})) {
+    for (v1::AckStatus s : {v1::ACK_ACCEPTED, v1::ACK_STALE, v1::ACK_DUPLICATE,
+                            v1::ACK_REJECTED, v1::ACK_UNKNOWN}) {
+      groups_sent_[s] = &metrics->Counter(
+          "pmdrl_actor_groups_sent_total",
+          "Groups handed to verifiers, by the learner's answer (unknown: dropped unacked)",
+          {{"status", AckName(s)}});
+    }
+  }
+
+  absl::Status Run();
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  bool Done() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stop_ || finished_ || shutdown_;
+  }
+  // Sleeps `d` or until Done(); returns !Done().
+  bool SleepFor(milliseconds d) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, d, [&] { return stop_ || finished_ || shutdown_; });
+    return !(stop_ || finished_ || shutdown_);
+  }
+  void SetFinished() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!finished_) spdlog::info("the coordinator says the run is finished");
+      finished_ = true;
+    }
+    cv_.notify_all();
+  }
+  void Contact() { last_contact_ms_.store(UnixMillis()); }
+  absl::Status CheckCoordinatorAlive() const {
+    const int64_t silent = UnixMillis() - last_contact_ms_.load();
+    if (silent > options_.coordinator_timeout.count()) {
+      return absl::UnavailableError(absl::StrCat("lost the coordinator at ",
+                                                 options_.config.coordinator, ": no answer for ",
+                                                 silent / 1000, " s"));
+    }
+    return absl::OkStatus();
+  }
+  std::unique_ptr<grpc::ClientContext> Context(milliseconds timeout) const {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    AddBearer(ctx.get(), options_.token);
+    ctx->set_deadline(std::chrono::system_clock::now() + timeout);
+    return ctx;
+  }
+
+  absl::Status Register();
+  absl::Status Setup();
+  // Blocks until weights of version >= v are held by the receiver (true), or until
+  // Done() or `max_wait` (0: no limit) passes (false).
+  absl::StatusOr<bool> WaitForWeights(uint64_t v, milliseconds max_wait = milliseconds(0));
+  // Loads the receiver's newest version if it is newer than the engine's.
+  absl::Status MaybeSwapWeights();
+  void HeartbeatLoop();
+  absl::Status RunBatch(const v1::LeasePromptsResponse& response);
+  void SendGroup(const v1::Group& group, const v1::Lease& lease, v1::AckStatus* result);
+  void ReleaseLease(const std::string& lease_id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    in_progress_.erase(lease_id);
+    groups_in_flight_.Set(static_cast<double>(in_progress_.size()));
+  }
+
+  const ActorOptions options_;
+  prometheus::Counter& generated_tokens_;
+  prometheus::Gauge& tokens_per_second_;
+  prometheus::Gauge& policy_version_;
+  prometheus::Gauge& groups_in_flight_;
+  prometheus::Counter& weight_swaps_;
+  prometheus::Histogram& weight_sync_seconds_;
+  std::map<v1::AckStatus, prometheus::Counter*> groups_sent_;
+
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Coordinator::Stub> coordinator_;
+  v1::RegisterActorResponse registration_;
+  ModelConfig model_config_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<RolloutEngine> engine_;
+  std::unique_ptr<WeightReceiver> receiver_;
+  std::unique_ptr<VerifierPool> verifiers_;
+  std::thread heartbeat_;
+  std::atomic<uint64_t> engine_version_{0};  // for the heartbeat thread
+  std::atomic<int64_t> last_contact_ms_{0};
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;  // wakes sleepers on stop / finish / shutdown
+  bool stop_ = false;           // Stop() was called
+  bool finished_ = false;       // the coordinator said the run is over
+  bool shutdown_ = false;       // Run is returning: background threads end
+  std::set<std::string> in_progress_;  // lease ids being worked on (heartbeated)
+};
+
+absl::Status Actor::Impl::Register() {
+  const auto deadline = Clock::now() + options_.coordinator_timeout;
+  milliseconds backoff{200};
+  v1::RegisterActorRequest request;
+  request.set_name(options_.config.name);
+  for (int attempt = 0;; ++attempt) {
+    auto ctx = Context(std::min(kRpcTimeout, options_.coordinator_timeout));
+    const grpc::Status status = coordinator_->RegisterActor(ctx.get(), request, &registration_);
+    if (status.ok()) break;
+    const absl::Status s = ToAbsl(status);
+    if (s.code() == absl::StatusCode::kUnauthenticated ||
+        s.code() == absl::StatusCode::kPermissionDenied ||
+        s.code() == absl::StatusCode::kInvalidArgument) {
+      return absl::Status(s.code(), absl::StrCat("coordinator at ", options_.config.coordinator,
+                                                 " refused RegisterActor: ", s.message()));
+    }
+    if (Clock::now() + backoff > deadline) {
+      return absl::UnavailableError(absl::StrCat(
+          "coordinator at ", options_.config.coordinator, " did not answer RegisterActor within ",
+          options_.coordinator_timeout.count() / 1000, " s: ", s.ToString()));
+    }
+    if (attempt == 0) {
+      spdlog::info("waiting for the coordinator at {} ({})", options_.config.coordinator,
+                   s.ToString());
+    }
+    if (!SleepFor(backoff)) return absl::OkStatus();
+    backoff = std::min(backoff * 2, kMaxBackoff);
+  }
+  Contact();
+  const v1::RegisterActorResponse& r = registration_;
+  if (r.actor_id().empty()) {
+    return absl::InvalidArgumentError("coordinator answered RegisterActor with an empty actor_id");
+  }
+  if (r.group_size() < 1 || r.group_size() > kMaxGroupSize) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "coordinator asked for group_size ", r.group_size(), " (must be 1..", kMaxGroupSize, ")"));
+  }
+  spdlog::info("registered as {} (k = {}, version {}, task '{}', tokenizer '{}')", r.actor_id(),
+               r.group_size(), r.current_version(), r.task(), r.tokenizer());
+  return absl::OkStatus();
+}
+
+absl::Status Actor::Impl::Setup() {
+  absl::StatusOr<ModelConfig> config = ParseModelConfig(registration_.model_config_json());
+  if (!config.ok()) return config.status();
+  model_config_ = *std::move(config);
+  if (registration_.tokenizer() == "char") {
+    tokenizer_ = std::make_unique<CharTokenizer>();
+  } else {
+    return absl::UnimplementedError(absl::StrCat("tokenizer '", registration_.tokenizer(),
+                                                 "' named by the coordinator is not supported "
+                                                 "by this actor (supported: char)"));
+  }
+  if (tokenizer_->VocabSize() > model_config_.vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tokenizer '", registration_.tokenizer(), "' has ", tokenizer_->VocabSize(),
+        " tokens but the model's vocab_size is ", model_config_.vocab_size));
+  }
+  const int64_t eos =
+      model_config_.eos_token_id >= 0 ? model_config_.eos_token_id : tokenizer_->EosId();
+  if (eos != tokenizer_->EosId()) {
+    spdlog::warn("model eos_token_id {} differs from the tokenizer's EOS {}; stopping on {}", eos,
+                 tokenizer_->EosId(), eos);
+  }
+  RolloutOptions rollout;
+  rollout.temperature = options_.config.temperature;
+  rollout.top_p = options_.config.top_p;
+  rollout.max_new_tokens = options_.config.max_new_tokens;
+  rollout.stop_tokens = {eos};
+  rollout.seed = options_.config.seed != 0
+                     ? options_.config.seed
+                     : DeriveActorSeed(options_.run_seed, options_.config.name);
+  absl::StatusOr<std::unique_ptr<RolloutEngine>> engine =
+      RolloutEngine::Create(model_config_, rollout);
+  if (!engine.ok()) return engine.status();
+  engine_ = *std::move(engine);
+  spdlog::info("model: {} layers, hidden {}, vocab {}; sampling T={} top_p={} max_new_tokens={} "
+               "seed={}",
+               model_config_.num_hidden_layers, model_config_.hidden_size,
+               model_config_.vocab_size, rollout.temperature, rollout.top_p,
+               rollout.max_new_tokens, rollout.seed);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> Actor::Impl::WaitForWeights(uint64_t v, milliseconds max_wait) {
+  const auto start = Clock::now();
+  auto last_log = start;
+  while (!receiver_->WaitForVersion(v, milliseconds(250))) {
+    if (Done()) return false;
+    if (max_wait.count() > 0 && Clock::now() - start > max_wait) return false;
+    if (absl::Status s = CheckCoordinatorAlive(); !s.ok()) return s;
+    if (Clock::now() - last_log > std::chrono::seconds(10)) {
+      last_log = Clock::now();
+      spdlog::info("still waiting for weights version {} ({:.0f} s)", v, SecondsSince(start));
+    }
+  }
+  return true;
+}
+
+absl::Status Actor::Impl::MaybeSwapWeights() {
+  std::shared_ptr<const WeightSet> latest = receiver_->Latest();
+  if (latest == nullptr) return absl::OkStatus();
+  if (engine_->has_weights() && latest->version <= engine_->version()) return absl::OkStatus();
+  const auto t0 = Clock::now();
+  const uint64_t previous = engine_->version();
+  if (absl::Status s = engine_->SetWeights(*latest); !s.ok()) return s;
+  const double sync = SecondsSince(latest->first_chunk_time);
+  weight_swaps_.Increment();
+  weight_sync_seconds_.Observe(sync);
+  policy_version_.Set(static_cast<double>(latest->version));
+  engine_version_.store(latest->version);
+  spdlog::info("weights version {} -> {} loaded in {:.3f} s ({:.3f} s since announced)",
+               previous, latest->version, SecondsSince(t0), sync);
+  return absl::OkStatus();
+}
+
+void Actor::Impl::HeartbeatLoop() {
+  bool healthy = true;
+  while (SleepFor(options_.heartbeat_interval)) {
+    v1::HeartbeatRequest request;
+    request.set_actor_id(registration_.actor_id());
+    request.set_policy_version(engine_version_.load());
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const std::string& id : in_progress_) request.add_lease_ids(id);
+    }
+    v1::HeartbeatResponse response;
+    auto ctx = Context(std::min(kRpcTimeout, options_.heartbeat_interval * 2));
+    const grpc::Status status = coordinator_->Heartbeat(ctx.get(), request, &response);
+    if (!status.ok()) {
+      if (healthy) spdlog::warn("heartbeat failed: {}", ToAbsl(status).ToString());
+      healthy = false;
+      continue;
+    }
+    if (!healthy) spdlog::info("heartbeat answered again");
+    healthy = true;
+    Contact();
+    if (response.finished()) {
+      SetFinished();
+      return;
+    }
+  }
+}
+
+void Actor::Impl::SendGroup(const v1::Group& group, const v1::Lease& lease,
+                            v1::AckStatus* result) {
+  // Heartbeats extend the lease while we hold it, so its deadline is at least a TTL away.
+  const int64_t deadline_ms =
+      std::max<int64_t>(lease.deadline_unix_ms(), UnixMillis() + registration_.lease_ttl_ms());
+  milliseconds backoff{100};
+  while (true) {
+    absl::StatusOr<v1::GroupAck> ack = verifiers_->Send(group);
+    if (ack.ok()) {
+      *result = ack->status();
+      if (ack->status() == v1::ACK_REJECTED) {
+        spdlog::warn("group of lease {} rejected: {}", group.lease_id(), ack->message());
+      }
+      return;
+    }
+    const int64_t left = deadline_ms - UnixMillis();
+    if (left <= 0 || Done()) {
+      spdlog::warn("dropping the group of lease {} (the coordinator re-issues it): {}",
+                   group.lease_id(), std::string(ack.status().message()));
+      *result = v1::ACK_UNKNOWN;
+      return;
+    }
+    spdlog::debug("retrying the group of lease {}: {}", group.lease_id(),
+                  std::string(ack.status().message()));
+    if (!SleepFor(std::min(backoff, milliseconds(left)))) continue;  // one last try
+    backoff = std::min(backoff * 2, kMaxBackoff);
+  }
+}
+
+absl::Status Actor::Impl::RunBatch(const v1::LeasePromptsResponse& response) {
+  std::vector<const v1::Lease*> leases;
+  std::vector<std::vector<int32_t>> prompts;
+  for (const v1::Lease& lease : response.leases()) {
+    std::string problem;
+    if (lease.lease_id().empty()) problem = "empty lease_id";
+    if (lease.prompt_tokens().empty()) problem = "no prompt tokens";
+    for (int i = 0; i < lease.prompt_tokens_size() && problem.empty(); ++i) {
+      const int32_t t = lease.prompt_tokens(i);
+      if (t < 0 || t >= model_config_.vocab_size) {
+        problem = absl::StrCat("prompt_tokens[", i, "] = ", t, " is out of range [0, ",
+                               model_config_.vocab_size, ")");
+      }
+    }
+    if (!problem.empty()) {
+      spdlog::error("skipping malformed lease '{}' ({}, {}): {}", lease.lease_id(), lease.epoch(),
+                    lease.index(), problem);
+      ReleaseLease(lease.lease_id());
+      continue;
+    }
+    leases.push_back(&lease);
+    prompts.emplace_back(lease.prompt_tokens().begin(), lease.prompt_tokens().end());
+  }
+  if (leases.empty()) return absl::OkStatus();
+
+  const uint64_t version = engine_->version();
+  const auto t0 = Clock::now();
+  absl::StatusOr<std::vector<std::vector<RolloutSample>>> samples =
+      engine_->Generate(prompts, registration_.group_size());
+  if (!samples.ok()) return samples.status();
+  const double generate_seconds = SecondsSince(t0);
+  int64_t tokens = 0;
+  for (const auto& group : *samples) {
+    for (const RolloutSample& s : group) tokens += static_cast<int64_t>(s.tokens.size());
+  }
+  generated_tokens_.Increment(static_cast<double>(tokens));
+  const double tokens_per_second = generate_seconds > 0 ? tokens / generate_seconds : 0.0;
+  tokens_per_second_.Set(tokens_per_second);
+
+  const auto t1 = Clock::now();
+  std::map<v1::AckStatus, int> outcomes;
+  for (size_t i = 0; i < leases.size(); ++i) {
+    const v1::Lease& lease = *leases[i];
+    v1::Group group;
+    group.set_lease_id(lease.lease_id());
+    group.set_epoch(lease.epoch());
+    group.set_index(lease.index());
+    group.set_actor_id(registration_.actor_id());
+    group.set_policy_version(version);
+    *group.mutable_prompt_tokens() = lease.prompt_tokens();
+    group.set_prompt_text(lease.prompt_text());
+    group.set_reference(lease.reference());
+    group.set_issued_at_version(lease.issued_at_version());
+    group.set_task(registration_.task());
+    // The batch's wall time: every group of it was generated over that whole span.
+    group.set_generate_seconds(generate_seconds);
+    for (RolloutSample& s : (*samples)[i]) {
+      v1::Completion* c = group.add_completions();
+      c->set_text(tokenizer_->Decode(s.tokens, /*skip_special=*/true));
+      c->mutable_tokens()->Add(s.tokens.begin(), s.tokens.end());
+      c->mutable_logprobs()->Add(s.logprobs.begin(), s.logprobs.end());
+      c->set_stopped(s.stopped);
+    }
+    v1::AckStatus result = v1::ACK_UNKNOWN;
+    SendGroup(group, lease, &result);
+    auto counter = groups_sent_.find(result);
+    if (counter == groups_sent_.end()) counter = groups_sent_.find(v1::ACK_UNKNOWN);
+    counter->second->Increment();
+    ++outcomes[result];
+    ReleaseLease(lease.lease_id());
+  }
+  spdlog::info(
+      "batch: version {}, {} groups x {} ({} accepted, {} stale, {} duplicate, {} rejected, {} "
+      "unsent), {} tokens in {:.2f} s ({:.0f} tokens/s), sent in {:.2f} s",
+      version, leases.size(), registration_.group_size(), outcomes[v1::ACK_ACCEPTED],
+      outcomes[v1::ACK_STALE], outcomes[v1::ACK_DUPLICATE], outcomes[v1::ACK_REJECTED],
+      outcomes[v1::ACK_UNKNOWN], tokens, generate_seconds, tokens_per_second, SecondsSince(t1));
+  return absl::OkStatus();
+}
+
+absl::Status Actor::Impl::Run() {
+  channel_ = MakeChannel(options_.config.coordinator);
+  coordinator_ = v1::Coordinator::NewStub(channel_);
+  if (options_.config.verifiers.empty()) {
+    return absl::InvalidArgumentError("actor.verifiers is empty: nowhere to send groups");
+  }
+  verifiers_ = std::make_unique<VerifierPool>(options_.config.verifiers, options_.token);
+
+  if (absl::Status s = Register(); !s.ok() || Done()) return s;
+  if (absl::Status s = Setup(); !s.ok()) return s;
+
+  receiver_ = std::make_unique<WeightReceiver>(channel_, registration_.actor_id(), options_.token);
+  receiver_->Start();
+  heartbeat_ = std::thread([this] { HeartbeatLoop(); });
+
+  absl::Status result = [&]() -> absl::Status {
+    // A new actor holds the current weights before it generates anything.
+    spdlog::info("waiting for weights version {}", registration_.current_version());
+    absl::StatusOr<bool> have = WaitForWeights(registration_.current_version());
+    if (!have.ok()) return have.status();
+    if (!*have) return absl::OkStatus();
+    if (absl::Status s = MaybeSwapWeights(); !s.ok()) return s;
+
+    milliseconds backoff{200};
+    bool lease_rpc_healthy = true;
+    while (!Done()) {
+      if (absl::Status s = CheckCoordinatorAlive(); !s.ok()) return s;
+      v1::LeasePromptsRequest request;
+      request.set_actor_id(registration_.actor_id());
+      request.set_max_prompts(static_cast<uint32_t>(options_.config.prompts_per_batch));
+      v1::LeasePromptsResponse response;
+      auto ctx = Context(kRpcTimeout);
+      const grpc::Status status = coordinator_->LeasePrompts(ctx.get(), request, &response);
+      if (!status.ok()) {
+        const absl::Status s = ToAbsl(status);
+        if (s.code() == absl::StatusCode::kUnauthenticated ||
+            s.code() == absl::StatusCode::kPermissionDenied) {
+          return absl::Status(s.code(), absl::StrCat("LeasePrompts refused: ", s.message()));
+        }
+        if (lease_rpc_healthy) spdlog::warn("LeasePrompts failed: {}", s.ToString());
+        lease_rpc_healthy = false;
+        SleepFor(backoff);
+        backoff = std::min(backoff * 2, kMaxBackoff);
+        continue;
+      }
+      if (!lease_rpc_healthy) spdlog::info("LeasePrompts answered again");
+      lease_rpc_healthy = true;
+      backoff = milliseconds(200);
+      Contact();
+      if (response.finished()) {
+        SetFinished();
+        break;
+      }
+      if (response.leases().empty()) {
+        const int64_t wait = response.retry_after_ms() > 0 ? response.retry_after_ms() : 200;
+        SleepFor(milliseconds(std::clamp<int64_t>(wait, 10, 5000)));
+        continue;
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (const v1::Lease& lease : response.leases()) in_progress_.insert(lease.lease_id());
+        groups_in_flight_.Set(static_cast<double>(in_progress_.size()));
+      }
+      // These leases must be sampled by at least the coordinator's current version:
+      // after an update, every actor's next batch uses the newest weights.
+      if (response.current_version() > engine_->version()) {
+        // Bounded by the lease TTL: if the version never arrives (the feed is broken),
+        // the leases go back to the coordinator instead of being heartbeated forever.
+        const milliseconds max_wait(std::max<int64_t>(registration_.lease_ttl_ms(), 1000));
+        absl::StatusOr<bool> ready = WaitForWeights(response.current_version(), max_wait);
+        if (!ready.ok()) return ready.status();
+        if (!*ready) {
+          for (const v1::Lease& lease : response.leases()) ReleaseLease(lease.lease_id());
+          if (Done()) break;  // the leases expire and are re-issued
+          spdlog::warn("weights version {} did not arrive within {} s; released {} leases",
+                       response.current_version(), max_wait.count() / 1000,
+                       response.leases_size());
+          continue;
+        }
+      }
+      // The only point where weights change: between batches.
+      if (absl::Status s = MaybeSwapWeights(); !s.ok()) return s;
+      if (absl::Status s = RunBatch(response); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }();
+
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    shutdown_ = true;
+    in_progress_.clear();
+  }
+  cv_.notify_all();
+  groups_in_flight_.Set(0);
+  if (heartbeat_.joinable()) heartbeat_.join();
+  // Close every stream now rather than with the Actor object: servers shutting down
+  // wait for open streams.
+  receiver_.reset();
+  verifiers_.reset();
+  return result;
+}
+
+Actor::Actor(ActorOptions options, MetricsRegistry* metrics)
+    : impl_(std::make_unique<Impl>(std::move(options), metrics)) {}
+Actor::~Actor() = default;
+absl::Status Actor::Run() { return impl_->Run(); }
+void Actor::Stop() { impl_->Stop(); }
+
+}  // namespace pmdrl

@@ -1,0 +1,72 @@
+// Client-side load balancing of an actor's groups over the verifier workers
+// (DESIGN.md "Data flow" step 3).
+#ifndef PMDRL_ACTOR_VERIFIER_POOL_H_
+#define PMDRL_ACTOR_VERIFIER_POOL_H_
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "pmdrl/pmdrl.pb.h"
+
+namespace pmdrl {
+
+// Sends groups round-robin over a fixed list of verifier addresses, keeping one open
+// ScoreGroups stream (with the bearer token) per verifier and reading the ack of each
+// group before returning it. A verifier whose stream is broken, that answers
+// ACK_UNKNOWN, or that does not ack within `ack_timeout` is skipped for this group and
+// the next one is tried (each at most once per Send); a broken stream is reopened on
+// its verifier's next turn. Thread-safe: concurrent Sends use different verifiers when
+// they can and otherwise queue for one (a stream carries one group at a time).
+class VerifierPool {
+ public:
+  struct Options {
+    // A verifier acks once the learner has answered; a stream silent for this long is
+    // treated as broken (cancelled and reopened).
+    std::chrono::milliseconds ack_timeout{60000};
+  };
+
+  VerifierPool(std::vector<std::string> addresses, std::string token, Options options);
+  VerifierPool(std::vector<std::string> addresses, std::string token)
+      : VerifierPool(std::move(addresses), std::move(token), Options()) {}
+  VerifierPool(const VerifierPool&) = delete;
+  VerifierPool& operator=(const VerifierPool&) = delete;
+  ~VerifierPool();  // cancels open streams
+
+  // The ack of the first verifier that gave a definite answer (ACCEPTED, STALE,
+  // DUPLICATE or REJECTED), or UNAVAILABLE naming what each verifier said. An ack
+  // whose lease_id is not the group's breaks that stream (it is out of step).
+  absl::StatusOr<v1::GroupAck> Send(const v1::Group& group);
+
+  size_t size() const { return verifiers_.size(); }
+  const std::string& address(size_t i) const;
+
+ private:
+  struct Verifier;
+
+  // One attempt on one verifier: its ack, or why it gave none.
+  absl::StatusOr<v1::GroupAck> SendTo(Verifier& v, const v1::Group& group);
+  void Watchdog();
+
+  const std::string token_;
+  const Options options_;
+  std::vector<std::unique_ptr<Verifier>> verifiers_;
+  std::atomic<size_t> next_{0};
+
+  // Cancels a stream whose ack is overdue (a blocking Read cannot time out itself).
+  std::mutex watchdog_mu_;
+  std::condition_variable watchdog_cv_;
+  bool watchdog_stop_ = false;  // guarded by watchdog_mu_
+  std::thread watchdog_;
+};
+
+}  // namespace pmdrl
+
+#endif  // PMDRL_ACTOR_VERIFIER_POOL_H_

@@ -1,0 +1,89 @@
+// `pmdrl local`: runs a whole cluster (one learner, local.verifiers verifiers,
+// local.actors actors) as child processes on this machine, bound to loopback and
+// sharing a fresh random bearer token, shows progress, stops everything cleanly and
+// summarises a finished run (curve.svg and one "demo:" line on stdout).
+#ifndef PMDRL_CLI_LOCAL_H_
+#define PMDRL_CLI_LOCAL_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace pmdrl {
+namespace v1 {
+class StatusResponse;
+}  // namespace v1
+
+// Runs `pmdrl local`. argv[0] is the sub-command name ("local"); the rest are
+// `--config FILE`, `--resume`, `--help` and `--section.key=value` overrides.
+// Returns the process exit code: 0 finished run, 2 usage or configuration error,
+// 128+signal when stopped by SIGINT (130) or SIGTERM (143), 1 any other failure.
+int RunLocal(int argc, char** argv);
+
+// ---- Pieces of RunLocal without side effects, exposed for tests. ----
+
+// The command line of `pmdrl local`, split up.
+struct LocalArgs {
+  std::string config_path;             // empty: built-in defaults
+  bool resume = false;                 // --resume: the learner resumes from run.dir
+  bool help = false;                   // --help / -h
+  std::vector<std::string> overrides;  // "section.key=value", in command-line order
+};
+
+// Accepts `--config F` / `--config=F`, `--resume`, `--help`, `-h`,
+// `--k=v` and `--k v`. A positional argument or a flag missing its value is an error.
+absl::StatusOr<LocalArgs> ParseLocalArgs(int argc, char** argv);
+
+// Loopback ports of a cluster: every process gets a metrics port, servers a port.
+struct ClusterPorts {
+  int learner = 0;
+  int learner_metrics = 0;
+  std::vector<int> verifier;          // one per verifier
+  std::vector<int> verifier_metrics;  // one per verifier
+  std::vector<int> actor_metrics;     // one per actor
+};
+
+// base_port > 0: consecutive ports from it (learner, learner metrics, then each
+// verifier's port and metrics port, then each actor's metrics port). Otherwise free
+// ports that the kernel hands out for 127.0.0.1:0, all distinct.
+absl::StatusOr<ClusterPorts> PickPorts(int64_t base_port, int verifiers, int actors);
+
+// Everything needed to build the children's command lines.
+struct ClusterPlan {
+  std::string learner_bin, verifier_bin, actor_bin;
+  std::string config_path;              // passed as --config when non-empty
+  std::vector<std::string> overrides;   // the user's "section.key=value"
+  std::string token_file;               // passed as --run.token_file when non-empty
+  bool resume = false;
+  ClusterPorts ports;
+};
+
+// Command lines (argv, binary first). The user's overrides come before the
+// launcher's per-process flags (listen addresses, names, ports), so the launcher's
+// win: later flags override earlier ones.
+std::vector<std::string> LearnerCommand(const ClusterPlan& plan);
+std::vector<std::string> VerifierCommand(const ClusterPlan& plan, int index);
+std::vector<std::string> ActorCommand(const ClusterPlan& plan, int index);
+
+// Where a binary lives: $PMDRL_BIN_DIR/<name>, $PMDRL_BIN_DIR/<subdir>/<name> (when
+// `env_bin_dir` is non-empty), then <exe_dir>/../<subdir>/<name> (the build tree) and
+// <exe_dir>/<name> (an install prefix). The error lists every path tried.
+absl::StatusOr<std::string> FindBinary(const std::string& name, const std::string& subdir,
+                                       const std::string& exe_dir,
+                                       const std::string& env_bin_dir);
+
+// "exit code 3", "signal 9" for a waitpid status.
+std::string DescribeWaitStatus(int wait_status);
+
+// `update U/N  reward R  eval A%  tokens/s T  actors a  elapsed S s`.
+std::string FormatProgress(const v1::StatusResponse& status, int64_t total_updates);
+
+// `demo: base accuracy A% -> final accuracy B% (N updates, S s)`; an accuracy the
+// learner does not have (negative) reads "n/a".
+std::string FormatDemoLine(const v1::StatusResponse& status);
+
+}  // namespace pmdrl
+
+#endif  // PMDRL_CLI_LOCAL_H_

@@ -1,0 +1,328 @@
+#include "common/nn/model.h"
+
+#include <torch/torch.h>
+#include <torch/version.h>
+
+#include <cmath>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace pmdrl {
+namespace internal {
+namespace {
+
+// The attention kernel, kept behind one function so a faster one can replace it.
+// q [B,H,T,hd], k/v [B,H,S,hd], mask [B,1,T,S] bool (true = may attend; every row has at
+// least one true). LibTorch 2.x's fused scaled_dot_product_attention computes the same
+// thing; LibTorch 1.13 (Debian 12) lacks it, so it gets the eager path that mirrors HF's
+// eager attention (softmax in float32).
+at::Tensor Attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& mask) {
+  if (q.size(2) == 1 && q.device().is_cpu()) {
+    // One query per row (a decode step): CPU bmm over B*H tiny matrices runs a slow
+    // per-matrix loop, so contract with broadcast multiply-sum instead; the temporaries are
+    // the size of the cache, which the step reads anyway.
+    const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+    at::Tensor scores = (q * k).sum(-1, /*keepdim=*/false, at::kFloat) * scale;  // [B,H,S]
+    scores = scores.masked_fill(mask.squeeze(2).logical_not(), -std::numeric_limits<float>::infinity());
+    at::Tensor probs = at::softmax(scores, -1).to(q.scalar_type());
+    return (probs.unsqueeze(-1) * v).sum(-2, /*keepdim=*/true);  // [B,H,1,hd]
+  }
+#if TORCH_VERSION_MAJOR >= 2
+  return at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0,
+                                          /*is_causal=*/false);
+#else
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) * scale;
+  scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
+  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  return at::matmul(probs, v);
+#endif
+}
+
+// rotate_half convention of HF Llama: x = [x1, x2] -> x*cos + [-x2, x1]*sin.
+at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor x1 = x.narrow(-1, 0, half);
+  at::Tensor x2 = x.narrow(-1, half, half);
+  return x * cos + at::cat({-x2, x1}, -1) * sin;
+}
+
+}  // namespace
+
+class ProjImpl : public torch::nn::Module {
+ public:
+  ProjImpl(int64_t in, int64_t out, bool bias) {
+    weight = register_parameter("weight", torch::empty({out, in}));
+    if (bias) this->bias = register_parameter("bias", torch::zeros({out}));
+  }
+  at::Tensor forward(const at::Tensor& x) { return at::linear(x, weight, bias); }
+  at::Tensor weight, bias;
+};
+TORCH_MODULE(Proj);
+
+class RmsNormImpl : public torch::nn::Module {
+ public:
+  RmsNormImpl(int64_t dim, double eps) : eps_(eps) {
+    weight = register_parameter("weight", torch::ones({dim}));
+  }
+  // As HF LlamaRMSNorm: normalise in float32, cast back, then scale.
+  at::Tensor forward(const at::Tensor& x) {
+    at::Tensor xf = x.to(at::kFloat);
+    at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+    xf = xf * at::rsqrt(var + eps_);
+    return weight * xf.to(x.scalar_type());
+  }
+  at::Tensor weight;
+
+ private:
+  double eps_;
+};
+TORCH_MODULE(RmsNorm);
+
+class EmbeddingImpl : public torch::nn::Module {
+ public:
+  EmbeddingImpl(int64_t vocab, int64_t dim) {
+    weight = register_parameter("weight", torch::empty({vocab, dim}));
+  }
+  at::Tensor forward(const at::Tensor& ids) { return at::embedding(weight, ids); }
+  at::Tensor weight;
+};
+TORCH_MODULE(Embedding);
+
+class SelfAttentionImpl : public torch::nn::Module {
+ public:
+  explicit SelfAttentionImpl(const ModelConfig& c)
+      : heads_(c.num_attention_heads), kv_heads_(c.num_key_value_heads), head_dim_(c.HeadDim()) {
+    // Registration order = HF's __init__ order, so named_parameters() matches HF's.
+    q_proj = register_module("q_proj", Proj(c.hidden_size, heads_ * head_dim_, c.attention_bias));
+    k_proj = register_module("k_proj", Proj(c.hidden_size, kv_heads_ * head_dim_, c.attention_bias));
+    v_proj = register_module("v_proj", Proj(c.hidden_size, kv_heads_ * head_dim_, c.attention_bias));
+    o_proj = register_module("o_proj", Proj(heads_ * head_dim_, c.hidden_size, false));
+    if (c.qk_norm) {
+      q_norm = register_module("q_norm", RmsNorm(head_dim_, c.rms_norm_eps));
+      k_norm = register_module("k_norm", RmsNorm(head_dim_, c.rms_norm_eps));
+    }
+  }
+
+  // x [B,T,D]; cos/sin [B,1,T,hd]; mask [B,1,T,S]. cache_k/cache_v: this layer's cache
+  // entries (or null), extended in place.
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                     const at::Tensor& mask, at::Tensor* cache_k, at::Tensor* cache_v) {
+    const int64_t b = x.size(0), t = x.size(1);
+    at::Tensor q = q_proj(x).view({b, t, heads_, head_dim_});
+    at::Tensor k = k_proj(x).view({b, t, kv_heads_, head_dim_});
+    at::Tensor v = v_proj(x).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+    if (q_norm) {
+      q = q_norm(q);
+      k = k_norm(k);
+    }
+    q = ApplyRope(q.transpose(1, 2), cos, sin);
+    k = ApplyRope(k.transpose(1, 2), cos, sin).contiguous();
+    v = v.contiguous();
+    if (cache_k != nullptr) {
+      if (cache_k->defined() && cache_k->size(2) > 0) {
+        k = at::cat({*cache_k, k}, 2);
+        v = at::cat({*cache_v, v}, 2);
+      }
+      *cache_k = k;
+      *cache_v = v;
+    }
+    if (heads_ != kv_heads_) {  // grouped-query: query head h reads kv head h / n_rep (HF repeat_kv)
+      const int64_t rep = heads_ / kv_heads_, s = k.size(2);
+      k = k.unsqueeze(2).expand({b, kv_heads_, rep, s, head_dim_}).reshape({b, heads_, s, head_dim_});
+      v = v.unsqueeze(2).expand({b, kv_heads_, rep, s, head_dim_}).reshape({b, heads_, s, head_dim_});
+    }
+    at::Tensor o = Attention(q, k, v, mask);
+    return o_proj(o.transpose(1, 2).reshape({b, t, heads_ * head_dim_}));
+  }
+
+  Proj q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  RmsNorm q_norm{nullptr}, k_norm{nullptr};
+
+ private:
+  int64_t heads_, kv_heads_, head_dim_;
+};
+TORCH_MODULE(SelfAttention);
+
+class MlpImpl : public torch::nn::Module {
+ public:
+  explicit MlpImpl(const ModelConfig& c) {
+    gate_proj = register_module("gate_proj", Proj(c.hidden_size, c.intermediate_size, false));
+    up_proj = register_module("up_proj", Proj(c.hidden_size, c.intermediate_size, false));
+    down_proj = register_module("down_proj", Proj(c.intermediate_size, c.hidden_size, false));
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    return down_proj(at::silu(gate_proj(x)) * up_proj(x));
+  }
+  Proj gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(Mlp);
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  explicit DecoderLayerImpl(const ModelConfig& c) {
+    self_attn = register_module("self_attn", SelfAttention(c));
+    mlp = register_module("mlp", Mlp(c));
+    input_layernorm = register_module("input_layernorm", RmsNorm(c.hidden_size, c.rms_norm_eps));
+    post_attention_layernorm =
+        register_module("post_attention_layernorm", RmsNorm(c.hidden_size, c.rms_norm_eps));
+  }
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                     const at::Tensor& mask, at::Tensor* cache_k, at::Tensor* cache_v) {
+    at::Tensor h = x + self_attn(input_layernorm(x), cos, sin, mask, cache_k, cache_v);
+    return h + mlp(post_attention_layernorm(h));
+  }
+  SelfAttention self_attn{nullptr};
+  Mlp mlp{nullptr};
+  RmsNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+class DecoderStackImpl : public torch::nn::Module {
+ public:
+  explicit DecoderStackImpl(const ModelConfig& c) {
+    embed_tokens = register_module("embed_tokens", Embedding(c.vocab_size, c.hidden_size));
+    layers = register_module("layers", torch::nn::ModuleList());
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      DecoderLayer layer(c);
+      layers->push_back(layer);
+      typed_layers.push_back(layer);
+    }
+    norm = register_module("norm", RmsNorm(c.hidden_size, c.rms_norm_eps));
+  }
+  Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  std::vector<DecoderLayer> typed_layers;  // the same modules as `layers`, typed
+  RmsNorm norm{nullptr};
+};
+
+}  // namespace internal
+
+int64_t KvCache::Length() const { return valid.defined() ? valid.size(1) : 0; }
+
+CausalLMImpl::CausalLMImpl(const ModelConfig& config) : config_(config) {
+  absl::Status s = ValidateModelConfig(config);
+  TORCH_CHECK(s.ok(), "CausalLM: ", std::string(s.message()));
+  model_ = register_module("model", std::make_shared<internal::DecoderStackImpl>(config));
+  if (!config.tie_word_embeddings) {
+    lm_head_ = register_module(
+        "lm_head", std::make_shared<internal::ProjImpl>(config.hidden_size, config.vocab_size, false));
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& item : named_parameters(/*recurse=*/true)) {
+    const std::string& name = item.key();
+    at::Tensor& p = item.value();
+    if (absl::EndsWith(name, "norm.weight")) {
+      p.fill_(1.0);
+    } else if (absl::EndsWith(name, ".bias")) {
+      p.zero_();
+    } else {
+      p.normal_(0.0, 0.02);
+    }
+  }
+}
+
+at::Tensor CausalLMImpl::forward(const at::Tensor& input_ids, const at::Tensor& positions,
+                                 const at::Tensor& valid, KvCache* cache) {
+  TORCH_CHECK(input_ids.dim() == 2, "CausalLM: input_ids must be [B,T]");
+  TORCH_CHECK(positions.sizes() == input_ids.sizes() && valid.sizes() == input_ids.sizes(),
+              "CausalLM: positions and valid must have input_ids' shape [B,T]");
+  const int64_t b = input_ids.size(0), t = input_ids.size(1);
+  const int64_t layers = config_.num_hidden_layers;
+  const auto device = input_ids.device();
+  const int64_t past = cache != nullptr ? cache->Length() : 0;
+  if (cache != nullptr) {
+    if (past == 0) {
+      cache->keys.assign(layers, at::Tensor());
+      cache->values.assign(layers, at::Tensor());
+    }
+    TORCH_CHECK(static_cast<int64_t>(cache->keys.size()) == layers &&
+                    static_cast<int64_t>(cache->values.size()) == layers,
+                "KvCache: has ", cache->keys.size(), " layers, model has ", layers);
+    TORCH_CHECK(past == 0 || cache->valid.size(0) == b, "KvCache: batch ", cache->valid.size(0),
+                " != input batch ", b);
+  }
+
+  // Which keys each query may read: causal over (cache + input), valid keys only, and
+  // always itself, so that a padding query's softmax has a finite row.
+  at::Tensor query_valid = valid.to(at::kBool);
+  at::Tensor key_valid = past > 0 ? at::cat({cache->valid, query_valid}, 1) : query_valid;
+  const int64_t s = past + t;
+  auto long_opts = at::TensorOptions().dtype(at::kLong).device(device);
+  at::Tensor qi = at::arange(past, s, long_opts).view({t, 1});
+  at::Tensor kj = at::arange(0, s, long_opts).view({1, s});
+  at::Tensor mask = (kj.le(qi).unsqueeze(0) & key_valid.unsqueeze(1)) | kj.eq(qi).unsqueeze(0);
+  mask = mask.unsqueeze(1);  // [B,1,T,S]
+
+  // RoPE tables in float32 as HF computes them, cast to the activation dtype.
+  const int64_t hd = config_.HeadDim();
+  auto float_opts = at::TensorOptions().dtype(at::kFloat).device(device);
+  at::Tensor inv_freq =
+      1.0 / at::pow(config_.rope_theta, at::arange(0, hd, 2, long_opts).to(at::kFloat) / hd);
+  at::Tensor freqs = positions.to(float_opts).unsqueeze(-1) * inv_freq;  // [B,T,hd/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);          // [B,1,T,hd]
+  const auto act_dtype = model_->embed_tokens->weight.scalar_type();
+  at::Tensor cos = emb.cos().to(act_dtype), sin = emb.sin().to(act_dtype);
+
+  at::Tensor h = model_->embed_tokens(input_ids);
+  for (int64_t i = 0; i < layers; ++i) {
+    h = model_->typed_layers[i](h, cos, sin, mask, cache ? &cache->keys[i] : nullptr,
+                                cache ? &cache->values[i] : nullptr);
+  }
+  if (cache != nullptr) cache->valid = key_valid;
+  h = model_->norm(h);
+  at::Tensor logits = lm_head_ ? lm_head_->forward(h) : at::linear(h, model_->embed_tokens->weight);
+  return logits.to(at::kFloat);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> NamedWeights(CausalLM& model) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& item : model->named_parameters(/*recurse=*/true)) {
+    out.emplace_back(item.key(), item.value());
+  }
+  return out;
+}
+
+absl::Status LoadWeights(CausalLM& model,
+                         const std::vector<std::pair<std::string, at::Tensor>>& weights) {
+  try {
+    torch::NoGradGuard no_grad;
+    std::unordered_map<std::string, const at::Tensor*> by_name;
+    for (const auto& [name, tensor] : weights) {
+      if (!by_name.emplace(name, &tensor).second) {
+        return absl::InvalidArgumentError(absl::StrCat("weights: tensor ", name, " appears twice"));
+      }
+    }
+    auto params = model->named_parameters(/*recurse=*/true);
+    for (const auto& item : params) {
+      auto it = by_name.find(item.key());
+      if (it == by_name.end()) {
+        return absl::InvalidArgumentError(absl::StrCat("weights: missing tensor ", item.key()));
+      }
+      const at::Tensor& src = *it->second;
+      if (src.sizes() != item.value().sizes()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("weights: tensor ", item.key(), " has shape ", c10::str(src.sizes()),
+                         ", the model expects ", c10::str(item.value().sizes())));
+      }
+    }
+    for (const auto& [name, tensor] : weights) {
+      if (params.contains(name)) continue;
+      const bool tied_head = name == "lm_head.weight" && model->config().tie_word_embeddings;
+      if (tied_head || absl::EndsWith(name, ".rotary_emb.inv_freq")) continue;
+      return absl::InvalidArgumentError(
+          absl::StrCat("weights: unexpected tensor ", name, " (not a parameter of this ",
+                       model->config().architecture, " model)"));
+    }
+    for (auto& item : params) item.value().copy_(*by_name.at(item.key()));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("weights: ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace pmdrl

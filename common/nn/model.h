@@ -1,0 +1,78 @@
+// The policy: a decoder-only transformer with the Llama / Qwen2 / Qwen3 architecture
+// (pre-norm RMSNorm, RoPE with HF's rotate_half convention, grouped-query attention,
+// SwiGLU MLP, optional q/k/v bias, optional per-head q/k RMSNorm, optional tied
+// embeddings). Parameters carry exactly the names Hugging Face transformers gives them,
+// so checkpoints move between the two unchanged.
+#ifndef PMDRL_COMMON_NN_MODEL_H_
+#define PMDRL_COMMON_NN_MODEL_H_
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "common/model_config.h"
+
+namespace pmdrl {
+namespace internal {
+class DecoderStackImpl;  // defined in model.cc
+class ProjImpl;
+}  // namespace internal
+
+// Per-layer keys/values of already-processed positions, for incremental decoding. Owned
+// by the caller; CausalLM::forward appends to it. Keys are stored after RoPE, before the
+// grouped-query expansion. Rows of one cache must be decoded together.
+struct KvCache {
+  std::vector<at::Tensor> keys, values;  // per layer [B, n_kv_heads, T_cached, head_dim]
+  at::Tensor valid;                      // [B, T_cached] bool: false = padding, never attended
+  int64_t Length() const;                // T_cached (0 for an empty cache)
+};
+
+// Parameter names: model.embed_tokens.weight, model.layers.{i}.{input_layernorm,
+// self_attn.{q,k,v,o}_proj, [self_attn.{q,k}_norm], post_attention_layernorm,
+// mlp.{gate,up,down}_proj}.weight (+ q/k/v .bias), model.norm.weight, lm_head.weight
+// (absent when tied). Initialised with normal(0, 0.02) for linears and embeddings, ones for
+// norms and zeros for biases, from Torch's global RNG (deterministic after manual_seed).
+// Not thread-safe: callers serialise forward calls and weight updates.
+class CausalLMImpl : public torch::nn::Module {
+ public:
+  // `config` must pass ValidateModelConfig (checked: throws c10::Error otherwise, so
+  // construct through LoadModelDir or after validating).
+  explicit CausalLMImpl(const ModelConfig& config);
+
+  // input_ids [B,T] int64; positions [B,T] int64 (RoPE positions); valid [B,T] bool (false
+  // for padding tokens). Attention is causal over (cached positions + this input),
+  // restricted to valid keys; a padding query attends to itself only, so its (meaningless)
+  // row stays finite. If cache != nullptr, this input's keys/values/valid are appended.
+  // Returns float32 logits [B,T,vocab].
+  at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& positions,
+                     const at::Tensor& valid, KvCache* cache = nullptr);
+
+  const ModelConfig& config() const { return config_; }
+
+ private:
+  ModelConfig config_;
+  std::shared_ptr<internal::DecoderStackImpl> model_;  // "model": embed_tokens, layers, norm
+  std::shared_ptr<internal::ProjImpl> lm_head_;        // "lm_head"; null when tied
+};
+TORCH_MODULE(CausalLM);
+
+// HF-named parameters in a stable order (named_parameters order), tied lm_head omitted.
+// The tensors are the parameters themselves (not copies).
+std::vector<std::pair<std::string, at::Tensor>> NamedWeights(CausalLM& model);
+
+// Copies tensors into the model by exact name; every parameter must be present with the
+// exact shape (the error names the tensor). Converts dtype and device to the parameter's.
+// Ignores "lm_head.weight" of a tied model and legacy "*.rotary_emb.inv_freq" buffers; any
+// other unknown name is an error. Runs under NoGradGuard. On error the model may be
+// partially updated.
+absl::Status LoadWeights(CausalLM& model,
+                         const std::vector<std::pair<std::string, at::Tensor>>& weights);
+
+}  // namespace pmdrl
+
+#endif  // PMDRL_COMMON_NN_MODEL_H_

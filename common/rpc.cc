@@ -1,0 +1,183 @@
+#include "common/rpc.h"
+
+#include <grpc/grpc.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/channel_arguments.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+
+namespace pmdrl {
+namespace {
+
+constexpr int kKeepaliveTimeMs = 30'000;
+constexpr int kKeepaliveTimeoutMs = 10'000;
+// Servers accept pings this often (below kKeepaliveTimeMs) so they never answer a
+// client's keepalive with GOAWAY "too_many_pings".
+constexpr int kMinPingIntervalMs = 10'000;
+
+// grpc.health.v1.HealthCheckResponse.ServingStatus.SERVING
+constexpr uint64_t kServing = 1;
+
+// Reads field 1 (the varint `status`) of an encoded HealthCheckResponse; the message
+// is tiny and fixed, which is not worth generating health.proto for.
+bool ParseServingStatus(const std::string& bytes, uint64_t* status) {
+  *status = 0;  // proto3 default: UNKNOWN
+  size_t i = 0;
+  auto varint = [&](uint64_t* out) {
+    *out = 0;
+    for (int shift = 0; i < bytes.size() && shift < 64; shift += 7) {
+      const uint8_t b = static_cast<uint8_t>(bytes[i++]);
+      *out |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if ((b & 0x80) == 0) return true;
+    }
+    return false;
+  };
+  while (i < bytes.size()) {
+    uint64_t tag;
+    if (!varint(&tag)) return false;
+    const uint64_t wire_type = tag & 7;
+    uint64_t value;
+    if (wire_type == 0) {
+      if (!varint(&value)) return false;
+      if ((tag >> 3) == 1) *status = value;
+    } else if (wire_type == 2) {
+      if (!varint(&value) || value > bytes.size() - i) return false;
+      i += value;
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // Long streams (WatchWeights) can be idle for minutes; keep pinging anyway.
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // Reconnect to a restarted peer within seconds, not gRPC's default two minutes.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 500);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 5'000);
+  // Spreads calls over every address a name resolves to (e.g. scaled verifiers).
+  args.SetLoadBalancingPolicyName("round_robin");
+  // TODO(tls): TLS and mutual TLS plug in here: grpc::SslCredentials(options) built
+  // from the config's CA/cert/key instead of InsecureChannelCredentials (and the
+  // matching grpc::SslServerCredentials in StartServer).
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
+    const std::string& listen, const std::vector<grpc::Service*>& services,
+    int* bound_port) {
+  int port = 0;
+  if (bound_port != nullptr) *bound_port = 0;
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  // TODO(tls): grpc::SslServerCredentials from the config goes here (see MakeChannel).
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  for (size_t i = 0; i < services.size(); ++i) {
+    if (services[i] == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("StartServer(", listen, "): services[", i, "] is null"));
+    }
+    builder.RegisterService(services[i]);
+  }
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  // gRPC sets SO_REUSEPORT by default, which lets a second server bind a port in use
+  // and silently steal half its connections.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             kMinPingIntervalMs);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port <= 0) {
+    if (server != nullptr) server->Shutdown();
+    return absl::UnavailableError(absl::StrCat(
+        "cannot start gRPC server on ", listen,
+        " (port in use, address not local, or not host:port?)"));
+  }
+  if (bound_port != nullptr) *bound_port = port;
+  return server;
+}
+
+absl::Status CheckHealth(const std::shared_ptr<grpc::Channel>& channel,
+                         std::string_view service,
+                         absl::Duration timeout) {
+  // HealthCheckRequest{string service = 1}, encoded by hand.
+  std::string request;
+  if (!service.empty()) {
+    request.push_back(0x0a);
+    for (uint64_t n = service.size(); ; n >>= 7) {
+      if (n < 0x80) {
+        request.push_back(static_cast<char>(n));
+        break;
+      }
+      request.push_back(static_cast<char>((n & 0x7f) | 0x80));
+    }
+    request.append(service);
+  }
+  grpc::Slice slice(request);
+  grpc::ByteBuffer request_buffer(&slice, 1);
+  grpc::ByteBuffer response_buffer;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  grpc::GenericStub stub(channel);
+  absl::Notification done;
+  grpc::Status status;
+  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request_buffer,
+                 &response_buffer, [&](grpc::Status s) {
+                   status = std::move(s);
+                   done.Notify();
+                 });
+  done.WaitForNotification();
+  if (!status.ok()) {
+    absl::Status out = ToAbsl(status);
+    return absl::Status(out.code(), absl::StrCat("health check: ", out.message()));
+  }
+  std::vector<grpc::Slice> slices;
+  if (!response_buffer.Dump(&slices).ok()) {
+    return absl::InternalError("health check: cannot read the response");
+  }
+  std::string response;
+  for (const grpc::Slice& s : slices) {
+    response.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  uint64_t serving = 0;
+  if (!ParseServingStatus(response, &serving)) {
+    return absl::InternalError("health check: malformed HealthCheckResponse");
+  }
+  if (serving != kServing) {
+    return absl::UnavailableError(
+        absl::StrCat("health check: service '", std::string(service), "' is not SERVING (status ",
+                     serving, ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ToAbsl(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      status.error_message());
+}
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+}  // namespace pmdrl

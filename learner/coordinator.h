@@ -1,0 +1,129 @@
+// The coordinator of a run (learner rank 0): the data cursor, prompt leases, the actor
+// registry, admission control, and the intake of scored groups into rollout batches.
+//
+// Promises (DESIGN.md "Data flow"):
+//  - a group is accepted at most once per place in the data stream (epoch, index), so
+//    neither a retried send nor a late group from an expired, re-issued lease counts
+//    twice;
+//  - every submitted group with a known lease is answered accepted, stale or duplicate,
+//    and counted under exactly that outcome;
+//  - no lease is handed out while the work in flight would arrive too stale
+//    (in flight + buffered < prompts_per_update * (1 + max_staleness));
+//  - expired leases are re-issued, so an actor that dies loses nothing.
+// Thread-safe: gRPC handlers and the training loop call it concurrently. It owns the
+// lease table and the buffer of accepted groups; it does not own the metrics registry.
+#ifndef PMDRL_LEARNER_COORDINATOR_H_
+#define PMDRL_LEARNER_COORDINATOR_H_
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/metrics.h"
+#include "common/validate.h"
+#include "learner/lease_table.h"
+#include "learner/prompt_source.h"
+#include "pmdrl/pmdrl.pb.h"
+
+namespace pmdrl {
+
+struct CoordinatorOptions {
+  int64_t group_size = 8;
+  int64_t prompts_per_update = 64;
+  int64_t max_staleness = 2;
+  int64_t lease_ttl_ms = 30000;
+  GroupLimits limits;             // strict checks of scored groups
+  std::string model_config_json;  // handed to registering actors
+  // Called under the coordinator's lock for every classified group (not for rejected
+  // ones), in arrival order: the audit log of <run.dir>/groups.csv.
+  std::function<void(const v1::Group&, v1::AckStatus, uint64_t learner_version)> on_group;
+};
+
+class Coordinator {
+ public:
+  Coordinator(CoordinatorOptions options, const PromptSource* source, LeaseTable table,
+              MetricsRegistry* metrics);
+
+  v1::RegisterActorResponse RegisterActor(const v1::RegisterActorRequest& request);
+  absl::StatusOr<v1::LeasePromptsResponse> LeasePrompts(const v1::LeasePromptsRequest& request);
+  absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request);
+
+  // Learner.SubmitGroups: validates one scored group (INVALID_ARGUMENT naming the field,
+  // or an unknown lease) and classifies it. Counted either way.
+  absl::StatusOr<v1::GroupAck> Submit(const v1::Group& group);
+
+  // Blocks until `prompts_per_update` accepted groups usable at `version` are buffered
+  // (stale ones are dropped and counted), or until `timeout`. nullopt on timeout.
+  std::optional<std::vector<v1::Group>> PopBatch(uint64_t version,
+                                                  std::chrono::milliseconds timeout);
+
+  void SetVersion(uint64_t version);
+  uint64_t version() const;
+  // The run is over: actors are told to stop; late groups are still answered.
+  void Finish();
+  bool finished() const;
+
+  struct Counts {
+    uint64_t accepted = 0, stale = 0, duplicate = 0, rejected = 0;
+    uint64_t reissued = 0;
+    uint32_t live_actors = 0;
+    int64_t data_epoch = 0, data_index = 0;
+  };
+  Counts counts() const;
+
+  // For a checkpoint: the lease table (cursor, done places, outstanding places) and
+  // the accepted groups not yet trained, which a resumed run trains on.
+  LeaseTableState SaveState() const;
+  std::vector<v1::Group> BufferedGroups() const;
+  void RestoreBuffer(std::vector<v1::Group> groups);
+
+ private:
+  struct ActorInfo {
+    std::string name;
+    int64_t last_seen_ms = 0;
+    uint64_t version = 0;
+  };
+
+  int64_t NowMs() const;
+  void ExpireLocked(int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t LiveActorsLocked(int64_t now_ms) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const CoordinatorOptions options_;
+  const PromptSource* source_;
+  MetricsRegistry* metrics_;
+
+  mutable absl::Mutex mu_;
+  LeaseTable table_ ABSL_GUARDED_BY(mu_);
+  std::deque<v1::Group> buffer_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, ActorInfo> actors_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_actor_ = 0 ABSL_GUARDED_BY(mu_);
+  uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  Counts counts_ ABSL_GUARDED_BY(mu_);
+
+  prometheus::Counter* accepted_;
+  prometheus::Counter* stale_;
+  prometheus::Counter* stale_in_buffer_;
+  prometheus::Counter* duplicate_;
+  prometheus::Counter* rejected_;
+  prometheus::Counter* unknown_lease_;
+  prometheus::Counter* leases_issued_;
+  prometheus::Counter* leases_reissued_;
+  prometheus::Counter* leases_expired_;
+  prometheus::Gauge* in_flight_;
+  prometheus::Gauge* buffered_;
+  prometheus::Gauge* live_actors_;
+  prometheus::Histogram* staleness_;
+};
+
+}  // namespace pmdrl
+
+#endif  // PMDRL_LEARNER_COORDINATOR_H_

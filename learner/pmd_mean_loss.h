@@ -1,0 +1,69 @@
+// The PMD-mean objective (DESIGN.md, "The algorithm (normative)"): group advantages
+// and the per-completion squared loss. Pure functions; no state, no I/O.
+//
+// Tensors are at::Tensor, the same type as torch::Tensor; this header includes only the
+// core tensor class so that its users do not pay for <torch/torch.h>.
+#ifndef PMDRL_LEARNER_PMD_MEAN_LOSS_H_
+#define PMDRL_LEARNER_PMD_MEAN_LOSS_H_
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace pmdrl {
+
+// b = (1/k) Σ_i r_i (kMean) or b_j = (1/(k−1)) Σ_{i≠j} r_i (kLeaveOneOut).
+enum class Baseline { kMean, kLeaveOneOut };
+// Divide each completion's loss by its own response length L_j (kTokens) or by the
+// maximum response length of the global mini-batch (kMax).
+enum class LengthNorm { kTokens, kMax };
+
+// "mean" | "loo" (the names of learner.baseline).
+absl::StatusOr<Baseline> ParseBaseline(std::string_view name);
+// "token" | "max" (the names of learner.length_norm).
+absl::StatusOr<LengthNorm> ParseLengthNorm(std::string_view name);
+
+// Advantages A_j = r_j − b_j of one group, in double. Errors: an empty group, a
+// non-finite reward, or kLeaveOneOut with fewer than 2 rewards. A group whose rewards
+// are all equal gets exactly zero advantages (not rounding noise).
+absl::StatusOr<std::vector<double>> GroupAdvantages(const std::vector<double>& rewards,
+                                                    Baseline baseline);
+
+// True when every reward equals the first (and for an empty group): such a group
+// carries no signal under either baseline. The caller counts these.
+bool AllRewardsEqual(const std::vector<double>& rewards);
+
+// One rank's share of a mini-batch, N completions. All four are 1-D of length N.
+// advantages and lengths are converted to logp_new's dtype and device.
+struct PmdMeanInputs {
+  at::Tensor logp_new;    // Σ_t log π_θ over each response (requires grad)
+  at::Tensor logp_old;    // the same sum under the sampling policy (treated as constant)
+  at::Tensor advantages;  // A_j
+  at::Tensor lengths;     // L_j in tokens, float, > 0
+};
+
+// Returns Σ_j ℓ_j / global_count (a 0-dim tensor) with
+//   ℓ_j = (A_j − τ·Δ_j)² / (2·τ·norm_j),   Δ_j = logp_new_j − logp_old_j,
+//   norm_j = L_j (kTokens) or max_length (kMax).
+// global_count is the number of completions in the GLOBAL mini-batch and max_length
+// (kMax only) the longest response in it, so that the ranks' partial losses sum to
+// the mean over the whole mini-batch. No gradient flows into logp_old.
+//
+// Preconditions (see ValidatePmdMeanInputs): a violation throws c10::Error like any
+// Torch op; callers convert at their boundary.
+at::Tensor PmdMeanLoss(const PmdMeanInputs& in, double tau, LengthNorm norm,
+                       double max_length, int64_t global_count);
+
+// Checks PmdMeanLoss's preconditions: equal 1-D shapes, tau > 0, global_count > 0,
+// global_count >= N, max_length > 0 for kMax, all lengths > 0.
+absl::Status ValidatePmdMeanInputs(const PmdMeanInputs& in, double tau, LengthNorm norm,
+                                   double max_length, int64_t global_count);
+
+}  // namespace pmdrl
+
+#endif  // PMDRL_LEARNER_PMD_MEAN_LOSS_H_

@@ -1,0 +1,84 @@
+// The learner's policy and optimizer: turns a rollout batch of scored groups into one
+// policy update with the PMD-mean loss (several AdamW steps, one per mini-batch), and
+// evaluates the policy on held-out prompts. Owns the model and the optimizer. Not
+// thread-safe: the training loop is its only caller. Torch stays inside the .cc.
+#ifndef PMDRL_LEARNER_TRAINER_H_
+#define PMDRL_LEARNER_TRAINER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/config.h"
+#include "common/model_config.h"
+#include "common/tokenizer.h"
+#include "learner/prompt_source.h"
+#include "learner/weight_publisher.h"
+#include "pmdrl/pmdrl.pb.h"
+
+namespace pmdrl {
+
+struct UpdateStats {
+  double loss = 0;             // mean over mini-batches
+  double grad_norm = 0;        // mean over mini-batches, before clipping
+  double mean_reward = 0;
+  double mixed_fraction = 0;   // groups whose rewards are not all equal
+  int64_t equal_reward_groups = 0;
+  double logprob_mismatch = 0; // mean |learner − actor| token log-prob at the sampling version
+  double mean_abs_delta = 0;   // mean |Δ_j| (sequence log-ratio) seen by the loss
+  double staleness_mean = 0;
+  double entropy = 0;          // mean token entropy of the policy on the responses
+  int64_t trained_tokens = 0;  // prompt + response tokens through forward/backward
+  int64_t response_tokens = 0;
+  int64_t completions = 0;
+  double seconds = 0;
+};
+
+struct EvalResult {
+  double greedy_accuracy = 0;
+  double pass_at_k = -1;  // -1 unless asked for
+};
+
+// The random-init architecture of config.model for this tokenizer.
+ModelConfig ModelConfigFromConfig(const Config& config, const Tokenizer& tokenizer);
+
+class Trainer {
+ public:
+  // Starts from `model_dir` when non-empty, else from a random init seeded by run.seed.
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const Config& config,
+                                                         const Tokenizer& tokenizer,
+                                                         const std::string& model_dir);
+  ~Trainer();
+
+  absl::StatusOr<UpdateStats> Update(const std::vector<v1::Group>& groups, uint64_t version);
+
+  // Greedy accuracy on `items` (and pass@k at the actor's temperature when k > 0).
+  EvalResult Evaluate(const std::vector<PromptItem>& items, int64_t max_new_tokens,
+                      int64_t pass_k = 0);
+
+  std::shared_ptr<const WeightSnapshot> Snapshot(uint64_t version);
+  const ModelConfig& model_config() const;
+
+  // Model directory (config.json + model.safetensors) plus optimizer.pt in `dir`.
+  absl::Status Save(const std::string& dir);
+  absl::Status LoadOptimizer(const std::string& dir);
+  int64_t optimizer_steps() const;
+  void set_optimizer_steps(int64_t steps);
+
+  // One supervised step (cross-entropy on the response tokens), for `pmdrl sft`.
+  // Returns the mean token loss.
+  absl::StatusOr<double> SupervisedStep(const std::vector<std::vector<int32_t>>& prompts,
+                                        const std::vector<std::vector<int32_t>>& targets,
+                                        double lr);
+
+ private:
+  struct Impl;
+  explicit Trainer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pmdrl
+
+#endif  // PMDRL_LEARNER_TRAINER_H_

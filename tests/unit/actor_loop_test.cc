@@ -1,0 +1,326 @@
+// The actor's whole loop against an in-process fake coordinator and verifier: register,
+// wait for weights, lease, sample, send, swap to a newer version between batches, and
+// stop when the coordinator says the run is finished.
+#include <ATen/ATen.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/server.h>
+#include <grpcpp/server_context.h>
+
+#include "actor/actor.h"
+#include "common/auth.h"
+#include "common/metrics.h"
+#include "common/model_config.h"
+#include "common/nn/model.h"
+#include "common/rpc.h"
+#include "common/tokenizer.h"
+#include "gtest/gtest.h"
+#include "pmdrl/pmdrl.grpc.pb.h"
+
+namespace pmdrl {
+namespace {
+
+using std::chrono::milliseconds;
+constexpr char kToken[] = "loop-token";
+constexpr uint32_t kGroupSize = 3;
+
+ModelConfig TinyConfig() {
+  ModelConfig c;
+  c.architecture = "llama";
+  c.vocab_size = CharTokenizer::kVocabSize;
+  c.hidden_size = 16;
+  c.intermediate_size = 32;
+  c.num_hidden_layers = 1;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 2;
+  c.max_position_embeddings = 64;
+  c.bos_token_id = CharTokenizer::kBos;
+  c.eos_token_id = CharTokenizer::kEos;
+  c.pad_token_id = CharTokenizer::kPad;
+  return c;
+}
+
+std::string ConfigJson(const ModelConfig& config) {
+  const std::string path = ::testing::TempDir() + "/actor_loop_test_config.json";
+  EXPECT_TRUE(WriteModelConfig(config, path).ok());
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  std::remove(path.c_str());
+  return text.str();
+}
+
+// Every tensor of a freshly initialised model as one chunk each.
+std::vector<v1::WeightChunk> WeightChunks(const ModelConfig& config, uint64_t version) {
+  at::manual_seed(static_cast<uint64_t>(version));
+  CausalLM model(config);
+  std::vector<v1::WeightChunk> out;
+  auto weights = NamedWeights(model);
+  for (size_t i = 0; i < weights.size(); ++i) {
+    at::Tensor t = weights[i].second.detach().to(at::kFloat).contiguous();
+    v1::WeightChunk c;
+    c.set_version(version);
+    c.set_name(weights[i].first);
+    for (int64_t d : t.sizes()) c.add_shape(d);
+    c.set_offset(0);
+    c.set_tensor_bytes(t.numel() * 4);
+    c.set_data(std::string(reinterpret_cast<const char*>(t.data_ptr<float>()), t.numel() * 4));
+    c.set_tensor_index(static_cast<uint32_t>(i));
+    c.set_tensor_count(static_cast<uint32_t>(weights.size()));
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+v1::Lease MakeLease(uint64_t index, uint64_t version) {
+  CharTokenizer tok;
+  v1::Lease l;
+  l.set_lease_id("L" + std::to_string(index));
+  l.set_epoch(1);
+  l.set_index(index);
+  const std::string prompt = "00" + std::to_string(index) + "+001=";
+  std::vector<int32_t> ids = {CharTokenizer::kBos};
+  for (int32_t id : tok.Encode(prompt)) ids.push_back(id);
+  l.mutable_prompt_tokens()->Add(ids.begin(), ids.end());
+  l.set_prompt_text(prompt);
+  l.set_reference(std::to_string(index + 1));
+  l.set_deadline_unix_ms(std::chrono::duration_cast<milliseconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count() +
+                         30000);
+  l.set_issued_at_version(version);
+  return l;
+}
+
+// Batch 1: leases 0,1 at version 1. Batch 2: leases 2,3 at version 2, whose weights are
+// streamed only after that LeasePrompts call (the actor must wait for them). Then one
+// empty answer (retry), then finished.
+class FakeCoordinator final : public v1::Coordinator::Service {
+ public:
+  explicit FakeCoordinator(ModelConfig config) : config_(std::move(config)) {}
+
+  grpc::Status RegisterActor(grpc::ServerContext* ctx, const v1::RegisterActorRequest* request,
+                             v1::RegisterActorResponse* response) override {
+    if (grpc::Status s = CheckBearer(*ctx, kToken); !s.ok()) return s;
+    name_seen = request->name();
+    response->set_actor_id("actor-id-1");
+    response->set_group_size(kGroupSize);
+    response->set_current_version(1);
+    response->set_lease_ttl_ms(30000);
+    response->set_model_config_json(ConfigJson(config_));
+    response->set_tokenizer("char");
+    response->set_task("arith");
+    return grpc::Status::OK;
+  }
+
+  grpc::Status LeasePrompts(grpc::ServerContext* ctx, const v1::LeasePromptsRequest* request,
+                            v1::LeasePromptsResponse* response) override {
+    if (grpc::Status s = CheckBearer(*ctx, kToken); !s.ok()) return s;
+    EXPECT_EQ(request->actor_id(), "actor-id-1");
+    EXPECT_EQ(request->max_prompts(), 2u);
+    const int call = lease_calls.fetch_add(1);
+    if (call == 0) {
+      response->set_current_version(1);
+      *response->add_leases() = MakeLease(0, 1);
+      *response->add_leases() = MakeLease(1, 1);
+    } else if (call == 1) {
+      response->set_current_version(2);
+      *response->add_leases() = MakeLease(2, 2);
+      *response->add_leases() = MakeLease(3, 2);
+    } else if (call == 2) {
+      response->set_current_version(2);
+      response->set_retry_after_ms(10);
+    } else {
+      response->set_finished(true);
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* request,
+                         v1::HeartbeatResponse* response) override {
+    if (grpc::Status s = CheckBearer(*ctx, kToken); !s.ok()) return s;
+    EXPECT_EQ(request->actor_id(), "actor-id-1");
+    response->set_current_version(2);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status WatchWeights(grpc::ServerContext* ctx, const v1::WatchWeightsRequest* request,
+                            grpc::ServerWriter<v1::WeightChunk>* writer) override {
+    if (grpc::Status s = CheckBearer(*ctx, kToken); !s.ok()) return s;
+    EXPECT_EQ(request->actor_id(), "actor-id-1");
+    if (request->have_version() < 1) {
+      for (const auto& c : WeightChunks(config_, 1)) writer->Write(c);
+    }
+    while (lease_calls.load() < 2) {
+      if (ctx->IsCancelled()) return grpc::Status::CANCELLED;
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+    // Give the actor a chance to (wrongly) sample batch 2 with version 1.
+    std::this_thread::sleep_for(milliseconds(50));
+    for (const auto& c : WeightChunks(config_, 2)) writer->Write(c);
+    while (!ctx->IsCancelled()) std::this_thread::sleep_for(milliseconds(5));
+    return grpc::Status::CANCELLED;
+  }
+
+  std::atomic<int> lease_calls{0};
+  std::string name_seen;
+
+ private:
+  const ModelConfig config_;
+};
+
+class FakeVerifier final : public v1::Verifier::Service {
+ public:
+  grpc::Status ScoreGroups(grpc::ServerContext* ctx,
+                           grpc::ServerReaderWriter<v1::GroupAck, v1::Group>* stream) override {
+    if (grpc::Status s = CheckBearer(*ctx, kToken); !s.ok()) return s;
+    v1::Group g;
+    while (stream->Read(&g)) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        groups.push_back(g);
+      }
+      v1::GroupAck ack;
+      ack.set_lease_id(g.lease_id());
+      ack.set_status(g.index() == 3 ? v1::ACK_STALE : v1::ACK_ACCEPTED);
+      if (!stream->Write(ack)) break;
+    }
+    return grpc::Status::OK;
+  }
+  std::mutex mu;
+  std::vector<v1::Group> groups;
+};
+
+double MetricValue(const std::string& text, const std::string& line_prefix) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(line_prefix + " ", 0) == 0) return std::stod(line.substr(line_prefix.size()));
+  }
+  ADD_FAILURE() << "no metric line " << line_prefix << " in\n" << text;
+  return -1;
+}
+
+TEST(ActorLoopTest, LeasesSamplesSendsAndSwapsBetweenBatches) {
+  const ModelConfig config = TinyConfig();
+  FakeCoordinator coordinator(config);
+  FakeVerifier verifier;
+  int cport = 0, vport = 0;
+  auto cserver = StartServer("127.0.0.1:0", {&coordinator}, &cport);
+  auto vserver = StartServer("127.0.0.1:0", {&verifier}, &vport);
+  ASSERT_TRUE(cserver.ok() && vserver.ok());
+
+  ActorOptions options;
+  options.config.name = "actor-7";
+  options.config.coordinator = "127.0.0.1:" + std::to_string(cport);
+  options.config.verifiers = {"127.0.0.1:" + std::to_string(vport)};
+  options.config.prompts_per_batch = 2;
+  options.config.max_new_tokens = 5;
+  options.run_seed = 3;
+  options.token = kToken;
+  options.heartbeat_interval = milliseconds(20);
+  MetricsRegistry metrics("actor");
+  Actor actor(options, &metrics);
+  const absl::Status status = actor.Run();
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(coordinator.name_seen, "actor-7");
+  EXPECT_GE(coordinator.lease_calls.load(), 4);
+
+  CharTokenizer tok;
+  std::vector<v1::Group> groups;
+  {
+    std::lock_guard<std::mutex> lock(verifier.mu);
+    groups = verifier.groups;
+  }
+  ASSERT_EQ(groups.size(), 4u);
+  int64_t tokens = 0;
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const v1::Group& g = groups[i];
+    const v1::Lease lease = MakeLease(i, i < 2 ? 1 : 2);
+    EXPECT_EQ(g.lease_id(), lease.lease_id());
+    EXPECT_EQ(g.epoch(), 1u);
+    EXPECT_EQ(g.index(), i);
+    EXPECT_EQ(g.actor_id(), "actor-id-1");
+    // Batch 2 was leased at version 2: it must not be sampled with version 1.
+    EXPECT_EQ(g.policy_version(), i < 2 ? 1u : 2u) << i;
+    EXPECT_EQ(g.issued_at_version(), lease.issued_at_version());
+    EXPECT_EQ(g.task(), "arith");
+    EXPECT_EQ(g.prompt_text(), lease.prompt_text());
+    EXPECT_EQ(g.reference(), lease.reference());
+    EXPECT_TRUE(std::equal(g.prompt_tokens().begin(), g.prompt_tokens().end(),
+                           lease.prompt_tokens().begin(), lease.prompt_tokens().end()));
+    EXPECT_GE(g.generate_seconds(), 0.0);
+    ASSERT_EQ(g.completions_size(), static_cast<int>(kGroupSize));
+    for (const v1::Completion& c : g.completions()) {
+      ASSERT_GE(c.tokens_size(), 1);
+      EXPECT_LE(c.tokens_size(), 5);
+      ASSERT_EQ(c.logprobs_size(), c.tokens_size());
+      for (float lp : c.logprobs()) EXPECT_LE(lp, 1e-4f);
+      for (int32_t t : c.tokens()) {
+        EXPECT_NE(t, CharTokenizer::kPad);
+        EXPECT_LT(t, CharTokenizer::kVocabSize);
+      }
+      const std::vector<int32_t> ids(c.tokens().begin(), c.tokens().end());
+      EXPECT_EQ(c.text(), tok.Decode(ids, true));
+      EXPECT_EQ(c.stopped(), ids.back() == CharTokenizer::kEos);
+      tokens += c.tokens_size();
+    }
+  }
+
+  const std::string text = metrics.Serialize();
+  EXPECT_EQ(MetricValue(text, "pmdrl_actor_generated_tokens_total"), tokens);
+  EXPECT_EQ(MetricValue(text, "pmdrl_actor_weight_swaps_total"), 2);
+  EXPECT_EQ(MetricValue(text, "pmdrl_actor_policy_version"), 2);
+  EXPECT_EQ(MetricValue(text, "pmdrl_actor_groups_in_flight"), 0);
+  EXPECT_EQ(MetricValue(text, "pmdrl_actor_groups_sent_total{status=\"accepted\"}"), 3);
+  EXPECT_EQ(MetricValue(text, "pmdrl_actor_groups_sent_total{status=\"stale\"}"), 1);
+  EXPECT_EQ(MetricValue(text, "pmdrl_actor_groups_sent_total{status=\"unknown\"}"), 0);
+  EXPECT_EQ(MetricValue(text, "pmdrl_actor_weight_sync_seconds_count"), 2);
+
+  (*cserver)->Shutdown();
+  (*vserver)->Shutdown();
+}
+
+TEST(ActorLoopTest, StopBeforeTheCoordinatorAnswersReturnsOk) {
+  ActorOptions options;
+  options.config.coordinator = "127.0.0.1:1";  // nothing listens
+  options.token = kToken;
+  MetricsRegistry metrics("actor");
+  Actor actor(options, &metrics);
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(milliseconds(100));
+    actor.Stop();
+  });
+  EXPECT_TRUE(actor.Run().ok());
+  stopper.join();
+}
+
+TEST(ActorLoopTest, UnreachableCoordinatorFailsAfterTheTimeout) {
+  ActorOptions options;
+  options.config.coordinator = "127.0.0.1:1";
+  options.token = kToken;
+  options.coordinator_timeout = milliseconds(300);
+  MetricsRegistry metrics("actor");
+  Actor actor(options, &metrics);
+  const absl::Status status = actor.Run();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+}
+
+TEST(ActorSeedTest, DependsOnRunSeedAndName) {
+  EXPECT_EQ(DeriveActorSeed(1, "actor-0"), DeriveActorSeed(1, "actor-0"));
+  EXPECT_NE(DeriveActorSeed(1, "actor-0"), DeriveActorSeed(1, "actor-1"));
+  EXPECT_NE(DeriveActorSeed(1, "actor-0"), DeriveActorSeed(2, "actor-0"));
+}
+
+}  // namespace
+}  // namespace pmdrl

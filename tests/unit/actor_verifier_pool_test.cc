@@ -1,0 +1,222 @@
+#include "actor/verifier_pool.h"
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/server.h>
+#include <grpcpp/server_context.h>
+
+#include "common/auth.h"
+#include "common/rpc.h"
+#include "gtest/gtest.h"
+#include "pmdrl/pmdrl.grpc.pb.h"
+
+namespace pmdrl {
+namespace {
+
+constexpr char kToken[] = "pool-token";
+
+// Records, across all fake verifiers, which one received each group, in order.
+struct Journal {
+  std::mutex mu;
+  std::vector<std::string> entries;  // "<verifier>:<lease_id>"
+  void Add(const std::string& e) {
+    std::lock_guard<std::mutex> lock(mu);
+    entries.push_back(e);
+  }
+  std::vector<std::string> Get() {
+    std::lock_guard<std::mutex> lock(mu);
+    return entries;
+  }
+};
+
+// A verifier that acks each group with `status`. With `fail_after` >= 0, a stream that
+// has acked that many groups reads one more and then breaks (UNAVAILABLE, no ack).
+// With `hang`, it never acks and holds the stream until the client cancels.
+class FakeVerifier final : public v1::Verifier::Service {
+ public:
+  FakeVerifier(std::string name, Journal* journal) : name_(std::move(name)), journal_(journal) {}
+
+  v1::AckStatus status = v1::ACK_ACCEPTED;
+  int fail_after = -1;
+  bool hang = false;
+
+  grpc::Status ScoreGroups(grpc::ServerContext* ctx,
+                           grpc::ServerReaderWriter<v1::GroupAck, v1::Group>* stream) override {
+    if (grpc::Status s = CheckBearer(*ctx, kToken); !s.ok()) return s;
+    streams_.fetch_add(1);
+    int acked = 0;
+    v1::Group group;
+    while (stream->Read(&group)) {
+      journal_->Add(name_ + ":" + group.lease_id());
+      if (hang) {
+        while (!ctx->IsCancelled()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        return grpc::Status::CANCELLED;
+      }
+      if (fail_after >= 0 && acked == fail_after) {
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "verifier broke");
+      }
+      v1::GroupAck ack;
+      ack.set_lease_id(group.lease_id());
+      ack.set_status(status);
+      ack.set_learner_version(7);
+      if (!stream->Write(ack)) break;
+      ++acked;
+    }
+    return grpc::Status::OK;
+  }
+
+  int streams() const { return streams_.load(); }
+
+ private:
+  const std::string name_;
+  Journal* journal_;
+  std::atomic<int> streams_{0};
+};
+
+struct Server {
+  std::unique_ptr<grpc::Server> server;
+  std::string address;
+};
+
+Server Serve(FakeVerifier* service) {
+  int port = 0;
+  auto server = StartServer("127.0.0.1:0", {service}, &port);
+  EXPECT_TRUE(server.ok()) << server.status();
+  return {*std::move(server), "127.0.0.1:" + std::to_string(port)};
+}
+
+// An address where nothing listens: a server's port after it shut down.
+std::string DeadAddress() {
+  Journal journal;
+  FakeVerifier service("dead", &journal);
+  Server s = Serve(&service);
+  s.server->Shutdown();
+  s.server->Wait();
+  return s.address;
+}
+
+v1::Group MakeGroup(int i) {
+  v1::Group g;
+  g.set_lease_id("lease-" + std::to_string(i));
+  g.set_epoch(0);
+  g.set_index(i);
+  return g;
+}
+
+TEST(VerifierPoolTest, RoundRobinOverOpenStreams) {
+  Journal journal;
+  FakeVerifier a("a", &journal), b("b", &journal);
+  Server sa = Serve(&a), sb = Serve(&b);
+  VerifierPool pool({sa.address, sb.address}, kToken);
+  ASSERT_EQ(pool.size(), 2u);
+  for (int i = 0; i < 4; ++i) {
+    absl::StatusOr<v1::GroupAck> ack = pool.Send(MakeGroup(i));
+    ASSERT_TRUE(ack.ok()) << ack.status();
+    EXPECT_EQ(ack->lease_id(), "lease-" + std::to_string(i));
+    EXPECT_EQ(ack->status(), v1::ACK_ACCEPTED);
+    EXPECT_EQ(ack->learner_version(), 7u);
+  }
+  EXPECT_EQ(journal.Get(),
+            (std::vector<std::string>{"a:lease-0", "b:lease-1", "a:lease-2", "b:lease-3"}));
+  // One stream per verifier, kept open across sends.
+  EXPECT_EQ(a.streams(), 1);
+  EXPECT_EQ(b.streams(), 1);
+}
+
+TEST(VerifierPoolTest, FailsOverWhenAVerifierIsDown) {
+  Journal journal;
+  FakeVerifier a("a", &journal);
+  Server sa = Serve(&a);
+  VerifierPool pool({DeadAddress(), sa.address}, kToken);
+  for (int i = 0; i < 4; ++i) {
+    absl::StatusOr<v1::GroupAck> ack = pool.Send(MakeGroup(i));
+    ASSERT_TRUE(ack.ok()) << ack.status();
+    EXPECT_EQ(ack->lease_id(), "lease-" + std::to_string(i));
+  }
+  EXPECT_EQ(journal.Get(), (std::vector<std::string>{"a:lease-0", "a:lease-1", "a:lease-2",
+                                                     "a:lease-3"}));
+}
+
+TEST(VerifierPoolTest, AckUnknownTriesTheNextVerifier) {
+  Journal journal;
+  FakeVerifier a("a", &journal), b("b", &journal);
+  a.status = v1::ACK_UNKNOWN;
+  b.status = v1::ACK_DUPLICATE;  // any definite answer ends the search
+  Server sa = Serve(&a), sb = Serve(&b);
+  VerifierPool pool({sa.address, sb.address}, kToken);
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<v1::GroupAck> ack = pool.Send(MakeGroup(i));
+    ASSERT_TRUE(ack.ok()) << ack.status();
+    EXPECT_EQ(ack->status(), v1::ACK_DUPLICATE);
+  }
+  EXPECT_EQ(journal.Get(), (std::vector<std::string>{"a:lease-0", "b:lease-0", "b:lease-1"}));
+}
+
+TEST(VerifierPoolTest, AllFailingIsAnErrorNamingEachVerifier) {
+  Journal journal;
+  FakeVerifier a("a", &journal);
+  a.status = v1::ACK_UNKNOWN;
+  Server sa = Serve(&a);
+  const std::string dead = DeadAddress();
+  VerifierPool pool({sa.address, dead}, kToken);
+  absl::StatusOr<v1::GroupAck> ack = pool.Send(MakeGroup(0));
+  ASSERT_FALSE(ack.ok());
+  EXPECT_EQ(ack.status().code(), absl::StatusCode::kUnavailable);
+  const std::string message(ack.status().message());
+  EXPECT_NE(message.find(sa.address), std::string::npos) << message;
+  EXPECT_NE(message.find(dead), std::string::npos) << message;
+  EXPECT_NE(message.find("ACK_UNKNOWN"), std::string::npos) << message;
+  // Each verifier is tried at most once per Send.
+  EXPECT_EQ(journal.Get(), std::vector<std::string>{"a:lease-0"});
+}
+
+TEST(VerifierPoolTest, BrokenStreamIsReopened) {
+  Journal journal;
+  FakeVerifier a("a", &journal), b("b", &journal);
+  a.fail_after = 1;  // every stream to `a` acks one group, then breaks on the next
+  Server sa = Serve(&a), sb = Serve(&b);
+  VerifierPool pool({sa.address, sb.address}, kToken);
+  for (int i = 0; i < 5; ++i) {
+    absl::StatusOr<v1::GroupAck> ack = pool.Send(MakeGroup(i));
+    ASSERT_TRUE(ack.ok()) << ack.status();
+    EXPECT_EQ(ack->lease_id(), "lease-" + std::to_string(i));
+  }
+  EXPECT_EQ(journal.Get(), (std::vector<std::string>{"a:lease-0", "b:lease-1", "a:lease-2",
+                                                     "b:lease-2", "b:lease-3", "a:lease-4"}));
+  EXPECT_EQ(a.streams(), 2);
+  EXPECT_EQ(b.streams(), 1);
+}
+
+TEST(VerifierPoolTest, SilentVerifierTimesOutAndIsSkipped) {
+  Journal journal;
+  FakeVerifier a("a", &journal), b("b", &journal);
+  a.hang = true;
+  Server sa = Serve(&a), sb = Serve(&b);
+  VerifierPool::Options options;
+  options.ack_timeout = std::chrono::milliseconds(100);
+  VerifierPool pool({sa.address, sb.address}, kToken, options);
+  absl::StatusOr<v1::GroupAck> ack = pool.Send(MakeGroup(0));
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(journal.Get(), (std::vector<std::string>{"a:lease-0", "b:lease-0"}));
+}
+
+TEST(VerifierPoolTest, WrongTokenIsAFailure) {
+  Journal journal;
+  FakeVerifier a("a", &journal);
+  Server sa = Serve(&a);
+  VerifierPool pool({sa.address}, "not-the-token");
+  absl::StatusOr<v1::GroupAck> ack = pool.Send(MakeGroup(0));
+  ASSERT_FALSE(ack.ok());
+  EXPECT_NE(std::string(ack.status().message()).find("UNAUTHENTICATED"), std::string::npos)
+      << ack.status();
+  EXPECT_TRUE(journal.Get().empty());
+}
+
+}  // namespace
+}  // namespace pmdrl
