@@ -218,6 +218,7 @@ absl::Status WriteTokenFile(const std::string& path, const std::string& token) {
 
 // ---------------------------------------------------------------- children
 
+// A started child process as the launcher tracks it.
 struct Child {
   std::string name;  // "learner", "verifier-0", "actor-1"
   pid_t pid = -1;
@@ -355,6 +356,9 @@ std::string ExeDir() {
 
 // ---------------------------------------------------------------- the launcher
 
+// One run of `pmdrl local`. Owns the child processes it starts: it signals only
+// their pids, reaps every one of them before Run returns (the destructor SIGKILLs and
+// reaps any left by an early return), and is the only waitpid caller for them.
 class Launcher {
  public:
   Launcher(Config config, LocalArgs args) : config_(std::move(config)), args_(std::move(args)) {}
@@ -394,7 +398,6 @@ class Launcher {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Coordinator::Stub> stub_;
   v1::StatusResponse last_status_;
-  bool have_status_ = false;
   bool warned_no_actors_ = false;
   bool warned_no_verifiers_ = false;
 };
@@ -488,7 +491,6 @@ Launcher::Outcome Launcher::WaitForLearner() {
     absl::StatusOr<v1::StatusResponse> status = GetStatus(1000, /*wait_for_ready=*/true);
     if (status.ok()) {
       last_status_ = *status;
-      have_status_ = true;
       return Outcome::kFinished;
     }
     spdlog::debug("learner not ready yet: {}", status.status().ToString());
@@ -547,7 +549,6 @@ Launcher::Outcome Launcher::Supervise() {
       if (failures >= 5) console_.Info("learner answers GetStatus again");
       failures = 0;
       last_status_ = *status;
-      have_status_ = true;
       console_.Progress(FormatProgress(last_status_, config_.learner.updates));
       if (last_status_.finished()) {
         console_.Info("training finished at update {}", last_status_.update());

@@ -277,6 +277,21 @@ Coordinator::Counts Coordinator::counts() const {
   return c;
 }
 
+std::vector<v1::ActorStatus> Coordinator::ActorStatuses() const {
+  absl::MutexLock lock(&mu_);
+  int64_t now = NowMs();
+  std::vector<v1::ActorStatus> out;
+  for (const auto& [id, a] : actors_) {
+    v1::ActorStatus s;
+    s.set_actor_id(id);
+    s.set_policy_version(a.version);
+    s.set_leases_in_flight(static_cast<uint32_t>(table_.InFlightOf(id)));
+    s.set_seconds_since_seen(static_cast<double>(now - a.last_seen_ms) / 1000.0);
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
 LeaseTableState Coordinator::SaveState() const {
   absl::MutexLock lock(&mu_);
   return table_.Save();

@@ -78,6 +78,8 @@ class Coordinator {
     int64_t data_epoch = 0, data_index = 0;
   };
   Counts counts() const;
+  // One entry per registered actor, for GetStatus.
+  std::vector<v1::ActorStatus> ActorStatuses() const;
 
   // For a checkpoint: the lease table (cursor, done places, outstanding places) and
   // the accepted groups not yet trained, which a resumed run trains on.

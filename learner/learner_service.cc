@@ -132,6 +132,7 @@ grpc::Status CoordinatorService::GetStatus(grpc::ServerContext* ctx,
   resp->set_leases_reissued(c.reissued);
   resp->set_data_epoch(static_cast<uint64_t>(c.data_epoch));
   resp->set_data_index(static_cast<uint64_t>(c.data_index));
+  for (v1::ActorStatus& a : coordinator_->ActorStatuses()) *resp->add_actors() = std::move(a);
   if (status_) status_(resp);
   return grpc::Status::OK;
 }

@@ -355,4 +355,13 @@ absl::StatusOr<LeaseTableState> LeaseStateFromJson(std::string_view text) {
   return s;
 }
 
+int64_t LeaseTable::InFlightOf(std::string_view actor_id) const {
+  int64_t n = 0;
+  for (const auto& [seq, id] : live_) {
+    auto it = leases_.find(id);
+    if (it != leases_.end() && it->second.actor_id == actor_id) ++n;
+  }
+  return n;
+}
+
 }  // namespace pmdrl

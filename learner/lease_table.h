@@ -127,6 +127,8 @@ class LeaseTable {
   bool Release(std::string_view lease_id);
 
   int64_t InFlight() const { return static_cast<int64_t>(live_.size()); }
+  // Live leases of one actor.
+  int64_t InFlightOf(std::string_view actor_id) const;
   int64_t Queued() const { return static_cast<int64_t>(queued_.size()); }
   const LeaseCounters& counters() const { return counters_; }
   StreamPosition cursor() const { return cursor_; }

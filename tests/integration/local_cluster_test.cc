@@ -3,8 +3,13 @@
 // bookkeeping from the files and metrics the processes leave behind.
 #include <gtest/gtest.h>
 
+#include <grpcpp/grpcpp.h>
+
 #include <set>
 
+#include "common/auth.h"
+#include "common/rpc.h"
+#include "pmdrl/pmdrl.grpc.pb.h"
 #include "tests/integration/cluster_util.h"
 
 namespace pmdrl {
@@ -125,41 +130,75 @@ TEST(LocalCluster, StrictOnPolicyRun) {
   }
 }
 
+// Leases the given actor holds, from the coordinator's GetStatus.
+int64_t LeasesHeldBy(const fs::path& run, const std::string& actor_name) {
+  auto cluster = nlohmann::json::parse(ReadAll(run / "cluster.json"));
+  std::string token = ReadAll(run / "token");
+  while (!token.empty() && token.back() == '\n') token.pop_back();
+  auto stub = v1::Coordinator::NewStub(
+      MakeChannel("127.0.0.1:" + std::to_string(cluster["learner"]["port"].get<int>())));
+  grpc::ClientContext ctx;
+  AddBearer(&ctx, token);
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+  v1::StatusResponse status;
+  if (!stub->GetStatus(&ctx, v1::GetStatusRequest(), &status).ok()) return -1;
+  for (const auto& a : status.actors()) {
+    if (a.actor_id().rfind(actor_name + "#", 0) == 0) return a.leases_in_flight();
+  }
+  return -1;
+}
+
 TEST(LocalCluster, SigkillActorTrainingGoesOn) {
+  // Strictly on-policy and one actor's batch larger than a rollout batch: whichever
+  // actor leases holds every prompt of the next batch until it delivers.
   LocalRun r = MakeRun("killactor", "");
-  Child local(LocalArgs(r, {"--learner.updates=6", "--learner.lease_ttl_seconds=2"}),
+  Child local(LocalArgs(r, {"--learner.updates=30", "--learner.lease_ttl_seconds=2",
+                            "--learner.max_staleness=0", "--actor.prompts_per_batch=16"}),
               (r.dir / "local.log").string());
   fs::path run = r.dir / "run";
-  ASSERT_TRUE(WaitFor(
-      [&] { return ReadCsv(run / "metrics.csv").size() >= 2; }, seconds(240)))
+  ASSERT_TRUE(WaitFor([&] { return ReadCsv(run / "metrics.csv").size() >= 2; }, seconds(240)))
       << ReadAll(r.dir / "local.log");
   auto cluster = nlohmann::json::parse(ReadAll(run / "cluster.json"));
   pid_t victim = cluster["actors"][0]["pid"].get<pid_t>();
   ASSERT_GT(victim, 1);
+  // Freeze the actor until it is caught holding leases, then kill it: those leases can
+  // only come back through expiry and re-issue.
+  int64_t held = 0;
+  for (int attempt = 0; attempt < 100 && held <= 0; ++attempt) {
+    ASSERT_EQ(kill(victim, SIGSTOP), 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    held = LeasesHeldBy(run, "actor-0");
+    if (held <= 0) {
+      kill(victim, SIGCONT);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50 + 17 * attempt % 100));
+    }
+  }
+  ASSERT_GT(held, 0) << "never caught actor-0 holding a lease";
   ASSERT_EQ(kill(victim, SIGKILL), 0);
   std::optional<int> rc = local.Wait(seconds(420));
   std::string out = ReadAll(r.dir / "local.log");
   ASSERT_TRUE(rc.has_value()) << out;
   ASSERT_EQ(*rc, 0) << out;
+  EXPECT_NE(out.find("actor-0 exited (signal 9)"), std::string::npos) << out;
   auto rows = ReadCsv(run / "metrics.csv");
-  EXPECT_EQ(rows.back().at("update"), "6");
+  EXPECT_EQ(rows.back().at("update"), "30");
   std::string prom = ReadAll(run / "metrics" / "learner.prom");
-  // The killed actor held leases: they expired and their prompts went out again.
-  EXPECT_GE(MetricValue(prom, "pmdrl_learner_leases_expired_total"), 1) << prom;
-  EXPECT_GE(MetricValue(prom, "pmdrl_learner_leases_reissued_total"), 1) << prom;
+  EXPECT_GE(MetricValue(prom, "pmdrl_learner_leases_expired_total"), held) << prom;
+  EXPECT_GE(MetricValue(prom, "pmdrl_learner_leases_reissued_total"), held) << prom;
 }
 
 TEST(LocalCluster, LearnerKilledAndResumed) {
   LocalRun r = MakeRun("resume", "");
   fs::path run = r.dir / "run";
   {
-    Child local(LocalArgs(r, {"--learner.updates=6"}), (r.dir / "local1.log").string());
+    Child local(LocalArgs(r, {"--learner.updates=30"}), (r.dir / "local1.log").string());
     ASSERT_TRUE(WaitFor([&] { return fs::exists(run / "checkpoints" / "update-000002"); },
                         seconds(300)))
         << ReadAll(r.dir / "local1.log");
     auto cluster = nlohmann::json::parse(ReadAll(run / "cluster.json"));
     pid_t learner = cluster["learner"]["pid"].get<pid_t>();
     ASSERT_EQ(kill(learner, SIGKILL), 0);
+    ASSERT_LT(std::stoll(ReadCsv(run / "metrics.csv").back().at("update")), 30) << "killed too late";
     std::optional<int> rc = local.Wait(seconds(120));
     ASSERT_TRUE(rc.has_value());
     EXPECT_NE(*rc, 0) << "a dead learner fails the run";
@@ -173,7 +212,7 @@ TEST(LocalCluster, LearnerKilledAndResumed) {
   ASSERT_GE(saved_update, 2);
   auto rows_before = ReadCsv(run / "metrics.csv");
 
-  Child again(LocalArgs(r, {"--learner.updates=6", "--resume"}), (r.dir / "local2.log").string());
+  Child again(LocalArgs(r, {"--learner.updates=30", "--resume"}), (r.dir / "local2.log").string());
   std::optional<int> rc = again.Wait(seconds(420));
   std::string out = ReadAll(r.dir / "local2.log");
   ASSERT_TRUE(rc.has_value()) << out;
@@ -189,10 +228,10 @@ TEST(LocalCluster, LearnerKilledAndResumed) {
   const size_t first_new = rows_before.size();
   EXPECT_EQ(std::stoll(rows[first_new].at("update")), saved_update + 1);
   EXPECT_EQ(std::stoull(rows[first_new].at("version")), saved_version + 1);
-  EXPECT_EQ(rows.back().at("update"), "6");
+  EXPECT_EQ(rows.back().at("update"), "30");
   auto final_state = nlohmann::json::parse(
-      ReadAll(run / "checkpoints" / "update-000006" / "trainer_state.json"));
-  EXPECT_GT(final_state["lease_state"]["cursor"][1].get<int64_t>(), saved_cursor);
+      ReadAll(run / "checkpoints" / "update-000030" / "trainer_state.json"));
+  EXPECT_GE(final_state["lease_state"]["cursor"][1].get<int64_t>(), saved_cursor);
 }
 
 }  // namespace
