@@ -1,5 +1,6 @@
 #include "actor/actor.h"
 
+#include <grpcpp/client_context.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,8 +16,6 @@
 #include <thread>
 #include <utility>
 #include <vector>
-
-#include <grpcpp/client_context.h>
 
 #include "absl/strings/str_cat.h"
 #include "actor/rollout_engine.h"
@@ -59,8 +58,8 @@ double SecondsSince(Clock::time_point t) {
 
 // ReadModelConfig reads a file; the coordinator sends the text.
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json) {
-  std::string path = (std::filesystem::temp_directory_path() / "pmdrl-actor-config-XXXXXX")
-                         .string();
+  std::string path =
+      (std::filesystem::temp_directory_path() / "pmdrl-actor-config-XXXXXX").string();
   const int fd = mkstemp(path.data());
   if (fd < 0) {
     return absl::InternalError(
@@ -78,9 +77,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json) {
   absl::StatusOr<ModelConfig> config = ReadModelConfig(path);
   std::remove(path.c_str());
   if (!config.ok()) {
-    return absl::Status(config.status().code(),
-                        absl::StrCat("model config from the coordinator: ",
-                                     config.status().message()));
+    return absl::Status(config.status().code(), absl::StrCat("model config from the coordinator: ",
+                                                             config.status().message()));
   }
   return config;
 }
@@ -115,22 +113,22 @@ class Actor::Impl {
  public:
   Impl(ActorOptions options, MetricsRegistry* metrics)
       : options_(std::move(options)),
-        generated_tokens_(metrics->Counter("pmdrl_actor_generated_tokens_total",
-                                           "Response tokens sampled")),
+        generated_tokens_(
+            metrics->Counter("pmdrl_actor_generated_tokens_total", "Response tokens sampled")),
         tokens_per_second_(metrics->Gauge("pmdrl_actor_tokens_per_second",
                                           "Sampled tokens per second in the last batch")),
-        policy_version_(metrics->Gauge("pmdrl_actor_policy_version",
-                                       "Policy version of the loaded weights")),
-        groups_in_flight_(metrics->Gauge(
-            "pmdrl_actor_groups_in_flight", "Leased prompts being sampled or sent")),
-        weight_swaps_(metrics->Counter("pmdrl_actor_weight_swaps_total",
-                                       "Policy weight versions loaded")),
+        policy_version_(
+            metrics->Gauge("pmdrl_actor_policy_version", "Policy version of the loaded weights")),
+        groups_in_flight_(
+            metrics->Gauge("pmdrl_actor_groups_in_flight", "Leased prompts being sampled or sent")),
+        weight_swaps_(
+            metrics->Counter("pmdrl_actor_weight_swaps_total", "Policy weight versions loaded")),
         weight_sync_seconds_(metrics->Histogram(
             "pmdrl_actor_weight_sync_seconds",
             "From the first chunk of a version to its weights loaded in the model",
             {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120})) {
-    for (v1::AckStatus s : {v1::ACK_ACCEPTED, v1::ACK_STALE, v1::ACK_DUPLICATE,
-                            v1::ACK_REJECTED, v1::ACK_UNKNOWN}) {
+    for (v1::AckStatus s :
+         {v1::ACK_ACCEPTED, v1::ACK_STALE, v1::ACK_DUPLICATE, v1::ACK_REJECTED, v1::ACK_UNKNOWN}) {
       groups_sent_[s] = &metrics->Counter(
           "pmdrl_actor_groups_sent_total",
           "Groups handed to verifiers, by the learner's answer (unknown: dropped unacked)",
@@ -221,10 +219,10 @@ class Actor::Impl {
   std::atomic<int64_t> last_contact_ms_{0};
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;  // wakes sleepers on stop / finish / shutdown
-  bool stop_ = false;           // Stop() was called
-  bool finished_ = false;       // the coordinator said the run is over
-  bool shutdown_ = false;       // Run is returning: background threads end
+  std::condition_variable cv_;         // wakes sleepers on stop / finish / shutdown
+  bool stop_ = false;                  // Stop() was called
+  bool finished_ = false;              // the coordinator said the run is over
+  bool shutdown_ = false;              // Run is returning: background threads end
   std::set<std::string> in_progress_;  // lease ids being worked on (heartbeated)
 };
 
@@ -282,9 +280,9 @@ absl::Status Actor::Impl::Setup() {
                                                  "by this actor (supported: char)"));
   }
   if (tokenizer_->VocabSize() > model_config_.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tokenizer '", registration_.tokenizer(), "' has ", tokenizer_->VocabSize(),
-        " tokens but the model's vocab_size is ", model_config_.vocab_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tokenizer '", registration_.tokenizer(), "' has ", tokenizer_->VocabSize(),
+                     " tokens but the model's vocab_size is ", model_config_.vocab_size));
   }
   const int64_t eos =
       model_config_.eos_token_id >= 0 ? model_config_.eos_token_id : tokenizer_->EosId();
@@ -304,11 +302,11 @@ absl::Status Actor::Impl::Setup() {
       RolloutEngine::Create(model_config_, rollout);
   if (!engine.ok()) return engine.status();
   engine_ = *std::move(engine);
-  spdlog::info("model: {} layers, hidden {}, vocab {}; sampling T={} top_p={} max_new_tokens={} "
-               "seed={}",
-               model_config_.num_hidden_layers, model_config_.hidden_size,
-               model_config_.vocab_size, rollout.temperature, rollout.top_p,
-               rollout.max_new_tokens, rollout.seed);
+  spdlog::info(
+      "model: {} layers, hidden {}, vocab {}; sampling T={} top_p={} max_new_tokens={} "
+      "seed={}",
+      model_config_.num_hidden_layers, model_config_.hidden_size, model_config_.vocab_size,
+      rollout.temperature, rollout.top_p, rollout.max_new_tokens, rollout.seed);
   return absl::OkStatus();
 }
 
@@ -339,8 +337,8 @@ absl::Status Actor::Impl::MaybeSwapWeights() {
   weight_sync_seconds_.Observe(sync);
   policy_version_.Set(static_cast<double>(latest->version));
   engine_version_.store(latest->version);
-  spdlog::info("weights version {} -> {} loaded in {:.3f} s ({:.3f} s since announced)",
-               previous, latest->version, SecondsSince(t0), sync);
+  spdlog::info("weights version {} -> {} loaded in {:.3f} s ({:.3f} s since announced)", previous,
+               latest->version, SecondsSince(t0), sync);
   return absl::OkStatus();
 }
 
@@ -372,8 +370,7 @@ void Actor::Impl::HeartbeatLoop() {
   }
 }
 
-void Actor::Impl::SendGroup(const v1::Group& group, const v1::Lease& lease,
-                            v1::AckStatus* result) {
+void Actor::Impl::SendGroup(const v1::Group& group, const v1::Lease& lease, v1::AckStatus* result) {
   // Heartbeats extend the lease while we hold it, so its deadline is at least a TTL away.
   const int64_t deadline_ms =
       std::max<int64_t>(lease.deadline_unix_ms(), UnixMillis() + registration_.lease_ttl_ms());
@@ -556,8 +553,7 @@ absl::Status Actor::Impl::Run() {
           for (const v1::Lease& lease : response.leases()) ReleaseLease(lease.lease_id());
           if (Done()) break;  // the leases expire and are re-issued
           spdlog::warn("weights version {} did not arrive within {} s; released {} leases",
-                       response.current_version(), max_wait.count() / 1000,
-                       response.leases_size());
+                       response.current_version(), max_wait.count() / 1000, response.leases_size());
           continue;
         }
       }

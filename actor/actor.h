@@ -16,7 +16,7 @@
 namespace pmdrl {
 
 struct ActorOptions {
-  ActorConfig config;   // the `actor` section
+  ActorConfig config;     // the `actor` section
   uint64_t run_seed = 1;  // run.seed: with the actor's name, the default sampling seed
   std::string token;      // bearer token for the coordinator and the verifiers
   // Registration is retried this long before Run gives up; afterwards, the coordinator

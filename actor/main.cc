@@ -5,6 +5,8 @@
 //
 // Exit status: 0 when the run is finished or on SIGINT/SIGTERM, 1 on a fatal error,
 // 2 on a configuration error.
+#include <ATen/Parallel.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -14,8 +16,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <ATen/Parallel.h>
 
 #include "absl/status/status.h"
 #include "actor/actor.h"

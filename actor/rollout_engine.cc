@@ -66,26 +66,24 @@ absl::Status RolloutEngine::SetWeights(const WeightSet& weights) {
       int64_t elements = 1;
       for (int64_t d : weights.shapes[i]) elements *= d;
       if (elements != static_cast<int64_t>(weights.data[i].size())) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("weight '", weights.names[i], "' has ", weights.data[i].size(),
-                         " values for a shape of ", elements));
+        return absl::InvalidArgumentError(absl::StrCat("weight '", weights.names[i], "' has ",
+                                                       weights.data[i].size(),
+                                                       " values for a shape of ", elements));
       }
       // A view of the received data, no copy: LoadWeights copies into the parameters,
       // and `weights` outlives this call.
-      tensors.emplace_back(
-          weights.names[i],
-          at::from_blob(const_cast<float*>(weights.data[i].data()), weights.shapes[i],
-                        at::TensorOptions().dtype(at::kFloat)));
+      tensors.emplace_back(weights.names[i],
+                           at::from_blob(const_cast<float*>(weights.data[i].data()),
+                                         weights.shapes[i], at::TensorOptions().dtype(at::kFloat)));
     }
     absl::Status status = LoadWeights(impl_->model, tensors);
     if (!status.ok()) {
-      return absl::Status(status.code(), absl::StrCat("loading weights version ",
-                                                      weights.version, ": ",
-                                                      status.message()));
+      return absl::Status(status.code(), absl::StrCat("loading weights version ", weights.version,
+                                                      ": ", status.message()));
     }
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("loading weights version ", weights.version,
-                                            ": ", e.what_without_backtrace()));
+    return absl::InternalError(absl::StrCat("loading weights version ", weights.version, ": ",
+                                            e.what_without_backtrace()));
   } catch (const std::exception& e) {
     return absl::InternalError(
         absl::StrCat("loading weights version ", weights.version, ": ", e.what()));
@@ -110,9 +108,9 @@ absl::StatusOr<std::vector<std::vector<RolloutSample>>> RolloutEngine::Generate(
     }
     for (size_t t = 0; t < prompts[p].size(); ++t) {
       if (prompts[p][t] < 0 || prompts[p][t] >= impl_->vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("prompt ", p, " token ", t, " = ", prompts[p][t],
-                         " is out of range [0, ", impl_->vocab_size, ")"));
+        return absl::InvalidArgumentError(absl::StrCat("prompt ", p, " token ", t, " = ",
+                                                       prompts[p][t], " is out of range [0, ",
+                                                       impl_->vocab_size, ")"));
       }
     }
   }
@@ -124,8 +122,7 @@ absl::StatusOr<std::vector<std::vector<RolloutSample>>> RolloutEngine::Generate(
     for (size_t p = 0; p < samples.size() && p < out.size(); ++p) {
       out[p].reserve(samples[p].size());
       for (Sample& s : samples[p]) {
-        out[p].push_back(
-            RolloutSample{std::move(s.tokens), std::move(s.logprobs), s.stopped});
+        out[p].push_back(RolloutSample{std::move(s.tokens), std::move(s.logprobs), s.stopped});
       }
     }
   } catch (const c10::Error& e) {

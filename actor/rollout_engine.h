@@ -40,7 +40,7 @@ class RolloutEngine {
  public:
   // `config` must pass ValidateModelConfig.
   static absl::StatusOr<std::unique_ptr<RolloutEngine>> Create(const ModelConfig& config,
-                                                                const RolloutOptions& options);
+                                                               const RolloutOptions& options);
   ~RolloutEngine();
   RolloutEngine(const RolloutEngine&) = delete;
   RolloutEngine& operator=(const RolloutEngine&) = delete;

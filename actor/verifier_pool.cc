@@ -1,9 +1,9 @@
 #include "actor/verifier_pool.h"
 
+#include <grpcpp/client_context.h>
+
 #include <optional>
 #include <utility>
-
-#include <grpcpp/client_context.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -18,7 +18,7 @@ struct VerifierPool::Verifier {
   std::string address;
   std::unique_ptr<v1::Verifier::Stub> stub;
 
-  std::mutex mu;  // serialises use of the stream: one group at a time
+  std::mutex mu;                             // serialises use of the stream: one group at a time
   std::unique_ptr<grpc::ClientContext> ctx;  // of the open stream; null when closed
   std::unique_ptr<grpc::ClientReaderWriter<v1::Group, v1::GroupAck>> stream;
   std::atomic<bool> healthy{true};  // last attempt succeeded (to log transitions)
@@ -28,8 +28,7 @@ struct VerifierPool::Verifier {
   bool timed_out = false;
 };
 
-VerifierPool::VerifierPool(std::vector<std::string> addresses, std::string token,
-                           Options options)
+VerifierPool::VerifierPool(std::vector<std::string> addresses, std::string token, Options options)
     : token_(std::move(token)), options_(options) {
   for (std::string& address : addresses) {
     auto v = std::make_unique<Verifier>();
@@ -108,8 +107,9 @@ absl::StatusOr<v1::GroupAck> VerifierPool::SendTo(Verifier& v, const v1::Group& 
     timed_out = v.timed_out;
   }
 
-  // A stream that may still be open is cancelled first, so Finish cannot block; one
-  // whose Read failed has its status already and keeps the server's reason.
+  // A stream that may still be open (a timed-out Read) is cancelled first, so Finish
+  // cannot block. A failed Write or Read means the call is over: Finish then returns the
+  // server's own status (UNAUTHENTICATED, say), which a cancel would mask as CANCELLED.
   auto close = [&](std::string why, bool cancel) {
     if (cancel) v.ctx->TryCancel();
     const grpc::Status status = v.stream->Finish();
@@ -123,15 +123,14 @@ absl::StatusOr<v1::GroupAck> VerifierPool::SendTo(Verifier& v, const v1::Group& 
     return absl::UnavailableError(absl::StrCat(v.address, ": ", why));
   };
 
-  if (!read || timed_out) return close("", !written || timed_out);
+  if (!read || timed_out) return close("", timed_out);
   if (ack.lease_id() != group.lease_id()) {
     return close(absl::StrCat("ack for lease '", ack.lease_id(), "' while waiting for '",
                               group.lease_id(), "': stream out of step, reopened"),
                  true);
   }
   if (ack.status() == v1::ACK_UNKNOWN) {
-    return absl::UnavailableError(
-        absl::StrCat(v.address, ": ACK_UNKNOWN (", ack.message(), ")"));
+    return absl::UnavailableError(absl::StrCat(v.address, ": ACK_UNKNOWN (", ack.message(), ")"));
   }
   return ack;
 }
@@ -153,8 +152,8 @@ absl::StatusOr<v1::GroupAck> VerifierPool::Send(const v1::Group& group) {
     }
     absl::StrAppend(&errors, errors.empty() ? "" : "; ", ack.status().message());
   }
-  return absl::UnavailableError(absl::StrCat("no verifier acked the group of lease '",
-                                             group.lease_id(), "': ", errors));
+  return absl::UnavailableError(
+      absl::StrCat("no verifier acked the group of lease '", group.lease_id(), "': ", errors));
 }
 
 }  // namespace pmdrl

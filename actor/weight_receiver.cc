@@ -50,15 +50,15 @@ absl::Status WeightAssembler::Add(const v1::WeightChunk& chunk,
     skipping_ = true;
     skip_version_ = version;
     return absl::InvalidArgumentError(
-        absl::StrCat("weight version ", version, ", tensor_index ", chunk.tensor_index(),
-                     " ('", chunk.name(), "'), offset ", chunk.offset(), ": ", what,
-                     "; version dropped"));
+        absl::StrCat("weight version ", version, ", tensor_index ", chunk.tensor_index(), " ('",
+                     chunk.name(), "'), offset ", chunk.offset(), ": ", what, "; version dropped"));
   };
 
   if (partial_ != nullptr && partial_->version != version) {
-    spdlog::warn("weight version {} was incomplete (in tensor {} of {}) when version {} "
-                 "started; dropped",
-                 partial_->version, partial_->names.size(), tensor_count_, version);
+    spdlog::warn(
+        "weight version {} was incomplete (in tensor {} of {}) when version {} "
+        "started; dropped",
+        partial_->version, partial_->names.size(), tensor_count_, version);
     partial_.reset();
   }
 
@@ -82,8 +82,8 @@ absl::Status WeightAssembler::Add(const v1::WeightChunk& chunk,
     begin_tensor = true;
   } else {
     if (chunk.tensor_count() != tensor_count_) {
-      return fail(absl::StrCat("tensor_count changed from ", tensor_count_, " to ",
-                               chunk.tensor_count()));
+      return fail(
+          absl::StrCat("tensor_count changed from ", tensor_count_, " to ", chunk.tensor_count()));
     }
     const size_t current = partial_->names.size() - 1;
     if (tensor_received_ < tensor_bytes_) {
@@ -96,10 +96,9 @@ absl::Status WeightAssembler::Add(const v1::WeightChunk& chunk,
       if (chunk.offset() != tensor_received_) {
         return fail(absl::StrCat("expected offset ", tensor_received_));
       }
-      if (chunk.name() != partial_->names[current] ||
-          chunk.tensor_bytes() != tensor_bytes_ ||
-          !std::equal(chunk.shape().begin(), chunk.shape().end(),
-                      partial_->shapes[current].begin(), partial_->shapes[current].end())) {
+      if (chunk.name() != partial_->names[current] || chunk.tensor_bytes() != tensor_bytes_ ||
+          !std::equal(chunk.shape().begin(), chunk.shape().end(), partial_->shapes[current].begin(),
+                      partial_->shapes[current].end())) {
         return fail("name, shape or tensor_bytes differ from the tensor's first chunk");
       }
     } else {
@@ -130,8 +129,7 @@ absl::Status WeightAssembler::Add(const v1::WeightChunk& chunk,
     }
     if (elements * 4 != chunk.tensor_bytes()) {
       return fail(absl::StrCat("shape ", ShapeString(shape), " needs ", elements * 4,
-                               " bytes of float32 but tensor_bytes is ",
-                               chunk.tensor_bytes()));
+                               " bytes of float32 but tensor_bytes is ", chunk.tensor_bytes()));
     }
     partial_->names.push_back(chunk.name());
     partial_->shapes.push_back(std::move(shape));
@@ -148,8 +146,8 @@ absl::Status WeightAssembler::Add(const v1::WeightChunk& chunk,
     return fail(absl::StrCat("data size ", bytes.size(), " is not a multiple of 4"));
   }
   if (bytes.size() > tensor_bytes_ - tensor_received_) {
-    return fail(absl::StrCat("data of ", bytes.size(), " bytes overruns tensor_bytes ",
-                             tensor_bytes_));
+    return fail(
+        absl::StrCat("data of ", bytes.size(), " bytes overruns tensor_bytes ", tensor_bytes_));
   }
   std::vector<float>& out = partial_->data.back();
   const size_t old_size = out.size();
@@ -254,13 +252,12 @@ void WeightReceiver::Loop() {
         spdlog::error("weight stream: {}", std::string(status.message()));
       }
       if (complete != nullptr) {
-        const double seconds = std::chrono::duration<double>(
-                                   std::chrono::steady_clock::now() -
-                                   complete->first_chunk_time)
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                                             complete->first_chunk_time)
                                    .count();
         spdlog::info("received weights version {}: {} tensors, {:.1f} MB in {:.2f} s",
-                     complete->version, complete->names.size(),
-                     complete->total_bytes / 1e6, seconds);
+                     complete->version, complete->names.size(), complete->total_bytes / 1e6,
+                     seconds);
         Publish(std::move(complete));
       }
     }
@@ -269,8 +266,7 @@ void WeightReceiver::Loop() {
     call_context_ = nullptr;
     if (stopping_) return;
     spdlog::warn("weight stream from the coordinator ended ({}: {}); reconnecting in {} ms",
-                 static_cast<int>(status.error_code()), status.error_message(),
-                 backoff.count());
+                 static_cast<int>(status.error_code()), status.error_message(), backoff.count());
     cv_.wait_for(lock, backoff, [&] { return stopping_; });
     if (stopping_) return;
     backoff = std::min(backoff * 2, options_.max_backoff);

@@ -4,6 +4,9 @@
 #ifndef PMDRL_ACTOR_WEIGHT_RECEIVER_H_
 #define PMDRL_ACTOR_WEIGHT_RECEIVER_H_
 
+#include <grpcpp/channel.h>
+#include <grpcpp/client_context.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -14,9 +17,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/channel.h>
-#include <grpcpp/client_context.h>
 
 #include "absl/status/status.h"
 #include "pmdrl/pmdrl.pb.h"
@@ -78,12 +78,10 @@ class WeightReceiver {
     std::chrono::milliseconds max_backoff{5000};
   };
 
-  WeightReceiver(std::shared_ptr<grpc::Channel> channel, std::string actor_id,
-                 std::string token, Options options);
-  WeightReceiver(std::shared_ptr<grpc::Channel> channel, std::string actor_id,
-                 std::string token)
-      : WeightReceiver(std::move(channel), std::move(actor_id), std::move(token),
-                       Options()) {}
+  WeightReceiver(std::shared_ptr<grpc::Channel> channel, std::string actor_id, std::string token,
+                 Options options);
+  WeightReceiver(std::shared_ptr<grpc::Channel> channel, std::string actor_id, std::string token)
+      : WeightReceiver(std::move(channel), std::move(actor_id), std::move(token), Options()) {}
   WeightReceiver(const WeightReceiver&) = delete;
   WeightReceiver& operator=(const WeightReceiver&) = delete;
   ~WeightReceiver();  // Stop()
@@ -113,9 +111,9 @@ class WeightReceiver {
   const Options options_;
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;  // a version arrived, or stopping
-  std::shared_ptr<const WeightSet> latest_;  // guarded by mu_
-  bool stopping_ = false;                    // guarded by mu_
+  std::condition_variable cv_;                   // a version arrived, or stopping
+  std::shared_ptr<const WeightSet> latest_;      // guarded by mu_
+  bool stopping_ = false;                        // guarded by mu_
   grpc::ClientContext* call_context_ = nullptr;  // of the open stream; guarded by mu_
   std::thread thread_;
   std::atomic<uint64_t> malformed_{0};

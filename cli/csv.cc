@@ -84,8 +84,7 @@ absl::StatusOr<CsvTable> CsvTable::ReadFile(const std::string& path) {
   buffer << in.rdbuf();
   absl::StatusOr<CsvTable> table = Parse(buffer.str());
   if (!table.ok()) {
-    return absl::Status(table.status().code(),
-                        absl::StrCat(path, ": ", table.status().message()));
+    return absl::Status(table.status().code(), absl::StrCat(path, ": ", table.status().message()));
   }
   return table;
 }
@@ -113,8 +112,8 @@ absl::StatusOr<std::optional<double>> CsvTable::Number(size_t row, int col) cons
     std::string column = col >= 0 && static_cast<size_t>(col) < header_.size()
                              ? header_[col]
                              : absl::StrCat("#", col);
-    return absl::InvalidArgumentError(absl::StrCat("line ", line_numbers_[row], ", column ",
-                                                   column, ": not a number: '", field, "'"));
+    return absl::InvalidArgumentError(absl::StrCat("line ", line_numbers_[row], ", column ", column,
+                                                   ": not a number: '", field, "'"));
   }
   return std::optional<double>(value);
 }

@@ -405,7 +405,8 @@ class Launcher {
 absl::Status Launcher::Prepare() {
   std::string env_bin_dir = std::getenv("PMDRL_BIN_DIR") ? std::getenv("PMDRL_BIN_DIR") : "";
   std::string exe_dir = ExeDir();
-  absl::StatusOr<std::string> learner = FindBinary("pmdrl-learner", "learner", exe_dir, env_bin_dir);
+  absl::StatusOr<std::string> learner =
+      FindBinary("pmdrl-learner", "learner", exe_dir, env_bin_dir);
   if (!learner.ok()) return learner.status();
   absl::StatusOr<std::string> verifier =
       FindBinary("pmdrl-verifier", "verifier", exe_dir, env_bin_dir);
@@ -500,8 +501,9 @@ Launcher::Outcome Launcher::WaitForLearner() {
       return Outcome::kFailed;
     }
     if (Clock::now() > deadline) {
-      console_.Error("learner did not answer GetStatus on port {} within 60 s; last lines of {}:\n{}",
-                     learner_.port, learner_.log_path, LogTail(learner_.log_path, 20));
+      console_.Error(
+          "learner did not answer GetStatus on port {} within 60 s; last lines of {}:\n{}",
+          learner_.port, learner_.log_path, LogTail(learner_.log_path, 20));
       return Outcome::kFailed;
     }
     if (SleepOrSignal(250)) return Outcome::kSignal;
@@ -729,9 +731,15 @@ int Launcher::Run() {
 
   console_.Break();
   switch (outcome) {
-    case Outcome::kFinished: console_.Info("stopping the cluster"); break;
-    case Outcome::kSignal: console_.Info("signal {}: stopping the cluster", g_signal.load()); break;
-    case Outcome::kFailed: console_.Info("stopping the cluster after a failure"); break;
+    case Outcome::kFinished:
+      console_.Info("stopping the cluster");
+      break;
+    case Outcome::kSignal:
+      console_.Info("signal {}: stopping the cluster", g_signal.load());
+      break;
+    case Outcome::kFailed:
+      console_.Info("stopping the cluster after a failure");
+      break;
   }
   StopAll();
 
@@ -798,8 +806,8 @@ absl::StatusOr<ClusterPorts> PickPorts(int64_t base_port, int verifiers, int act
   std::vector<int> ports;
   if (base_port > 0) {
     if (base_port + count - 1 > 65535) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "local.base_port: ", base_port, " + ", count, " ports runs past 65535"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("local.base_port: ", base_port, " + ", count, " ports runs past 65535"));
     }
     for (int i = 0; i < count; ++i) ports.push_back(static_cast<int>(base_port) + i);
   } else {
@@ -889,8 +897,7 @@ std::vector<std::string> ActorCommand(const ClusterPlan& plan, int index) {
 }
 
 absl::StatusOr<std::string> FindBinary(const std::string& name, const std::string& subdir,
-                                       const std::string& exe_dir,
-                                       const std::string& env_bin_dir) {
+                                       const std::string& exe_dir, const std::string& env_bin_dir) {
   std::vector<std::string> candidates;
   if (!env_bin_dir.empty()) {
     candidates.push_back((fs::path(env_bin_dir) / name).string());
@@ -916,14 +923,18 @@ std::string DescribeWaitStatus(int wait_status) {
 }
 
 std::string FormatProgress(const v1::StatusResponse& s, int64_t total_updates) {
-  std::string eval = s.eval_accuracy() < 0 ? "-" : absl::StrFormat("%.1f%%", s.eval_accuracy() * 100);
-  return absl::StrFormat("update %d/%d  reward %.3f  eval %s  tokens/s %.0f  actors %d  elapsed %.0f s",
-                         s.update(), total_updates, s.mean_reward(), eval,
-                         s.trained_tokens_per_second(), s.live_actors(), s.elapsed_seconds());
+  std::string eval =
+      s.eval_accuracy() < 0 ? "-" : absl::StrFormat("%.1f%%", s.eval_accuracy() * 100);
+  return absl::StrFormat(
+      "update %d/%d  reward %.3f  eval %s  tokens/s %.0f  actors %d  elapsed %.0f s", s.update(),
+      total_updates, s.mean_reward(), eval, s.trained_tokens_per_second(), s.live_actors(),
+      s.elapsed_seconds());
 }
 
 std::string FormatDemoLine(const v1::StatusResponse& s) {
-  auto pct = [](double a) { return a < 0 ? std::string("n/a") : absl::StrFormat("%.1f%%", a * 100); };
+  auto pct = [](double a) {
+    return a < 0 ? std::string("n/a") : absl::StrFormat("%.1f%%", a * 100);
+  };
   return absl::StrFormat("demo: base accuracy %s -> final accuracy %s (%d updates, %.0f s)",
                          pct(s.base_accuracy()), pct(s.final_accuracy()), s.update(),
                          s.elapsed_seconds());

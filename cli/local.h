@@ -53,9 +53,9 @@ absl::StatusOr<ClusterPorts> PickPorts(int64_t base_port, int verifiers, int act
 // Everything needed to build the children's command lines.
 struct ClusterPlan {
   std::string learner_bin, verifier_bin, actor_bin;
-  std::string config_path;              // passed as --config when non-empty
-  std::vector<std::string> overrides;   // the user's "section.key=value"
-  std::string token_file;               // passed as --run.token_file when non-empty
+  std::string config_path;             // passed as --config when non-empty
+  std::vector<std::string> overrides;  // the user's "section.key=value"
+  std::string token_file;              // passed as --run.token_file when non-empty
   bool resume = false;
   ClusterPorts ports;
 };
@@ -71,8 +71,7 @@ std::vector<std::string> ActorCommand(const ClusterPlan& plan, int index);
 // `env_bin_dir` is non-empty), then <exe_dir>/../<subdir>/<name> (the build tree) and
 // <exe_dir>/<name> (an install prefix). The error lists every path tried.
 absl::StatusOr<std::string> FindBinary(const std::string& name, const std::string& subdir,
-                                       const std::string& exe_dir,
-                                       const std::string& env_bin_dir);
+                                       const std::string& exe_dir, const std::string& env_bin_dir);
 
 // "exit code 3", "signal 9" for a waitpid status.
 std::string DescribeWaitStatus(int wait_status);

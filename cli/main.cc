@@ -16,8 +16,7 @@ struct SubCommand {
 };
 
 constexpr SubCommand kSubCommands[] = {
-    {"local", "run a whole cluster (learner, verifiers, actors) on this machine",
-     pmdrl::RunLocal},
+    {"local", "run a whole cluster (learner, verifiers, actors) on this machine", pmdrl::RunLocal},
     {"sft", "train a base policy for the built-in task by supervised warm-up", pmdrl::RunSft},
 };
 
@@ -27,7 +26,8 @@ void PrintUsage(FILE* out) {
                "\n"
                "Commands:\n");
   for (const SubCommand& c : kSubCommands) std::fprintf(out, "  %-8s %s\n", c.name, c.summary);
-  std::fprintf(out, "\n'pmdrl <command> --help' describes a command and every configuration key.\n");
+  std::fprintf(out,
+               "\n'pmdrl <command> --help' describes a command and every configuration key.\n");
 }
 
 }  // namespace

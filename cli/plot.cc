@@ -32,12 +32,23 @@ std::string EscapeXml(absl::string_view s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&apos;"; break;
-      default: out.push_back(c);
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&apos;";
+        break;
+      default:
+        out.push_back(c);
     }
   }
   return out;
@@ -66,7 +77,8 @@ absl::StatusOr<std::vector<CurvePoint>> CurveFromMetricsCsv(absl::string_view cs
   int update_col = table->Column("update");
   int reward_col = table->Column("mean_reward");
   int eval_col = table->Column("eval_accuracy");
-  for (auto [col, name] : {std::pair{update_col, "update"}, {reward_col, "mean_reward"},
+  for (auto [col, name] : {std::pair{update_col, "update"},
+                           {reward_col, "mean_reward"},
                            {eval_col, "eval_accuracy"}}) {
     if (col < 0) {
       return absl::InvalidArgumentError(absl::StrCat("metrics CSV has no column '", name, "'"));
@@ -143,8 +155,8 @@ std::string RenderCurveSvg(const std::vector<CurvePoint>& points, absl::string_v
   }
   std::vector<double> x_ticks = NiceTicks(x_lo, x_hi, 8);
   for (double u : x_ticks) {
-    absl::StrAppend(&svg, "<line x1=\"", Num(px(u)), "\" y1=\"", Num(kTop), "\" x2=\"",
-                    Num(px(u)), "\" y2=\"", Num(kBottom), "\"/>\n");
+    absl::StrAppend(&svg, "<line x1=\"", Num(px(u)), "\" y1=\"", Num(kTop), "\" x2=\"", Num(px(u)),
+                    "\" y2=\"", Num(kBottom), "\"/>\n");
   }
   absl::StrAppend(&svg, "</g>\n");
 
@@ -157,12 +169,12 @@ std::string RenderCurveSvg(const std::vector<CurvePoint>& points, absl::string_v
                     Num(px(u)), "\" y2=\"", Num(kBottom + 5), "\"/>\n");
   }
   for (double r : kRewardTicks) {
-    absl::StrAppend(&svg, "<line x1=\"", Num(kLeft - 5), "\" y1=\"", Num(py_reward(r)),
-                    "\" x2=\"", Num(kLeft), "\" y2=\"", Num(py_reward(r)), "\"/>\n");
+    absl::StrAppend(&svg, "<line x1=\"", Num(kLeft - 5), "\" y1=\"", Num(py_reward(r)), "\" x2=\"",
+                    Num(kLeft), "\" y2=\"", Num(py_reward(r)), "\"/>\n");
   }
   for (double a : kAccuracyTicks) {
-    absl::StrAppend(&svg, "<line x1=\"", Num(kRight), "\" y1=\"", Num(py_accuracy(a)),
-                    "\" x2=\"", Num(kRight + 5), "\" y2=\"", Num(py_accuracy(a)), "\"/>\n");
+    absl::StrAppend(&svg, "<line x1=\"", Num(kRight), "\" y1=\"", Num(py_accuracy(a)), "\" x2=\"",
+                    Num(kRight + 5), "\" y2=\"", Num(py_accuracy(a)), "\"/>\n");
   }
   absl::StrAppend(&svg, "</g>\n");
 
@@ -174,22 +186,21 @@ std::string RenderCurveSvg(const std::vector<CurvePoint>& points, absl::string_v
   }
   for (double r : kRewardTicks) {
     absl::StrAppend(&svg, "<text x=\"", Num(kLeft - 8), "\" y=\"", Num(py_reward(r) + 4),
-                    "\" text-anchor=\"end\" fill=\"", kRewardColor, "\">", Label(r),
-                    "</text>\n");
+                    "\" text-anchor=\"end\" fill=\"", kRewardColor, "\">", Label(r), "</text>\n");
   }
   for (double a : kAccuracyTicks) {
     absl::StrAppend(&svg, "<text x=\"", Num(kRight + 8), "\" y=\"", Num(py_accuracy(a) + 4),
-                    "\" text-anchor=\"start\" fill=\"", kAccuracyColor, "\">",
-                    Label(a * 100), "%</text>\n");
+                    "\" text-anchor=\"start\" fill=\"", kAccuracyColor, "\">", Label(a * 100),
+                    "%</text>\n");
   }
   double mid_y = (kTop + kBottom) / 2;
-  absl::StrAppend(
-      &svg, "<text x=\"", Num((kLeft + kRight) / 2), "\" y=\"", Num(kBottom + 45),
-      "\" text-anchor=\"middle\">update</text>\n", "<text x=\"25\" y=\"", Num(mid_y),
-      "\" text-anchor=\"middle\" fill=\"", kRewardColor, "\" transform=\"rotate(-90 25 ",
-      Num(mid_y), ")\">mean reward</text>\n", "<text x=\"", Num(kWidth - 20), "\" y=\"",
-      Num(mid_y), "\" text-anchor=\"middle\" fill=\"", kAccuracyColor, "\" transform=\"rotate(90 ",
-      Num(kWidth - 20), " ", Num(mid_y), ")\">eval accuracy</text>\n");
+  absl::StrAppend(&svg, "<text x=\"", Num((kLeft + kRight) / 2), "\" y=\"", Num(kBottom + 45),
+                  "\" text-anchor=\"middle\">update</text>\n", "<text x=\"25\" y=\"", Num(mid_y),
+                  "\" text-anchor=\"middle\" fill=\"", kRewardColor,
+                  "\" transform=\"rotate(-90 25 ", Num(mid_y), ")\">mean reward</text>\n",
+                  "<text x=\"", Num(kWidth - 20), "\" y=\"", Num(mid_y),
+                  "\" text-anchor=\"middle\" fill=\"", kAccuracyColor, "\" transform=\"rotate(90 ",
+                  Num(kWidth - 20), " ", Num(mid_y), ")\">eval accuracy</text>\n");
   absl::StrAppend(&svg, "</g>\n");
 
   // Data.
@@ -213,12 +224,11 @@ std::string RenderCurveSvg(const std::vector<CurvePoint>& points, absl::string_v
   if (reward_count == 1) {  // a one-point polyline draws nothing
     size_t comma = reward_points.find(',');
     absl::StrAppend(&svg, "<circle cx=\"", reward_points.substr(0, comma), "\" cy=\"",
-                    reward_points.substr(comma + 1), "\" r=\"3\" fill=\"", kRewardColor,
-                    "\"/>\n");
+                    reward_points.substr(comma + 1), "\" r=\"3\" fill=\"", kRewardColor, "\"/>\n");
   }
-  absl::StrAppend(&svg, "<polyline id=\"eval_accuracy\" fill=\"none\" stroke=\"",
-                  kAccuracyColor, "\" stroke-width=\"2\" points=\"", accuracy_points, "\"/>\n",
-                  "<g fill=\"", kAccuracyColor, "\">\n", accuracy_markers, "</g>\n");
+  absl::StrAppend(&svg, "<polyline id=\"eval_accuracy\" fill=\"none\" stroke=\"", kAccuracyColor,
+                  "\" stroke-width=\"2\" points=\"", accuracy_points, "\"/>\n", "<g fill=\"",
+                  kAccuracyColor, "\">\n", accuracy_markers, "</g>\n");
   if (!any) {
     absl::StrAppend(&svg, "<text x=\"", Num((kLeft + kRight) / 2), "\" y=\"", Num(mid_y),
                     "\" text-anchor=\"middle\" fill=\"#808080\">no data</text>\n");
@@ -226,15 +236,15 @@ std::string RenderCurveSvg(const std::vector<CurvePoint>& points, absl::string_v
 
   // Legend, inside the plot area's top-left corner.
   double lx = kLeft + 12, ly = kTop + 12;
-  absl::StrAppend(&svg, "<g id=\"legend\">\n", "<rect x=\"", Num(lx - 6), "\" y=\"",
-                  Num(ly - 6), "\" width=\"150\" height=\"46\" fill=\"white\" ",
+  absl::StrAppend(&svg, "<g id=\"legend\">\n", "<rect x=\"", Num(lx - 6), "\" y=\"", Num(ly - 6),
+                  "\" width=\"150\" height=\"46\" fill=\"white\" ",
                   "fill-opacity=\"0.85\" stroke=\"#a0a0a0\"/>\n");
-  absl::StrAppend(&svg, "<line x1=\"", Num(lx), "\" y1=\"", Num(ly + 6), "\" x2=\"",
-                  Num(lx + 24), "\" y2=\"", Num(ly + 6), "\" stroke=\"", kRewardColor,
-                  "\" stroke-width=\"2\"/>\n", "<text x=\"", Num(lx + 30), "\" y=\"",
-                  Num(ly + 10), "\">mean reward</text>\n");
-  absl::StrAppend(&svg, "<line x1=\"", Num(lx), "\" y1=\"", Num(ly + 26), "\" x2=\"",
-                  Num(lx + 24), "\" y2=\"", Num(ly + 26), "\" stroke=\"", kAccuracyColor,
+  absl::StrAppend(&svg, "<line x1=\"", Num(lx), "\" y1=\"", Num(ly + 6), "\" x2=\"", Num(lx + 24),
+                  "\" y2=\"", Num(ly + 6), "\" stroke=\"", kRewardColor,
+                  "\" stroke-width=\"2\"/>\n", "<text x=\"", Num(lx + 30), "\" y=\"", Num(ly + 10),
+                  "\">mean reward</text>\n");
+  absl::StrAppend(&svg, "<line x1=\"", Num(lx), "\" y1=\"", Num(ly + 26), "\" x2=\"", Num(lx + 24),
+                  "\" y2=\"", Num(ly + 26), "\" stroke=\"", kAccuracyColor,
                   "\" stroke-width=\"2\"/>\n", "<circle cx=\"", Num(lx + 12), "\" cy=\"",
                   Num(ly + 26), "\" r=\"3\" fill=\"", kAccuracyColor, "\"/>\n", "<text x=\"",
                   Num(lx + 30), "\" y=\"", Num(ly + 30), "\">eval accuracy</text>\n", "</g>\n");

@@ -77,11 +77,9 @@ int RunSft(int argc, char** argv) {
     }
     if ((step + 1) % config.sft.eval_every == 0) {
       last = (*trainer)->Evaluate(val_items, config.actor.max_new_tokens, config.sft.pass_k);
-      double secs =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      spdlog::info("step {} loss {:.4f} greedy {:.1f}% pass@{} {:.1f}% ({:.0f} s)", step + 1,
-                   *loss, 100 * last.greedy_accuracy, config.sft.pass_k, 100 * last.pass_at_k,
-                   secs);
+      double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      spdlog::info("step {} loss {:.4f} greedy {:.1f}% pass@{} {:.1f}% ({:.0f} s)", step + 1, *loss,
+                   100 * last.greedy_accuracy, config.sft.pass_k, 100 * last.pass_at_k, secs);
       if (last.greedy_accuracy >= config.sft.target_greedy &&
           last.pass_at_k >= config.sft.target_pass_ratio * last.greedy_accuracy) {
         ++step;
@@ -97,8 +95,7 @@ int RunSft(int argc, char** argv) {
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::cout << absl::StrFormat(
       "sft: %d steps, validation greedy %.1f%% pass@%d %.1f%% (%.0f s) -> %s\n", step,
-      100 * last.greedy_accuracy, config.sft.pass_k, 100 * last.pass_at_k, secs,
-      config.sft.output);
+      100 * last.greedy_accuracy, config.sft.pass_k, 100 * last.pass_at_k, secs, config.sft.output);
   return 0;
 }
 

@@ -81,8 +81,8 @@ ArithProblem Nth(const ArithOptions& o, uint64_t k) {
 
 absl::Status ArithTask::Validate(const ArithOptions& options) {
   if (options.digits < 1 || options.digits > kMaxDigits) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "arith task: digits must be in [1, ", kMaxDigits, "], got ", options.digits));
+    return absl::InvalidArgumentError(
+        absl::StrCat("arith task: digits must be in [1, ", kMaxDigits, "], got ", options.digits));
   }
   if (options.ops.empty()) {
     return absl::InvalidArgumentError("arith task: ops is empty; use any of \"+-*\"");
@@ -90,13 +90,13 @@ absl::Status ArithTask::Validate(const ArithOptions& options) {
   for (size_t i = 0; i < options.ops.size(); ++i) {
     char c = options.ops[i];
     if (c != '+' && c != '-' && c != '*') {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "arith task: ops \"", options.ops, "\" has '", std::string(1, c),
-          "' at offset ", i, "; allowed are '+', '-', '*'"));
+      return absl::InvalidArgumentError(absl::StrCat("arith task: ops \"", options.ops, "\" has '",
+                                                     std::string(1, c), "' at offset ", i,
+                                                     "; allowed are '+', '-', '*'"));
     }
     if (options.ops.find(c) != i) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "arith task: ops \"", options.ops, "\" repeats '", std::string(1, c), "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("arith task: ops \"", options.ops, "\" repeats '", std::string(1, c), "'"));
     }
   }
   return absl::OkStatus();
@@ -159,16 +159,14 @@ int64_t ArithTask::MaxAnswerChars() const {
   return longest;
 }
 
-std::vector<int32_t> ArithPromptTokens(const Tokenizer& tokenizer,
-                                       const ArithProblem& problem) {
+std::vector<int32_t> ArithPromptTokens(const Tokenizer& tokenizer, const ArithProblem& problem) {
   std::vector<int32_t> ids = {tokenizer.BosId()};
   std::vector<int32_t> body = tokenizer.Encode(problem.prompt);
   ids.insert(ids.end(), body.begin(), body.end());
   return ids;
 }
 
-std::vector<int32_t> ArithTargetTokens(const Tokenizer& tokenizer,
-                                       const ArithProblem& problem) {
+std::vector<int32_t> ArithTargetTokens(const Tokenizer& tokenizer, const ArithProblem& problem) {
   std::vector<int32_t> ids = tokenizer.Encode(problem.answer);
   ids.push_back(tokenizer.EosId());
   return ids;

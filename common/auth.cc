@@ -51,8 +51,8 @@ absl::StatusOr<std::string> LoadToken(const std::string& token_file) {
   if (!token_file.empty()) {
     std::ifstream in(token_file, std::ios::binary);
     if (!in) {
-      return absl::NotFoundError(absl::StrCat("cannot read bearer token file ", token_file,
-                                              ": ", std::strerror(errno)));
+      return absl::NotFoundError(
+          absl::StrCat("cannot read bearer token file ", token_file, ": ", std::strerror(errno)));
     }
     std::stringstream text;
     text << in.rdbuf();
@@ -90,7 +90,7 @@ grpc::Status CheckBearer(const grpc::ServerContextBase& ctx, std::string_view to
   const std::string_view value(it->second.data(), it->second.size());
   if (value.size() < kScheme.size() ||
       !absl::EqualsIgnoreCase(absl::string_view(value.data(), kScheme.size()),
-                               absl::string_view(kScheme.data(), kScheme.size()))) {
+                              absl::string_view(kScheme.data(), kScheme.size()))) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                         "authorization metadata is not 'Bearer <token>'");
   }

@@ -4,12 +4,12 @@
 #ifndef PMDRL_COMMON_AUTH_H_
 #define PMDRL_COMMON_AUTH_H_
 
-#include <string>
-#include <string_view>
-
 #include <grpcpp/client_context.h>
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/status.h>
+
+#include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 

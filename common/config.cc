@@ -99,83 +99,141 @@ const std::vector<Field>& Fields() {
     using C = Config;
     std::vector<Field> f;
     // run
-    f.push_back(Make("run.dir", "run directory: checkpoints, metrics.csv, logs", &C::run, &RunConfig::dir));
-    f.push_back(Make("run.seed", "seed of data order, initialisation and sampling", &C::run, &RunConfig::seed));
-    f.push_back(Make("run.token_file", "file holding the bearer token (else $PMDRL_TOKEN)", &C::run, &RunConfig::token_file));
+    f.push_back(
+        Make("run.dir", "run directory: checkpoints, metrics.csv, logs", &C::run, &RunConfig::dir));
+    f.push_back(Make("run.seed", "seed of data order, initialisation and sampling", &C::run,
+                     &RunConfig::seed));
+    f.push_back(Make("run.token_file", "file holding the bearer token (else $PMDRL_TOKEN)", &C::run,
+                     &RunConfig::token_file));
     // model
-    f.push_back(Make("model.path", "Hugging Face model directory to start from (empty: random init)", &C::model, &ModelSection::path));
-    f.push_back(Make("model.architecture", "llama | qwen2 | qwen3 (random init only)", &C::model, &ModelSection::architecture));
-    f.push_back(Make("model.hidden_size", "d_model (random init only)", &C::model, &ModelSection::hidden_size));
-    f.push_back(Make("model.intermediate_size", "MLP width (random init only)", &C::model, &ModelSection::intermediate_size));
-    f.push_back(Make("model.num_layers", "decoder layers (random init only)", &C::model, &ModelSection::num_layers));
-    f.push_back(Make("model.num_heads", "attention heads (random init only)", &C::model, &ModelSection::num_heads));
-    f.push_back(Make("model.num_kv_heads", "key/value heads (random init only)", &C::model, &ModelSection::num_kv_heads));
-    f.push_back(Make("model.max_position", "longest sequence (random init only)", &C::model, &ModelSection::max_position));
-    f.push_back(Make("model.rope_theta", "RoPE base (random init only)", &C::model, &ModelSection::rope_theta));
-    f.push_back(Make("model.tie_embeddings", "share input and output embeddings (random init only)", &C::model, &ModelSection::tie_embeddings));
+    f.push_back(Make("model.path",
+                     "Hugging Face model directory to start from (empty: random init)", &C::model,
+                     &ModelSection::path));
+    f.push_back(Make("model.architecture", "llama | qwen2 | qwen3 (random init only)", &C::model,
+                     &ModelSection::architecture));
+    f.push_back(Make("model.hidden_size", "d_model (random init only)", &C::model,
+                     &ModelSection::hidden_size));
+    f.push_back(Make("model.intermediate_size", "MLP width (random init only)", &C::model,
+                     &ModelSection::intermediate_size));
+    f.push_back(Make("model.num_layers", "decoder layers (random init only)", &C::model,
+                     &ModelSection::num_layers));
+    f.push_back(Make("model.num_heads", "attention heads (random init only)", &C::model,
+                     &ModelSection::num_heads));
+    f.push_back(Make("model.num_kv_heads", "key/value heads (random init only)", &C::model,
+                     &ModelSection::num_kv_heads));
+    f.push_back(Make("model.max_position", "longest sequence (random init only)", &C::model,
+                     &ModelSection::max_position));
+    f.push_back(Make("model.rope_theta", "RoPE base (random init only)", &C::model,
+                     &ModelSection::rope_theta));
+    f.push_back(Make("model.tie_embeddings", "share input and output embeddings (random init only)",
+                     &C::model, &ModelSection::tie_embeddings));
     // task
     f.push_back(Make("task.name", "arith", &C::task, &TaskConfig::name));
     f.push_back(Make("task.digits", "operand digits, 1..6", &C::task, &TaskConfig::digits));
     f.push_back(Make("task.ops", "operators drawn from, any of +-*", &C::task, &TaskConfig::ops));
     f.push_back(Make("task.eval_size", "held-out problems", &C::task, &TaskConfig::eval_size));
-    f.push_back(Make("task.eval_seed", "seed fixing the held-out split", &C::task, &TaskConfig::eval_seed));
+    f.push_back(
+        Make("task.eval_seed", "seed fixing the held-out split", &C::task, &TaskConfig::eval_seed));
     // sft
-    f.push_back(Make("sft.output", "where `pmdrl sft` writes the base policy", &C::sft, &SftConfig::output));
+    f.push_back(Make("sft.output", "where `pmdrl sft` writes the base policy", &C::sft,
+                     &SftConfig::output));
     f.push_back(Make("sft.max_steps", "most supervised steps", &C::sft, &SftConfig::max_steps));
     f.push_back(Make("sft.batch_size", "sequences per step", &C::sft, &SftConfig::batch_size));
     f.push_back(Make("sft.lr", "AdamW learning rate", &C::sft, &SftConfig::lr));
-    f.push_back(Make("sft.eval_every", "steps between held-out checks", &C::sft, &SftConfig::eval_every));
-    f.push_back(Make("sft.target_greedy", "stop once greedy accuracy >= this ...", &C::sft, &SftConfig::target_greedy));
-    f.push_back(Make("sft.target_pass_ratio", "... and pass@k >= this times greedy", &C::sft, &SftConfig::target_pass_ratio));
+    f.push_back(
+        Make("sft.eval_every", "steps between held-out checks", &C::sft, &SftConfig::eval_every));
+    f.push_back(Make("sft.target_greedy", "stop once greedy accuracy >= this ...", &C::sft,
+                     &SftConfig::target_greedy));
+    f.push_back(Make("sft.target_pass_ratio", "... and pass@k >= this times greedy", &C::sft,
+                     &SftConfig::target_pass_ratio));
     f.push_back(Make("sft.pass_k", "k of pass@k", &C::sft, &SftConfig::pass_k));
     f.push_back(Make("sft.threads", "Torch threads", &C::sft, &SftConfig::threads));
     // actor
     f.push_back(Make("actor.name", "this actor's name", &C::actor, &ActorConfig::name));
-    f.push_back(Make("actor.coordinator", "coordinator address host:port", &C::actor, &ActorConfig::coordinator));
-    f.push_back(Make("actor.verifiers", "verifier addresses, comma-separated (round robin)", &C::actor, &ActorConfig::verifiers));
-    f.push_back(Make("actor.prompts_per_batch", "prompts leased and sampled together", &C::actor, &ActorConfig::prompts_per_batch));
-    f.push_back(Make("actor.temperature", "sampling temperature", &C::actor, &ActorConfig::temperature));
+    f.push_back(Make("actor.coordinator", "coordinator address host:port", &C::actor,
+                     &ActorConfig::coordinator));
+    f.push_back(Make("actor.verifiers", "verifier addresses, comma-separated (round robin)",
+                     &C::actor, &ActorConfig::verifiers));
+    f.push_back(Make("actor.prompts_per_batch", "prompts leased and sampled together", &C::actor,
+                     &ActorConfig::prompts_per_batch));
+    f.push_back(
+        Make("actor.temperature", "sampling temperature", &C::actor, &ActorConfig::temperature));
     f.push_back(Make("actor.top_p", "nucleus sampling mass", &C::actor, &ActorConfig::top_p));
-    f.push_back(Make("actor.max_new_tokens", "longest response", &C::actor, &ActorConfig::max_new_tokens));
-    f.push_back(Make("actor.seed", "sampling seed (0: from run.seed and actor.name)", &C::actor, &ActorConfig::seed));
+    f.push_back(
+        Make("actor.max_new_tokens", "longest response", &C::actor, &ActorConfig::max_new_tokens));
+    f.push_back(Make("actor.seed", "sampling seed (0: from run.seed and actor.name)", &C::actor,
+                     &ActorConfig::seed));
     f.push_back(Make("actor.threads", "Torch threads", &C::actor, &ActorConfig::threads));
-    f.push_back(Make("actor.metrics_port", "HTTP port of /metrics and /healthz (0: none)", &C::actor, &ActorConfig::metrics_port));
+    f.push_back(Make("actor.metrics_port", "HTTP port of /metrics and /healthz (0: none)",
+                     &C::actor, &ActorConfig::metrics_port));
     // verifier
     f.push_back(Make("verifier.name", "this verifier's name", &C::verifier, &VerifierConfig::name));
-    f.push_back(Make("verifier.listen", "gRPC address to serve on", &C::verifier, &VerifierConfig::listen));
-    f.push_back(Make("verifier.learner", "learner address host:port", &C::verifier, &VerifierConfig::learner));
-    f.push_back(Make("verifier.timeout_ms", "hard time limit of one answer check", &C::verifier, &VerifierConfig::timeout_ms));
-    f.push_back(Make("verifier.reward_correct", "reward of a correct answer", &C::verifier, &VerifierConfig::reward_correct));
-    f.push_back(Make("verifier.reward_incorrect", "reward of a wrong, unparsable or timed-out answer", &C::verifier, &VerifierConfig::reward_incorrect));
-    f.push_back(Make("verifier.metrics_port", "HTTP port of /metrics and /healthz (0: none)", &C::verifier, &VerifierConfig::metrics_port));
+    f.push_back(
+        Make("verifier.listen", "gRPC address to serve on", &C::verifier, &VerifierConfig::listen));
+    f.push_back(Make("verifier.learner", "learner address host:port", &C::verifier,
+                     &VerifierConfig::learner));
+    f.push_back(Make("verifier.timeout_ms", "hard time limit of one answer check", &C::verifier,
+                     &VerifierConfig::timeout_ms));
+    f.push_back(Make("verifier.reward_correct", "reward of a correct answer", &C::verifier,
+                     &VerifierConfig::reward_correct));
+    f.push_back(Make("verifier.reward_incorrect",
+                     "reward of a wrong, unparsable or timed-out answer", &C::verifier,
+                     &VerifierConfig::reward_incorrect));
+    f.push_back(Make("verifier.metrics_port", "HTTP port of /metrics and /healthz (0: none)",
+                     &C::verifier, &VerifierConfig::metrics_port));
     // learner
-    f.push_back(Make("learner.listen", "gRPC address of the coordinator and learner services", &C::learner, &LearnerConfig::listen));
-    f.push_back(Make("learner.metrics_port", "HTTP port of /metrics and /healthz (0: none)", &C::learner, &LearnerConfig::metrics_port));
+    f.push_back(Make("learner.listen", "gRPC address of the coordinator and learner services",
+                     &C::learner, &LearnerConfig::listen));
+    f.push_back(Make("learner.metrics_port", "HTTP port of /metrics and /healthz (0: none)",
+                     &C::learner, &LearnerConfig::metrics_port));
     f.push_back(Make("learner.threads", "Torch threads", &C::learner, &LearnerConfig::threads));
     f.push_back(Make("learner.loss", "pmd_mean", &C::learner, &LearnerConfig::loss));
     f.push_back(Make("learner.baseline", "mean | loo", &C::learner, &LearnerConfig::baseline));
-    f.push_back(Make("learner.length_norm", "token (divide by L_j) | max (by the longest response)", &C::learner, &LearnerConfig::length_norm));
-    f.push_back(Make("learner.old_logprobs", "actor (recorded while sampling) | recompute", &C::learner, &LearnerConfig::old_logprobs));
-    f.push_back(Make("learner.tau", "PMD regularisation strength tau > 0", &C::learner, &LearnerConfig::tau));
-    f.push_back(Make("learner.group_size", "completions per prompt k", &C::learner, &LearnerConfig::group_size));
-    f.push_back(Make("learner.prompts_per_update", "prompts per rollout batch B", &C::learner, &LearnerConfig::prompts_per_update));
-    f.push_back(Make("learner.mini_batches", "optimizer steps per rollout batch", &C::learner, &LearnerConfig::mini_batches));
-    f.push_back(Make("learner.max_staleness", "largest learner version - sampling version used", &C::learner, &LearnerConfig::max_staleness));
+    f.push_back(Make("learner.length_norm", "token (divide by L_j) | max (by the longest response)",
+                     &C::learner, &LearnerConfig::length_norm));
+    f.push_back(Make("learner.old_logprobs", "actor (recorded while sampling) | recompute",
+                     &C::learner, &LearnerConfig::old_logprobs));
+    f.push_back(Make("learner.tau", "PMD regularisation strength tau > 0", &C::learner,
+                     &LearnerConfig::tau));
+    f.push_back(Make("learner.group_size", "completions per prompt k", &C::learner,
+                     &LearnerConfig::group_size));
+    f.push_back(Make("learner.prompts_per_update", "prompts per rollout batch B", &C::learner,
+                     &LearnerConfig::prompts_per_update));
+    f.push_back(Make("learner.mini_batches", "optimizer steps per rollout batch", &C::learner,
+                     &LearnerConfig::mini_batches));
+    f.push_back(Make("learner.max_staleness", "largest learner version - sampling version used",
+                     &C::learner, &LearnerConfig::max_staleness));
     f.push_back(Make("learner.lr", "AdamW learning rate", &C::learner, &LearnerConfig::lr));
-    f.push_back(Make("learner.warmup_steps", "linear learning-rate warm-up steps", &C::learner, &LearnerConfig::warmup_steps));
-    f.push_back(Make("learner.weight_decay", "AdamW weight decay", &C::learner, &LearnerConfig::weight_decay));
-    f.push_back(Make("learner.grad_clip", "gradient norm clip (0: off)", &C::learner, &LearnerConfig::grad_clip));
-    f.push_back(Make("learner.updates", "policy updates in the run", &C::learner, &LearnerConfig::updates));
-    f.push_back(Make("learner.max_seconds", "stop after this many seconds of training (0: no limit)", &C::learner, &LearnerConfig::max_seconds));
-    f.push_back(Make("learner.eval_every", "updates between held-out evaluations", &C::learner, &LearnerConfig::eval_every));
-    f.push_back(Make("learner.eval_last", "final accuracy = mean of the last this-many evaluations", &C::learner, &LearnerConfig::eval_last));
-    f.push_back(Make("learner.checkpoint_every", "updates between checkpoints (0: only at the end)", &C::learner, &LearnerConfig::checkpoint_every));
-    f.push_back(Make("learner.resume", "'' | auto (latest checkpoint in run.dir) | a checkpoint directory", &C::learner, &LearnerConfig::resume));
-    f.push_back(Make("learner.lease_ttl_seconds", "a lease not heartbeated for this long is re-issued", &C::learner, &LearnerConfig::lease_ttl_seconds));
+    f.push_back(Make("learner.warmup_steps", "linear learning-rate warm-up steps", &C::learner,
+                     &LearnerConfig::warmup_steps));
+    f.push_back(Make("learner.weight_decay", "AdamW weight decay", &C::learner,
+                     &LearnerConfig::weight_decay));
+    f.push_back(Make("learner.grad_clip", "gradient norm clip (0: off)", &C::learner,
+                     &LearnerConfig::grad_clip));
+    f.push_back(
+        Make("learner.updates", "policy updates in the run", &C::learner, &LearnerConfig::updates));
+    f.push_back(Make("learner.max_seconds",
+                     "stop after this many seconds of training (0: no limit)", &C::learner,
+                     &LearnerConfig::max_seconds));
+    f.push_back(Make("learner.eval_every", "updates between held-out evaluations", &C::learner,
+                     &LearnerConfig::eval_every));
+    f.push_back(Make("learner.eval_last", "final accuracy = mean of the last this-many evaluations",
+                     &C::learner, &LearnerConfig::eval_last));
+    f.push_back(Make("learner.checkpoint_every", "updates between checkpoints (0: only at the end)",
+                     &C::learner, &LearnerConfig::checkpoint_every));
+    f.push_back(Make("learner.resume",
+                     "'' | auto (latest checkpoint in run.dir) | a checkpoint directory",
+                     &C::learner, &LearnerConfig::resume));
+    f.push_back(Make("learner.lease_ttl_seconds",
+                     "a lease not heartbeated for this long is re-issued", &C::learner,
+                     &LearnerConfig::lease_ttl_seconds));
     // local
-    f.push_back(Make("local.actors", "actors `pmdrl local` starts", &C::local, &LocalConfig::actors));
-    f.push_back(Make("local.verifiers", "verifiers `pmdrl local` starts", &C::local, &LocalConfig::verifiers));
-    f.push_back(Make("local.base_port", "first port of the local cluster (0: free ports)", &C::local, &LocalConfig::base_port));
+    f.push_back(
+        Make("local.actors", "actors `pmdrl local` starts", &C::local, &LocalConfig::actors));
+    f.push_back(Make("local.verifiers", "verifiers `pmdrl local` starts", &C::local,
+                     &LocalConfig::verifiers));
+    f.push_back(Make("local.base_port", "first port of the local cluster (0: free ports)",
+                     &C::local, &LocalConfig::base_port));
     return f;
   }();
   return fields;
@@ -219,8 +277,7 @@ absl::Status ApplyYaml(Config& c, const YAML::Node& node, const std::string& pre
         if (absl::StartsWith(f.key, key + ".")) known_section = true;
       }
       if (!known_section) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(file, ": unknown config key '", key, "'"));
+        return absl::InvalidArgumentError(absl::StrCat(file, ": unknown config key '", key, "'"));
       }
       absl::Status s = ApplyYaml(c, v, key, file);
       if (!s.ok()) return s;
@@ -296,8 +353,7 @@ absl::StatusOr<Config> LoadConfig(const std::string& yaml_path,
   return c;
 }
 
-absl::StatusOr<Config> ConfigFromArgs(int argc, char** argv,
-                                      std::vector<std::string>* positional) {
+absl::StatusOr<Config> ConfigFromArgs(int argc, char** argv, std::vector<std::string>* positional) {
   std::string config_path;
   std::vector<std::string> overrides;
   for (int i = 1; i < argc; ++i) {
@@ -366,16 +422,16 @@ absl::Status ValidateConfig(const Config& c) {
       Check(c.verifier.timeout_ms > 0, "verifier.timeout_ms", "> 0"),
       Check(c.verifier.metrics_port >= 0 && c.verifier.metrics_port < 65536,
             "verifier.metrics_port", "a port number"),
-      Check(c.learner.metrics_port >= 0 && c.learner.metrics_port < 65536,
-            "learner.metrics_port", "a port number"),
+      Check(c.learner.metrics_port >= 0 && c.learner.metrics_port < 65536, "learner.metrics_port",
+            "a port number"),
       Check(c.learner.threads > 0, "learner.threads", "> 0"),
       OneOf("learner.loss", c.learner.loss, {"pmd_mean"}),
       OneOf("learner.baseline", c.learner.baseline, {"mean", "loo"}),
       OneOf("learner.length_norm", c.learner.length_norm, {"token", "max"}),
       OneOf("learner.old_logprobs", c.learner.old_logprobs, {"actor", "recompute"}),
       Check(c.learner.tau > 0, "learner.tau", "> 0"),
-      Check(c.learner.group_size >= (c.learner.baseline == "loo" ? 2 : 1),
-            "learner.group_size", ">= 1 (>= 2 with baseline loo)"),
+      Check(c.learner.group_size >= (c.learner.baseline == "loo" ? 2 : 1), "learner.group_size",
+            ">= 1 (>= 2 with baseline loo)"),
       Check(c.learner.prompts_per_update > 0, "learner.prompts_per_update", "> 0"),
       Check(c.learner.mini_batches > 0 && c.learner.mini_batches <= c.learner.prompts_per_update,
             "learner.mini_batches", "in 1..learner.prompts_per_update"),

@@ -46,7 +46,7 @@ struct SftConfig {
   int64_t batch_size = 128;
   double lr = 1e-3;
   int64_t eval_every = 100;
-  double target_greedy = 0.20;  // stop at the first check with greedy >= this ...
+  double target_greedy = 0.20;     // stop at the first check with greedy >= this ...
   double target_pass_ratio = 1.8;  // ... and pass@k >= ratio * greedy
   int64_t pass_k = 8;
   int64_t threads = 2;
@@ -80,15 +80,15 @@ struct LearnerConfig {
   int64_t metrics_port = 0;
   int64_t threads = 1;
   // PMD-mean.
-  std::string loss = "pmd_mean";   // pmd_mean
-  std::string baseline = "mean";   // mean | loo
-  std::string length_norm = "token";  // token (L_j) | max
+  std::string loss = "pmd_mean";       // pmd_mean
+  std::string baseline = "mean";       // mean | loo
+  std::string length_norm = "token";   // token (L_j) | max
   std::string old_logprobs = "actor";  // actor | recompute
   double tau = 1.0;
   // Batching.
-  int64_t group_size = 8;          // k
-  int64_t prompts_per_update = 64; // B
-  int64_t mini_batches = 2;        // optimizer steps per rollout batch
+  int64_t group_size = 8;           // k
+  int64_t prompts_per_update = 64;  // B
+  int64_t mini_batches = 2;         // optimizer steps per rollout batch
   int64_t max_staleness = 2;
   // Optimizer.
   double lr = 3e-4;
@@ -99,7 +99,7 @@ struct LearnerConfig {
   int64_t updates = 100;
   double max_seconds = 0;  // 0: no time limit
   int64_t eval_every = 5;
-  int64_t eval_last = 3;   // final accuracy = mean of the last this-many evaluations
+  int64_t eval_last = 3;  // final accuracy = mean of the last this-many evaluations
   int64_t checkpoint_every = 10;
   std::string resume;  // "" | "auto" (latest in run.dir) | a checkpoint directory
   double lease_ttl_seconds = 30;
@@ -130,8 +130,7 @@ absl::StatusOr<Config> LoadConfig(const std::string& yaml_path,
 // Parses a command line: `--config FILE`, `--section.key=value` / `--section.key value`
 // overrides. Arguments that are not flags are returned in `positional`.
 // `--help` returns a NotFound status whose message is the help text.
-absl::StatusOr<Config> ConfigFromArgs(int argc, char** argv,
-                                      std::vector<std::string>* positional);
+absl::StatusOr<Config> ConfigFromArgs(int argc, char** argv, std::vector<std::string>* positional);
 
 // Checks ranges and enumerations; the message names the key.
 absl::Status ValidateConfig(const Config& config);

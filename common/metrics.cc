@@ -1,5 +1,6 @@
 #include "common/metrics.h"
 
+#include <httplib.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -11,8 +12,6 @@
 #include <exception>
 #include <type_traits>
 #include <utility>
-
-#include <httplib.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -39,9 +38,10 @@ std::vector<double> CleanBuckets(std::string_view name, std::vector<double> buck
   std::sort(clean.begin(), clean.end());
   clean.erase(std::unique(clean.begin(), clean.end()), clean.end());
   if (clean != buckets) {
-    spdlog::error("metric {}: histogram buckets must be strictly increasing and not NaN; "
-                  "using them sorted and de-duplicated",
-                  name);
+    spdlog::error(
+        "metric {}: histogram buckets must be strictly increasing and not NaN; "
+        "using them sorted and de-duplicated",
+        name);
   }
   return clean;
 }
@@ -68,14 +68,13 @@ MetricsRegistry::~MetricsRegistry() = default;
 bool MetricsRegistry::CheckName(std::string_view name, bool counter) const {
   const std::string full(name);
   if (!prometheus::CheckMetricName(full)) {
-    spdlog::error("metric name '{}' is not a valid Prometheus name; it will not be exported",
-                  name);
+    spdlog::error("metric name '{}' is not a valid Prometheus name; it will not be exported", name);
     return false;
   }
   // Convention violations are logged, not fatal: the metric is still worth having.
   if (!absl::StartsWith(full, prefix_) || name.size() == prefix_.size()) {
-    spdlog::error("metric name '{}' should start with '{}' (pmdrl_<component>_<what>_<unit>)",
-                  name, prefix_);
+    spdlog::error("metric name '{}' should start with '{}' (pmdrl_<component>_<what>_<unit>)", name,
+                  prefix_);
   }
   if (counter && !absl::EndsWith(full, "_total")) {
     spdlog::error("counter name '{}' should end in '_total'", name);
@@ -84,8 +83,8 @@ bool MetricsRegistry::CheckName(std::string_view name, bool counter) const {
 }
 
 template <typename T, typename... Args>
-T& MetricsRegistry::Get(Families<T>& families, std::string_view name,
-                        std::string_view help, const Labels& labels, Args&&... args) {
+T& MetricsRegistry::Get(Families<T>& families, std::string_view name, std::string_view help,
+                        const Labels& labels, Args&&... args) {
   absl::MutexLock lock(&mu_);
   prometheus::Family<T>* family = nullptr;
   auto it = families.by_name.find(name);
@@ -137,8 +136,7 @@ prometheus::Gauge& MetricsRegistry::Gauge(std::string_view name, std::string_vie
   return Get(gauges_, name, help, labels);
 }
 
-prometheus::Histogram& MetricsRegistry::Histogram(std::string_view name,
-                                                  std::string_view help,
+prometheus::Histogram& MetricsRegistry::Histogram(std::string_view name, std::string_view help,
                                                   std::vector<double> buckets,
                                                   const Labels& labels) {
   prometheus::Histogram::BucketBoundaries clean = CleanBuckets(name, std::move(buckets));
@@ -167,8 +165,8 @@ absl::Status MetricsRegistry::WriteSnapshot(const std::string& path) const {
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     const int rename_errno = errno;
     std::remove(tmp.c_str());
-    return absl::InternalError(absl::StrCat("cannot rename metrics snapshot ", tmp, " to ",
-                                            path, ": ", std::strerror(rename_errno)));
+    return absl::InternalError(absl::StrCat("cannot rename metrics snapshot ", tmp, " to ", path,
+                                            ": ", std::strerror(rename_errno)));
   }
   return absl::OkStatus();
 }
@@ -198,16 +196,16 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   http.Get("/metrics", [metrics](const httplib::Request&, httplib::Response& res) {
     res.set_content(SerializeRegistry(*metrics), "text/plain; version=0.0.4; charset=utf-8");
   });
-  http.Get("/healthz", [health = std::move(health)](const httplib::Request&,
-                                                    httplib::Response& res) {
-    const absl::Status status = health ? health() : absl::OkStatus();
-    if (status.ok()) {
-      res.set_content("ok", "text/plain");
-    } else {
-      res.status = 503;
-      res.set_content(status.ToString(), "text/plain");
-    }
-  });
+  http.Get("/healthz",
+           [health = std::move(health)](const httplib::Request&, httplib::Response& res) {
+             const absl::Status status = health ? health() : absl::OkStatus();
+             if (status.ok()) {
+               res.set_content("ok", "text/plain");
+             } else {
+               res.status = 503;
+               res.set_content(status.ToString(), "text/plain");
+             }
+           });
 
   int bound = -1;
   if (port == 0) {

@@ -60,13 +60,11 @@ class MetricsRegistry {
 
   prometheus::Counter& Counter(std::string_view name, std::string_view help,
                                const Labels& labels = {});
-  prometheus::Gauge& Gauge(std::string_view name, std::string_view help,
-                           const Labels& labels = {});
+  prometheus::Gauge& Gauge(std::string_view name, std::string_view help, const Labels& labels = {});
   // `buckets` are upper bounds; they are sorted and de-duplicated if needed (with an
   // error logged). The buckets of the first call for a name and labels win.
   prometheus::Histogram& Histogram(std::string_view name, std::string_view help,
-                                   std::vector<double> buckets,
-                                   const Labels& labels = {});
+                                   std::vector<double> buckets, const Labels& labels = {});
 
   const std::string& component() const { return component_; }
 
@@ -91,8 +89,8 @@ class MetricsRegistry {
   // Logs naming-convention violations; false if Prometheus would reject the name.
   bool CheckName(std::string_view name, bool counter) const;
   template <typename T, typename... Args>
-  T& Get(Families<T>& families, std::string_view name, std::string_view help,
-         const Labels& labels, Args&&... args);
+  T& Get(Families<T>& families, std::string_view name, std::string_view help, const Labels& labels,
+         Args&&... args);
 
   const std::string component_;
   const std::string prefix_;  // "pmdrl_<component>_"

@@ -42,8 +42,7 @@ absl::Status Get(const json& j, const char* key, const std::string& path, T* out
 }
 
 // Token ids may be an integer, null, or (eos in Llama 3) a list of integers.
-absl::Status GetTokenId(const json& j, const char* key, const std::string& path,
-                        int64_t* out) {
+absl::Status GetTokenId(const json& j, const char* key, const std::string& path, int64_t* out) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return absl::OkStatus();
   if (it->is_array()) {
@@ -78,8 +77,8 @@ void ApplyArchitectureDefaults(ModelConfig* config) {
 
 absl::Status ValidateModelConfig(const ModelConfig& c) {
   if (c.architecture != "llama" && c.architecture != "qwen2" && c.architecture != "qwen3") {
-    return Invalid("model_type", absl::StrCat("\"", c.architecture,
-                                              "\" is not one of llama, qwen2, qwen3"));
+    return Invalid("model_type",
+                   absl::StrCat("\"", c.architecture, "\" is not one of llama, qwen2, qwen3"));
   }
   const std::pair<const char*, int64_t> positive[] = {
       {"vocab_size", c.vocab_size},
@@ -94,8 +93,9 @@ absl::Status ValidateModelConfig(const ModelConfig& c) {
   }
   if (c.head_dim < 0) return Invalid("head_dim", absl::StrCat("must be >= 0, got ", c.head_dim));
   if (c.head_dim == 0 && c.hidden_size % c.num_attention_heads != 0) {
-    return Invalid("hidden_size", absl::StrCat(c.hidden_size, " is not divisible by num_attention_heads ",
-                                               c.num_attention_heads, " (and head_dim is unset)"));
+    return Invalid("hidden_size",
+                   absl::StrCat(c.hidden_size, " is not divisible by num_attention_heads ",
+                                c.num_attention_heads, " (and head_dim is unset)"));
   }
   if (c.HeadDim() % 2 != 0) {
     return Invalid("head_dim", absl::StrCat("must be even for RoPE, got ", c.HeadDim()));
@@ -120,10 +120,9 @@ absl::Status ValidateModelConfig(const ModelConfig& c) {
   if (c.architecture != "qwen3" && c.qk_norm) {
     return Invalid("qk_norm", absl::StrCat("is only supported by qwen3, not ", c.architecture));
   }
-  const std::pair<const char*, int64_t> tokens[] = {
-      {"bos_token_id", c.bos_token_id},
-      {"eos_token_id", c.eos_token_id},
-      {"pad_token_id", c.pad_token_id}};
+  const std::pair<const char*, int64_t> tokens[] = {{"bos_token_id", c.bos_token_id},
+                                                    {"eos_token_id", c.eos_token_id},
+                                                    {"pad_token_id", c.pad_token_id}};
   for (const auto& [name, value] : tokens) {
     if (value < -1 || value >= c.vocab_size) {
       return Invalid(name, absl::StrCat(value, " is outside [0, vocab_size=", c.vocab_size,
@@ -152,7 +151,7 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path) {
   c.torch_dtype = "float32";
   c.tie_word_embeddings = false;  // LlamaConfig / Qwen2Config / Qwen3Config default
   absl::Status s;
-#define PMDRL_GET(key, field)                                \
+#define PMDRL_GET(key, field) \
   if (s = Get(j, key, path, &c.field); !s.ok()) return s;
   PMDRL_GET("model_type", architecture);
   PMDRL_GET("vocab_size", vocab_size);
@@ -183,10 +182,10 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path) {
     return absl::UnimplementedError(
         absl::StrCat(path, ": field \"rope_scaling\" is not supported (", it->dump(), ")"));
   }
-  if (auto it = j.find("use_sliding_window"); it != j.end() && it->is_boolean() &&
-                                               it->get<bool>()) {
-    return absl::UnimplementedError(
-        absl::StrCat(path, ": field \"use_sliding_window\": sliding-window attention is not supported"));
+  if (auto it = j.find("use_sliding_window");
+      it != j.end() && it->is_boolean() && it->get<bool>()) {
+    return absl::UnimplementedError(absl::StrCat(
+        path, ": field \"use_sliding_window\": sliding-window attention is not supported"));
   }
   std::string act = "silu";
   if (s = Get(j, "hidden_act", path, &act); !s.ok()) return s;
@@ -239,7 +238,8 @@ absl::Status WriteModelConfig(const ModelConfig& c, const std::string& path) {
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
   if (ec) {
-    return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path, ": ", ec.message()));
+    return absl::InternalError(
+        absl::StrCat("cannot rename ", tmp, " to ", path, ": ", ec.message()));
   }
   return absl::OkStatus();
 }
@@ -247,8 +247,7 @@ absl::Status WriteModelConfig(const ModelConfig& c, const std::string& path) {
 std::vector<int64_t> NeverSampledTokens(const ModelConfig& c) {
   std::vector<int64_t> out;
   if (c.pad_token_id >= 0 && c.pad_token_id != c.eos_token_id) out.push_back(c.pad_token_id);
-  if (c.bos_token_id >= 0 && c.bos_token_id != c.eos_token_id &&
-      c.bos_token_id != c.pad_token_id) {
+  if (c.bos_token_id >= 0 && c.bos_token_id != c.eos_token_id && c.bos_token_id != c.pad_token_id) {
     out.push_back(c.bos_token_id);
   }
   return out;

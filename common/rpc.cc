@@ -80,8 +80,7 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
 }
 
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
-    const std::string& listen, const std::vector<grpc::Service*>& services,
-    int* bound_port) {
+    const std::string& listen, const std::vector<grpc::Service*>& services, int* bound_port) {
   int port = 0;
   if (bound_port != nullptr) *bound_port = 0;
   grpc::EnableDefaultHealthCheckService(true);
@@ -106,22 +105,21 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port <= 0) {
     if (server != nullptr) server->Shutdown();
-    return absl::UnavailableError(absl::StrCat(
-        "cannot start gRPC server on ", listen,
-        " (port in use, address not local, or not host:port?)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot start gRPC server on ", listen,
+                     " (port in use, address not local, or not host:port?)"));
   }
   if (bound_port != nullptr) *bound_port = port;
   return server;
 }
 
-absl::Status CheckHealth(const std::shared_ptr<grpc::Channel>& channel,
-                         std::string_view service,
+absl::Status CheckHealth(const std::shared_ptr<grpc::Channel>& channel, std::string_view service,
                          absl::Duration timeout) {
   // HealthCheckRequest{string service = 1}, encoded by hand.
   std::string request;
   if (!service.empty()) {
     request.push_back(0x0a);
-    for (uint64_t n = service.size(); ; n >>= 7) {
+    for (uint64_t n = service.size();; n >>= 7) {
       if (n < 0x80) {
         request.push_back(static_cast<char>(n));
         break;
@@ -161,23 +159,20 @@ absl::Status CheckHealth(const std::shared_ptr<grpc::Channel>& channel,
     return absl::InternalError("health check: malformed HealthCheckResponse");
   }
   if (serving != kServing) {
-    return absl::UnavailableError(
-        absl::StrCat("health check: service '", std::string(service), "' is not SERVING (status ",
-                     serving, ")"));
+    return absl::UnavailableError(absl::StrCat("health check: service '", std::string(service),
+                                               "' is not SERVING (status ", serving, ")"));
   }
   return absl::OkStatus();
 }
 
 absl::Status ToAbsl(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      status.error_message());
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
 grpc::Status ToGrpc(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
 }  // namespace pmdrl

@@ -3,15 +3,15 @@
 #ifndef PMDRL_COMMON_RPC_H_
 #define PMDRL_COMMON_RPC_H_
 
-#include <memory>
-#include <string>
-#include <string_view>
-#include <vector>
-
 #include <grpcpp/channel.h>
 #include <grpcpp/impl/service_type.h>
 #include <grpcpp/server.h>
 #include <grpcpp/support/status.h>
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -36,13 +36,11 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target);
 // pings of MakeChannel's clients. The port is bound exclusively (no SO_REUSEPORT),
 // so a port in use is an error that names the address.
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
-    const std::string& listen, const std::vector<grpc::Service*>& services,
-    int* bound_port);
+    const std::string& listen, const std::vector<grpc::Service*>& services, int* bound_port);
 
 // Calls grpc.health.v1.Health/Check for `service` ("" = the whole server) and returns
 // OK only if the answer is SERVING. For launchers and tests that wait for a server.
-absl::Status CheckHealth(const std::shared_ptr<grpc::Channel>& channel,
-                         std::string_view service,
+absl::Status CheckHealth(const std::shared_ptr<grpc::Channel>& channel, std::string_view service,
                          absl::Duration timeout);
 
 // Status conversions. gRPC and Abseil share the canonical code numbering, so the

@@ -16,8 +16,7 @@ constexpr int32_t kFirstCharId = 3;
 CharTokenizer::CharTokenizer() {
   char_to_id_.fill(-1);
   for (size_t i = 0; i < kAlphabet.size(); ++i) {
-    char_to_id_[static_cast<unsigned char>(kAlphabet[i])] =
-        static_cast<int16_t>(kFirstCharId + i);
+    char_to_id_[static_cast<unsigned char>(kAlphabet[i])] = static_cast<int16_t>(kFirstCharId + i);
   }
 }
 
@@ -31,8 +30,7 @@ std::vector<int32_t> CharTokenizer::Encode(std::string_view text) const {
   return ids;
 }
 
-absl::StatusOr<std::vector<int32_t>> CharTokenizer::EncodeChecked(
-    std::string_view text) const {
+absl::StatusOr<std::vector<int32_t>> CharTokenizer::EncodeChecked(std::string_view text) const {
   std::vector<int32_t> ids;
   ids.reserve(text.size());
   for (size_t i = 0; i < text.size(); ++i) {
@@ -42,17 +40,16 @@ absl::StatusOr<std::vector<int32_t>> CharTokenizer::EncodeChecked(
       std::string shown = (c >= 0x20 && c < 0x7f)
                               ? absl::StrCat("'", std::string(1, static_cast<char>(c)), "'")
                               : absl::StrFormat("byte 0x%02x", c);
-      return absl::InvalidArgumentError(absl::StrCat(
-          "CharTokenizer: character ", shown, " at offset ", i,
-          " is not in the arith alphabet \"", std::string(kAlphabet), "\""));
+      return absl::InvalidArgumentError(
+          absl::StrCat("CharTokenizer: character ", shown, " at offset ", i,
+                       " is not in the arith alphabet \"", std::string(kAlphabet), "\""));
     }
     ids.push_back(id);
   }
   return ids;
 }
 
-std::string CharTokenizer::Decode(const std::vector<int32_t>& ids,
-                                  bool skip_special) const {
+std::string CharTokenizer::Decode(const std::vector<int32_t>& ids, bool skip_special) const {
   std::string out;
   out.reserve(ids.size());
   for (int32_t id : ids) {

@@ -21,24 +21,24 @@ absl::Status Invalid(absl::string_view what) {
 
 absl::Status CheckText(absl::string_view field, const std::string& text, int64_t limit) {
   if (static_cast<int64_t>(text.size()) > limit) {
-    return Invalid(absl::StrFormat("%s has %d bytes, more than the limit %d", field,
-                                   text.size(), limit));
+    return Invalid(
+        absl::StrFormat("%s has %d bytes, more than the limit %d", field, text.size(), limit));
   }
   return absl::OkStatus();
 }
 
 absl::Status CheckTokens(absl::string_view field,
-                         const google::protobuf::RepeatedField<int32_t>& tokens,
-                         int64_t max_len, int64_t vocab_size) {
+                         const google::protobuf::RepeatedField<int32_t>& tokens, int64_t max_len,
+                         int64_t vocab_size) {
   if (tokens.empty()) return Invalid(absl::StrCat(field, " is empty"));
   if (tokens.size() > max_len) {
-    return Invalid(absl::StrFormat("%s has %d tokens, more than the limit %d", field,
-                                   tokens.size(), max_len));
+    return Invalid(
+        absl::StrFormat("%s has %d tokens, more than the limit %d", field, tokens.size(), max_len));
   }
   for (int i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= vocab_size) {
-      return Invalid(absl::StrFormat("%s[%d] = %d is out of range [0, %d)", field, i,
-                                     tokens[i], vocab_size));
+      return Invalid(
+          absl::StrFormat("%s[%d] = %d is out of range [0, %d)", field, i, tokens[i], vocab_size));
     }
   }
   return absl::OkStatus();
@@ -66,12 +66,11 @@ absl::Status CheckCompletion(const v1::Completion& c, int index, const GroupLimi
   for (int t = 0; t < c.logprobs_size(); ++t) {
     const float lp = c.logprobs(t);
     if (!std::isfinite(lp) || lp > kMaxLogprob) {
-      return Invalid(absl::StrCat(prefix, ".logprobs[", t, "] = ", lp,
-                                  " is not a finite value <= 0"));
+      return Invalid(
+          absl::StrCat(prefix, ".logprobs[", t, "] = ", lp, " is not a finite value <= 0"));
     }
   }
-  if (absl::Status s = CheckText(absl::StrCat(prefix, ".text"), c.text(),
-                                 limits.max_text_bytes);
+  if (absl::Status s = CheckText(absl::StrCat(prefix, ".text"), c.text(), limits.max_text_bytes);
       !s.ok()) {
     return s;
   }
@@ -94,17 +93,17 @@ absl::Status CheckCompletion(const v1::Completion& c, int index, const GroupLimi
 
 absl::Status ValidateGroup(const v1::Group& group, const GroupLimits& limits, bool scored) {
   if (group.lease_id().empty()) return Invalid("lease_id is empty");
-  for (const auto& [field, text] : {std::pair<absl::string_view, const std::string*>{
-                                        "lease_id", &group.lease_id()},
-                                    {"actor_id", &group.actor_id()},
-                                    {"verifier_id", &group.verifier_id()},
-                                    {"prompt_text", &group.prompt_text()},
-                                    {"reference", &group.reference()},
-                                    {"task", &group.task()}}) {
+  for (const auto& [field, text] :
+       {std::pair<absl::string_view, const std::string*>{"lease_id", &group.lease_id()},
+        {"actor_id", &group.actor_id()},
+        {"verifier_id", &group.verifier_id()},
+        {"prompt_text", &group.prompt_text()},
+        {"reference", &group.reference()},
+        {"task", &group.task()}}) {
     if (absl::Status s = CheckText(field, *text, limits.max_text_bytes); !s.ok()) return s;
   }
-  if (absl::Status s = CheckTokens("prompt_tokens", group.prompt_tokens(),
-                                   limits.max_prompt_tokens, limits.vocab_size);
+  if (absl::Status s = CheckTokens("prompt_tokens", group.prompt_tokens(), limits.max_prompt_tokens,
+                                   limits.vocab_size);
       !s.ok()) {
     return s;
   }

@@ -13,10 +13,10 @@ namespace pmdrl {
 
 // What a receiver accepts; taken from the run's model and sampling configuration.
 struct GroupLimits {
-  int64_t vocab_size;           // token ids must lie in [0, vocab_size)
-  int64_t max_prompt_tokens;    // prompt length in [1, max_prompt_tokens]
-  int64_t max_response_tokens;  // each response length in [1, max_response_tokens]
-  int64_t group_size;           // completions per group: exactly this many
+  int64_t vocab_size;              // token ids must lie in [0, vocab_size)
+  int64_t max_prompt_tokens;       // prompt length in [1, max_prompt_tokens]
+  int64_t max_response_tokens;     // each response length in [1, max_response_tokens]
+  int64_t group_size;              // completions per group: exactly this many
   int64_t max_text_bytes = 65536;  // each string field at most this many bytes
 };
 

@@ -43,7 +43,8 @@ absl::StatusOr<std::string> WriteCheckpoint(const std::string& run_dir, const Tr
   std::error_code ec;
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
   if (absl::Status s = trainer.Save(tmp.string()); !s.ok()) return s;
 
   nlohmann::json j;
@@ -71,7 +72,8 @@ absl::StatusOr<std::string> WriteCheckpoint(const std::string& run_dir, const Tr
 
   fs::remove_all(final_dir, ec);
   fs::rename(tmp, final_dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp.string(), ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat("cannot rename ", tmp.string(), ": ", ec.message()));
   fs::path latest_tmp = root / "latest.tmp";
   if (absl::Status s = WriteFile(latest_tmp, name + "\n"); !s.ok()) return s;
   fs::rename(latest_tmp, root / "latest", ec);
@@ -82,8 +84,8 @@ absl::StatusOr<std::string> WriteCheckpoint(const std::string& run_dir, const Tr
 absl::StatusOr<std::string> FindCheckpoint(const std::string& run_dir, const std::string& resume) {
   if (resume != "auto") {
     if (!fs::exists(fs::path(resume) / "trainer_state.json")) {
-      return absl::NotFoundError(absl::StrCat("learner.resume: ", resume,
-                                              " is not a checkpoint (no trainer_state.json)"));
+      return absl::NotFoundError(
+          absl::StrCat("learner.resume: ", resume, " is not a checkpoint (no trainer_state.json)"));
     }
     return resume;
   }
@@ -109,8 +111,7 @@ absl::StatusOr<TrainerState> ReadTrainerState(const std::string& dir) {
     s.evaluations = j.at("evaluations").get<std::vector<double>>();
     s.lease_state_json = j.at("lease_state").dump();
   } catch (const nlohmann::json::exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(dir, "/trainer_state.json: ", e.what()));
+    return absl::InvalidArgumentError(absl::StrCat(dir, "/trainer_state.json: ", e.what()));
   }
   return s;
 }

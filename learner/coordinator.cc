@@ -16,8 +16,8 @@ constexpr int64_t kActorLiveMs = 10000;  // an actor silent this long is not cou
 
 }  // namespace
 
-Coordinator::Coordinator(CoordinatorOptions options, const PromptSource* source,
-                         LeaseTable table, MetricsRegistry* m)
+Coordinator::Coordinator(CoordinatorOptions options, const PromptSource* source, LeaseTable table,
+                         MetricsRegistry* m)
     : options_(std::move(options)), source_(source), metrics_(m), table_(std::move(table)) {
   const char* groups = "pmdrl_learner_groups_total";
   const char* groups_help = "scored groups received, by outcome";
@@ -36,9 +36,9 @@ Coordinator::Coordinator(CoordinatorOptions options, const PromptSource* source,
   in_flight_ = &m->Gauge("pmdrl_learner_leases_in_flight", "live leases");
   buffered_ = &m->Gauge("pmdrl_learner_groups_buffered", "accepted groups waiting for a batch");
   live_actors_ = &m->Gauge("pmdrl_learner_live_actors", "actors heard from in the last 10 s");
-  staleness_ = &m->Histogram("pmdrl_learner_staleness_versions",
-                             "learner version minus sampling version of trained groups",
-                             {0, 1, 2, 3, 4, 8});
+  staleness_ =
+      &m->Histogram("pmdrl_learner_staleness_versions",
+                    "learner version minus sampling version of trained groups", {0, 1, 2, 3, 4, 8});
 }
 
 int64_t Coordinator::NowMs() const { return absl::ToUnixMillis(absl::Now()); }
@@ -62,8 +62,8 @@ uint32_t Coordinator::LiveActorsLocked(int64_t now_ms) const {
 
 v1::RegisterActorResponse Coordinator::RegisterActor(const v1::RegisterActorRequest& request) {
   absl::MutexLock lock(&mu_);
-  std::string id = absl::StrCat(request.name().empty() ? "actor" : request.name(), "#",
-                                next_actor_++);
+  std::string id =
+      absl::StrCat(request.name().empty() ? "actor" : request.name(), "#", next_actor_++);
   actors_[id] = ActorInfo{request.name(), NowMs(), 0};
   live_actors_->Set(LiveActorsLocked(NowMs()));
   spdlog::info("actor {} registered", id);
@@ -99,17 +99,16 @@ absl::StatusOr<v1::LeasePromptsResponse> Coordinator::LeasePrompts(
   }
   // Admission control: work already out (leased or buffered) is trained within the next
   // 1 + max_staleness batches; lending more would only produce stale groups.
-  int64_t budget = options_.prompts_per_update * (1 + options_.max_staleness) -
-                   table_.InFlight() - static_cast<int64_t>(buffer_.size());
+  int64_t budget = options_.prompts_per_update * (1 + options_.max_staleness) - table_.InFlight() -
+                   static_cast<int64_t>(buffer_.size());
   int64_t n = std::min<int64_t>(budget, std::max<uint32_t>(1, request.max_prompts()));
   if (n <= 0) {
     r.set_retry_after_ms(100);
     return r;
   }
   int64_t reissued_before = table_.counters().reissued;
-  std::vector<IssuedLease> leases =
-      table_.Issue(request.actor_id(), n, now, options_.lease_ttl_ms,
-                   static_cast<int64_t>(version_));
+  std::vector<IssuedLease> leases = table_.Issue(request.actor_id(), n, now, options_.lease_ttl_ms,
+                                                 static_cast<int64_t>(version_));
   leases_issued_->Increment(static_cast<double>(leases.size()));
   leases_reissued_->Increment(static_cast<double>(table_.counters().reissued - reissued_before));
   for (const IssuedLease& l : leases) {
@@ -176,8 +175,7 @@ absl::StatusOr<v1::GroupAck> Coordinator::Submit(const v1::Group& group) {
   if (group.policy_version() > version_) {
     counts_.rejected++;
     rejected_->Increment();
-    return absl::InvalidArgumentError(absl::StrCat("group: policy_version ",
-                                                   group.policy_version(),
+    return absl::InvalidArgumentError(absl::StrCat("group: policy_version ", group.policy_version(),
                                                    " is newer than the learner's ", version_));
   }
   v1::GroupAck ack;
@@ -188,8 +186,8 @@ absl::StatusOr<v1::GroupAck> Coordinator::Submit(const v1::Group& group) {
     counts_.stale++;
     stale_->Increment();
     ack.set_status(v1::ACK_STALE);
-    ack.set_message(absl::StrCat("sampled at version ", group.policy_version(),
-                                 ", learner is at ", version_));
+    ack.set_message(
+        absl::StrCat("sampled at version ", group.policy_version(), ", learner is at ", version_));
     if (options_.on_group) options_.on_group(group, ack.status(), version_);
     return ack;
   }
@@ -197,8 +195,8 @@ absl::StatusOr<v1::GroupAck> Coordinator::Submit(const v1::Group& group) {
     counts_.duplicate++;
     duplicate_->Increment();
     ack.set_status(v1::ACK_DUPLICATE);
-    ack.set_message(absl::StrCat("place (", group.epoch(), ", ", group.index(),
-                                 ") was accepted before"));
+    ack.set_message(
+        absl::StrCat("place (", group.epoch(), ", ", group.index(), ") was accepted before"));
     if (options_.on_group) options_.on_group(group, ack.status(), version_);
     return ack;
   }
@@ -213,7 +211,7 @@ absl::StatusOr<v1::GroupAck> Coordinator::Submit(const v1::Group& group) {
 }
 
 std::optional<std::vector<v1::Group>> Coordinator::PopBatch(uint64_t version,
-                                                             std::chrono::milliseconds timeout) {
+                                                            std::chrono::milliseconds timeout) {
   absl::MutexLock lock(&mu_);
   const size_t want = static_cast<size_t>(options_.prompts_per_update);
   // Drops what has grown too stale while it waited.
@@ -231,9 +229,9 @@ std::optional<std::vector<v1::Group>> Coordinator::PopBatch(uint64_t version,
     const std::deque<v1::Group>* buffer;
     size_t want;
   } arg{&buffer_, want};
-  mu_.AwaitWithTimeout(
-      absl::Condition(+[](Arg* a) { return a->buffer->size() >= a->want; }, &arg),
-      absl::FromChrono(timeout));
+  mu_.AwaitWithTimeout(absl::Condition(
+                           +[](Arg* a) { return a->buffer->size() >= a->want; }, &arg),
+                       absl::FromChrono(timeout));
   drop_stale();
   if (buffer_.size() < want) return std::nullopt;
   std::vector<v1::Group> batch;

@@ -63,7 +63,7 @@ class Coordinator {
   // Blocks until `prompts_per_update` accepted groups usable at `version` are buffered
   // (stale ones are dropped and counted), or until `timeout`. nullopt on timeout.
   std::optional<std::vector<v1::Group>> PopBatch(uint64_t version,
-                                                  std::chrono::milliseconds timeout);
+                                                 std::chrono::milliseconds timeout);
 
   void SetVersion(uint64_t version);
   uint64_t version() const;

@@ -26,11 +26,11 @@ CoordinatorService::CoordinatorService(Coordinator* coordinator, const WeightPub
       status_(std::move(status)) {
   unauthenticated_ = &m->Counter(kRejected, kRejectedHelp, {{"reason", "unauthenticated"}});
   invalid_ = &m->Counter(kRejected, kRejectedHelp, {{"reason", "invalid_argument"}});
-  sync_bytes_ = &m->Counter("pmdrl_learner_weight_sync_bytes_total",
-                            "weight bytes streamed to actors");
-  sync_seconds_ = &m->Histogram("pmdrl_learner_weight_sync_seconds",
-                                "time to stream one version to one actor",
-                                {0.001, 0.005, 0.02, 0.1, 0.5, 2, 10});
+  sync_bytes_ =
+      &m->Counter("pmdrl_learner_weight_sync_bytes_total", "weight bytes streamed to actors");
+  sync_seconds_ =
+      &m->Histogram("pmdrl_learner_weight_sync_seconds", "time to stream one version to one actor",
+                    {0.001, 0.005, 0.02, 0.1, 0.5, 2, 10});
 }
 
 grpc::Status CoordinatorService::Authorize(const grpc::ServerContext& ctx) {

@@ -18,9 +18,8 @@ namespace pmdrl {
 class CoordinatorService final : public v1::Coordinator::Service {
  public:
   // `status` fills the training side of GetStatus (update, rewards, accuracies).
-  CoordinatorService(Coordinator* coordinator, const WeightPublisher* publisher,
-                     std::string token, MetricsRegistry* metrics,
-                     std::function<void(v1::StatusResponse*)> status);
+  CoordinatorService(Coordinator* coordinator, const WeightPublisher* publisher, std::string token,
+                     MetricsRegistry* metrics, std::function<void(v1::StatusResponse*)> status);
 
   grpc::Status RegisterActor(grpc::ServerContext* ctx, const v1::RegisterActorRequest* req,
                              v1::RegisterActorResponse* resp) override;

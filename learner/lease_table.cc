@@ -2,10 +2,9 @@
 
 #include <algorithm>
 #include <exception>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <utility>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -88,8 +87,8 @@ void LeaseTable::Retire(Record& r, const std::string& id) {
   }
 }
 
-std::vector<IssuedLease> LeaseTable::Issue(std::string_view actor_id, int64_t max_n,
-                                           int64_t now_ms, int64_t ttl_ms, int64_t version) {
+std::vector<IssuedLease> LeaseTable::Issue(std::string_view actor_id, int64_t max_n, int64_t now_ms,
+                                           int64_t ttl_ms, int64_t version) {
   std::vector<IssuedLease> out;
   while (static_cast<int64_t>(out.size()) < max_n) {
     StreamPosition pos;
@@ -192,8 +191,7 @@ LeaseTableState LeaseTable::Save() const {
     if (!IsDone(r.pos)) s.outstanding.push_back(r.pos);
   }
   std::sort(s.outstanding.begin(), s.outstanding.end());
-  s.outstanding.erase(std::unique(s.outstanding.begin(), s.outstanding.end()),
-                      s.outstanding.end());
+  s.outstanding.erase(std::unique(s.outstanding.begin(), s.outstanding.end()), s.outstanding.end());
   s.counters = counters_;
   s.next_lease_seq = next_seq_;
   return s;
@@ -232,14 +230,14 @@ StreamPosition PosFromJson(const json& j) {
 }
 
 absl::Status Check(bool ok, std::string_view what) {
-  return ok ? absl::OkStatus() : absl::InvalidArgumentError(absl::StrCat("lease state: ", std::string(what)));
+  return ok ? absl::OkStatus()
+            : absl::InvalidArgumentError(absl::StrCat("lease state: ", std::string(what)));
 }
 
 absl::Status ValidateState(const LeaseTableState& s) {
   const int64_t n = s.items_per_epoch;
   auto in_stream = [&](StreamPosition p) {
-    return p.epoch >= 0 && p.index >= 0 && (n == 0 ? p.epoch == 0 : p.index < n) &&
-           p < s.cursor;
+    return p.epoch >= 0 && p.index >= 0 && (n == 0 ? p.epoch == 0 : p.index < n) && p < s.cursor;
   };
   if (auto st = Check(n >= 0, "items_per_epoch must be >= 0"); !st.ok()) return st;
   if (auto st = Check(s.cursor.epoch >= 0 && s.cursor.index >= 0 &&
@@ -257,16 +255,17 @@ absl::Status ValidateState(const LeaseTableState& s) {
   int64_t prev_epoch = -1;
   for (const auto& d : s.done) {
     const std::string where = absl::StrCat("done epoch ", d.epoch);
-    if (auto st = Check(d.epoch > prev_epoch && d.epoch >= s.done_below_epoch &&
-                            d.epoch <= s.cursor.epoch,
-                        absl::StrCat(where, ": epochs must ascend within ",
-                                     "[done_below_epoch, cursor epoch]"));
+    if (auto st = Check(
+            d.epoch > prev_epoch && d.epoch >= s.done_below_epoch && d.epoch <= s.cursor.epoch,
+            absl::StrCat(where, ": epochs must ascend within ",
+                         "[done_below_epoch, cursor epoch]"));
         !st.ok()) {
       return st;
     }
     prev_epoch = d.epoch;
-    if (auto st = Check(d.low_water >= 0 && (d.low_water == 0 || in_stream({d.epoch, d.low_water - 1})),
-                        absl::StrCat(where, ": low_water ", d.low_water, " out of range"));
+    if (auto st =
+            Check(d.low_water >= 0 && (d.low_water == 0 || in_stream({d.epoch, d.low_water - 1})),
+                  absl::StrCat(where, ": low_water ", d.low_water, " out of range"));
         !st.ok()) {
       return st;
     }
@@ -286,12 +285,14 @@ absl::Status ValidateState(const LeaseTableState& s) {
   for (size_t i = 0; i < s.outstanding.size(); ++i) {
     const StreamPosition& p = s.outstanding[i];
     const std::string where = absl::StrCat("outstanding [", p.epoch, ", ", p.index, "]");
-    if (auto st = Check(in_stream(p), absl::StrCat(where, " was never issued")); !st.ok()) return st;
+    if (auto st = Check(in_stream(p), absl::StrCat(where, " was never issued")); !st.ok())
+      return st;
     if (auto st = Check(i == 0 || s.outstanding[i - 1] < p, absl::StrCat(where, " out of order"));
         !st.ok()) {
       return st;
     }
-    if (auto st = Check(!probe.IsDone(p), absl::StrCat(where, " is also done")); !st.ok()) return st;
+    if (auto st = Check(!probe.IsDone(p), absl::StrCat(where, " is also done")); !st.ok())
+      return st;
   }
   const LeaseCounters& c = s.counters;
   if (auto st = Check(c.issued >= 0 && c.reissued >= 0 && c.expired >= 0 && c.duplicates >= 0 &&

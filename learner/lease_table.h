@@ -86,8 +86,8 @@ struct LeaseTableState {
   int64_t items_per_epoch = 0;  // 0: an infinite stream (epoch stays 0)
   StreamPosition cursor;        // the next fresh place
   int64_t done_below_epoch = 0;
-  std::vector<EpochDone> done;               // ascending epochs >= done_below_epoch
-  std::vector<StreamPosition> outstanding;   // issued, not done (leased or queued); sorted
+  std::vector<EpochDone> done;              // ascending epochs >= done_below_epoch
+  std::vector<StreamPosition> outstanding;  // issued, not done (leased or queued); sorted
   LeaseCounters counters;
   int64_t next_lease_seq = 1;
 };
@@ -137,8 +137,7 @@ class LeaseTable {
   // Outstanding places are restored into the re-issue queue; the old lease ids are
   // not restored (a restarted coordinator answers kUnknownLease for them).
   LeaseTableState Save() const;
-  static LeaseTable Restore(const LeaseTableState& state,
-                            size_t max_remembered = size_t{1} << 20);
+  static LeaseTable Restore(const LeaseTableState& state, size_t max_remembered = size_t{1} << 20);
 
  private:
   struct Record {
@@ -151,8 +150,8 @@ class LeaseTable {
     bool expired = false;
   };
   struct EpochDone {
-    int64_t low_water = 0;                 // every index below is done
-    absl::flat_hash_set<int64_t> above;   // done indices > low_water
+    int64_t low_water = 0;               // every index below is done
+    absl::flat_hash_set<int64_t> above;  // done indices > low_water
   };
 
   void MarkDone(StreamPosition p);

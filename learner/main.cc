@@ -36,7 +36,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-
 // What GetStatus reports of the training side.
 struct Progress {
   std::mutex mu;
@@ -131,9 +130,7 @@ int Run(int argc, char** argv) {
   }
   const std::string config_yaml = ConfigToYaml(config);
   spdlog::info("effective config:\n{}", config_yaml);
-  {
-    std::ofstream(fs::path(config.run.dir) / "config.yaml") << config_yaml;
-  }
+  { std::ofstream(fs::path(config.run.dir) / "config.yaml") << config_yaml; }
 
   absl::StatusOr<std::unique_ptr<PromptSource>> source = MakePromptSource(config);
   if (!source.ok()) {
@@ -219,10 +216,9 @@ int Run(int argc, char** argv) {
                  "learner_version,outcome\n";
   }
   copts.on_group = [&group_log](const v1::Group& g, v1::AckStatus status, uint64_t version) {
-    group_log << g.actor_id() << ',' << g.verifier_id() << ',' << g.lease_id() << ','
-              << g.epoch() << ',' << g.index() << ',' << g.policy_version() << ','
-              << g.issued_at_version() << ',' << version << ','
-              << v1::AckStatus_Name(status) << '\n';
+    group_log << g.actor_id() << ',' << g.verifier_id() << ',' << g.lease_id() << ',' << g.epoch()
+              << ',' << g.index() << ',' << g.policy_version() << ',' << g.issued_at_version()
+              << ',' << version << ',' << v1::AckStatus_Name(status) << '\n';
     group_log.flush();
   };
   Coordinator coordinator(copts, source->get(), std::move(table), &metrics);
@@ -271,7 +267,6 @@ int Run(int argc, char** argv) {
   }
   spdlog::info("serving Coordinator and Learner on {} (port {})", config.learner.listen, port);
 
-
   auto& m_update = metrics.Gauge("pmdrl_learner_update", "policy updates done");
   auto& m_version = metrics.Gauge("pmdrl_learner_policy_version", "current policy version");
   auto& m_loss = metrics.Gauge("pmdrl_learner_loss", "PMD-mean loss of the last update");
@@ -281,8 +276,8 @@ int Run(int argc, char** argv) {
   auto& m_step = metrics.Gauge("pmdrl_learner_step_seconds", "seconds of the last update");
   auto& m_mismatch = metrics.Gauge("pmdrl_learner_logprob_mismatch",
                                    "mean |learner - actor| token log-prob at the same version");
-  auto& m_mixed = metrics.Gauge("pmdrl_learner_mixed_groups_ratio",
-                                "fraction of groups whose rewards differ");
+  auto& m_mixed =
+      metrics.Gauge("pmdrl_learner_mixed_groups_ratio", "fraction of groups whose rewards differ");
   auto& m_equal = metrics.Counter("pmdrl_learner_equal_reward_groups_total",
                                   "groups whose rewards were all equal (no signal)");
   auto& m_eval = metrics.Gauge("pmdrl_learner_eval_accuracy", "held-out greedy accuracy");
@@ -291,8 +286,8 @@ int Run(int argc, char** argv) {
                                  "seconds the learner waited for rollout data");
 
   MetricsCsv csv;
-  if (absl::Status s = csv.Open((fs::path(config.run.dir) / "metrics.csv").string(),
-                                !checkpoint.empty());
+  if (absl::Status s =
+          csv.Open((fs::path(config.run.dir) / "metrics.csv").string(), !checkpoint.empty());
       !s.ok()) {
     spdlog::error("{}", s.message());
     return 1;
@@ -333,8 +328,8 @@ int Run(int argc, char** argv) {
       st.evaluations = progress.evaluations;
     }
     st.lease_state_json = ToJson(coordinator.SaveState());
-    absl::StatusOr<std::string> dir = WriteCheckpoint(config.run.dir, st, trainer,
-                                                      coordinator.BufferedGroups(), config_yaml);
+    absl::StatusOr<std::string> dir =
+        WriteCheckpoint(config.run.dir, st, trainer, coordinator.BufferedGroups(), config_yaml);
     if (!dir.ok()) {
       spdlog::error("checkpoint failed: {}", dir.status().message());
     } else {
@@ -403,8 +398,8 @@ int Run(int argc, char** argv) {
     spdlog::info(
         "update {} version {}: loss {:.4g} reward {:.3f} mixed {:.2f} grad {:.3g} |delta| {:.3g} "
         "mismatch {:.2g} {:.0f} tok/s{}",
-        update, version, stats->loss, stats->mean_reward, stats->mixed_fraction,
-        stats->grad_norm, stats->mean_abs_delta, stats->logprob_mismatch,
+        update, version, stats->loss, stats->mean_reward, stats->mixed_fraction, stats->grad_norm,
+        stats->mean_abs_delta, stats->logprob_mismatch,
         stats->trained_tokens / std::max(stats->seconds, 1e-9),
         eval >= 0 ? absl::StrFormat(" eval %.1f%%", 100 * eval) : "");
     if (stats->mixed_fraction < 0.1 && stats->mean_reward < -0.8) {
@@ -422,8 +417,8 @@ int Run(int argc, char** argv) {
     if (last_eval_update != update) evaluate();
     if (last_checkpoint_update != update) checkpoint_now();
     coordinator.Finish();
-    spdlog::info("training finished: {} updates, final accuracy {:.1f}% (mean of last {})",
-                 update, 100 * progress.FinalAccuracy(), config.learner.eval_last);
+    spdlog::info("training finished: {} updates, final accuracy {:.1f}% (mean of last {})", update,
+                 100 * progress.FinalAccuracy(), config.learner.eval_last);
     // Keep serving (late groups, status) until told to stop.
     while (!StopRequested()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
@@ -431,8 +426,8 @@ int Run(int argc, char** argv) {
   publisher.Close();
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   fs::create_directories(fs::path(config.run.dir) / "metrics", ec);
-  if (absl::Status s = metrics.WriteSnapshot(
-          (fs::path(config.run.dir) / "metrics" / "learner.prom").string());
+  if (absl::Status s =
+          metrics.WriteSnapshot((fs::path(config.run.dir) / "metrics" / "learner.prom").string());
       !s.ok()) {
     spdlog::warn("{}", s.message());
   }

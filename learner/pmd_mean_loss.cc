@@ -1,10 +1,10 @@
 #include "learner/pmd_mean_loss.h"
 
-#include <cmath>
-#include <string>
-
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
+
+#include <cmath>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 
@@ -54,9 +54,8 @@ absl::StatusOr<std::vector<double>> GroupAdvantages(const std::vector<double>& r
   std::vector<double> adv(k);
   for (size_t j = 0; j < k; ++j) {
     // mean: b = (1/k) Σ_i r_i;   loo: b_j = (1/(k−1)) Σ_{i≠j} r_i.
-    const double b = baseline == Baseline::kMean
-                         ? sum / static_cast<double>(k)
-                         : (sum - rewards[j]) / static_cast<double>(k - 1);
+    const double b = baseline == Baseline::kMean ? sum / static_cast<double>(k)
+                                                 : (sum - rewards[j]) / static_cast<double>(k - 1);
     adv[j] = rewards[j] - b;
   }
   return adv;
@@ -72,9 +71,9 @@ absl::Status ValidatePmdMeanInputs(const PmdMeanInputs& in, double tau, LengthNo
           absl::StrCat("PmdMeanLoss: ", names[i], " must be a defined 1-D tensor"));
     }
     if (parts[i]->size(0) != in.logp_new.size(0)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("PmdMeanLoss: ", names[i], " has ", parts[i]->size(0),
-                       " entries, logp_new has ", in.logp_new.size(0)));
+      return absl::InvalidArgumentError(absl::StrCat("PmdMeanLoss: ", names[i], " has ",
+                                                     parts[i]->size(0), " entries, logp_new has ",
+                                                     in.logp_new.size(0)));
     }
   }
   if (!(tau > 0.0)) {
@@ -100,8 +99,8 @@ absl::Status ValidatePmdMeanInputs(const PmdMeanInputs& in, double tau, LengthNo
   return absl::OkStatus();
 }
 
-at::Tensor PmdMeanLoss(const PmdMeanInputs& in, double tau, LengthNorm norm,
-                       double max_length, int64_t global_count) {
+at::Tensor PmdMeanLoss(const PmdMeanInputs& in, double tau, LengthNorm norm, double max_length,
+                       int64_t global_count) {
   TORCH_CHECK(tau > 0.0, "PmdMeanLoss: tau must be > 0");
   TORCH_CHECK(global_count > 0, "PmdMeanLoss: global_count must be > 0");
   TORCH_CHECK(norm == LengthNorm::kTokens || max_length > 0.0,
@@ -110,8 +109,7 @@ at::Tensor PmdMeanLoss(const PmdMeanInputs& in, double tau, LengthNorm norm,
   const at::ScalarType dtype = in.logp_new.scalar_type();
   const at::Tensor adv = in.advantages.to(dev, dtype);
   // π_old is a constant of the objective: cut the graph even if the caller did not.
-  const at::Tensor delta =
-      in.logp_new - in.logp_old.detach().to(dev, dtype);
+  const at::Tensor delta = in.logp_new - in.logp_old.detach().to(dev, dtype);
   const at::Tensor resid = adv - tau * delta;  // A_j − τ·Δ_j
   at::Tensor per;                              // ℓ_j = (A_j − τ·Δ_j)² / (2·τ·norm_j)
   if (norm == LengthNorm::kTokens) {

@@ -6,11 +6,11 @@
 #ifndef PMDRL_LEARNER_PMD_MEAN_LOSS_H_
 #define PMDRL_LEARNER_PMD_MEAN_LOSS_H_
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <string_view>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -56,8 +56,8 @@ struct PmdMeanInputs {
 //
 // Preconditions (see ValidatePmdMeanInputs): a violation throws c10::Error like any
 // Torch op; callers convert at their boundary.
-at::Tensor PmdMeanLoss(const PmdMeanInputs& in, double tau, LengthNorm norm,
-                       double max_length, int64_t global_count);
+at::Tensor PmdMeanLoss(const PmdMeanInputs& in, double tau, LengthNorm norm, double max_length,
+                       int64_t global_count);
 
 // Checks PmdMeanLoss's preconditions: equal 1-D shapes, tau > 0, global_count > 0,
 // global_count >= N, max_length > 0 for kMax, all lengths > 0.

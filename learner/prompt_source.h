@@ -29,7 +29,7 @@ class PromptSource {
   // The fixed held-out split, as prompts with references.
   virtual const std::vector<PromptItem>& HeldOut() const = 0;
   virtual const Tokenizer& tokenizer() const = 0;
-  virtual std::string task() const = 0;       // grader name: "arith"
+  virtual std::string task() const = 0;            // grader name: "arith"
   virtual std::string tokenizer_name() const = 0;  // "char"
 };
 

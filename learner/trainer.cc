@@ -138,9 +138,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config,
     if (!m.ok()) return m.status();
     impl->model = *std::move(m);
     if (impl->model->config().vocab_size != tokenizer.VocabSize()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "model ", model_dir, " has vocab_size ", impl->model->config().vocab_size,
-          " but the task's tokenizer has ", tokenizer.VocabSize()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("model ", model_dir, " has vocab_size ", impl->model->config().vocab_size,
+                       " but the task's tokenizer has ", tokenizer.VocabSize()));
     }
   } else {
     ModelConfig mc = ModelConfigFromConfig(config, tokenizer);
@@ -219,8 +219,8 @@ absl::StatusOr<UpdateStats> Trainer::Update(const std::vector<v1::Group>& groups
 
   try {
     m.model->train();
-    const int64_t n_mini = std::min<int64_t>(m.config.learner.mini_batches,
-                                             static_cast<int64_t>(groups.size()));
+    const int64_t n_mini =
+        std::min<int64_t>(m.config.learner.mini_batches, static_cast<int64_t>(groups.size()));
     const bool recompute = m.config.learner.old_logprobs == "recompute";
     double mismatch_sum = 0, delta_sum = 0, entropy_sum = 0;
     int64_t mismatch_tokens = 0, delta_count = 0, entropy_tokens = 0;
@@ -262,9 +262,9 @@ absl::StatusOr<UpdateStats> Trainer::Update(const std::vector<v1::Group>& groups
       std::vector<Row*> all = gather_rows(0, groups.size());
       PackedRows packed = pack(all);
       torch::Tensor logits = m.model->forward(packed.input, packed.positions, packed.valid);
-      torch::Tensor token_lp = NextTokenLogProbs(
-          SamplingLogProbs(logits, m.temperature, m.never_sampled), packed.input,
-          packed.response_mask);
+      torch::Tensor token_lp =
+          NextTokenLogProbs(SamplingLogProbs(logits, m.temperature, m.never_sampled), packed.input,
+                            packed.response_mask);
       mismatch(all, token_lp);
       torch::Tensor sums = (token_lp * packed.response_mask).sum(1);
       auto s = sums.accessor<float, 1>();
@@ -307,8 +307,8 @@ absl::StatusOr<UpdateStats> Trainer::Update(const std::vector<v1::Group>& groups
         delta_sum += (logp_new.detach() - in.logp_old).abs().sum().item<double>();
         delta_count += static_cast<int64_t>(rs.size());
       }
-      torch::Tensor loss = PmdMeanLoss(in, m.config.learner.tau, m.norm, max_len,
-                                       static_cast<int64_t>(rs.size()));
+      torch::Tensor loss =
+          PmdMeanLoss(in, m.config.learner.tau, m.norm, max_len, static_cast<int64_t>(rs.size()));
       m.optimizer->zero_grad();
       loss.backward();
       double norm = m.ClipAndNorm(m.config.learner.grad_clip);
@@ -331,8 +331,7 @@ absl::StatusOr<UpdateStats> Trainer::Update(const std::vector<v1::Group>& groups
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("update failed: ", e.what_without_backtrace()));
   }
-  stats.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return stats;
 }
 
@@ -375,7 +374,8 @@ EvalResult Trainer::Evaluate(const std::vector<PromptItem>& items, int64_t max_n
   }
   m.model->train();
   result.greedy_accuracy = static_cast<double>(greedy_ok) / static_cast<double>(items.size());
-  if (pass_k > 0) result.pass_at_k = static_cast<double>(pass_ok) / static_cast<double>(items.size());
+  if (pass_k > 0)
+    result.pass_at_k = static_cast<double>(pass_ok) / static_cast<double>(items.size());
   return result;
 }
 
@@ -431,10 +431,11 @@ absl::StatusOr<double> Trainer::SupervisedStep(const std::vector<std::vector<int
       p.push_back(&prompts[i]);
       r.push_back(&targets[i]);
     }
-    PackedRows packed = Pack(p, r, m.model->config().pad_token_id >= 0 ? m.model->config().pad_token_id : 0);
+    PackedRows packed =
+        Pack(p, r, m.model->config().pad_token_id >= 0 ? m.model->config().pad_token_id : 0);
     torch::Tensor logits = m.model->forward(packed.input, packed.positions, packed.valid);
-    torch::Tensor token_lp = NextTokenLogProbs(
-        SamplingLogProbs(logits, 1.0, m.never_sampled), packed.input, packed.response_mask);
+    torch::Tensor token_lp = NextTokenLogProbs(SamplingLogProbs(logits, 1.0, m.never_sampled),
+                                               packed.input, packed.response_mask);
     torch::Tensor loss = -(token_lp * packed.response_mask).sum() / packed.response_mask.sum();
     m.optimizer->zero_grad();
     loss.backward();

@@ -21,13 +21,13 @@
 namespace pmdrl {
 
 struct UpdateStats {
-  double loss = 0;             // mean over mini-batches
-  double grad_norm = 0;        // mean over mini-batches, before clipping
+  double loss = 0;       // mean over mini-batches
+  double grad_norm = 0;  // mean over mini-batches, before clipping
   double mean_reward = 0;
-  double mixed_fraction = 0;   // groups whose rewards are not all equal
+  double mixed_fraction = 0;  // groups whose rewards are not all equal
   int64_t equal_reward_groups = 0;
-  double logprob_mismatch = 0; // mean |learner − actor| token log-prob at the sampling version
-  double mean_abs_delta = 0;   // mean |Δ_j| (sequence log-ratio) seen by the loss
+  double logprob_mismatch = 0;  // mean |learner − actor| token log-prob at the sampling version
+  double mean_abs_delta = 0;    // mean |Δ_j| (sequence log-ratio) seen by the loss
   double staleness_mean = 0;
   double entropy = 0;          // mean token entropy of the policy on the responses
   int64_t trained_tokens = 0;  // prompt + response tokens through forward/backward

@@ -19,13 +19,13 @@ std::shared_ptr<const WeightSnapshot> WeightPublisher::WaitNewer(
     int64_t have_version, std::chrono::milliseconds timeout) const {
   absl::MutexLock lock(&mu_);
   auto ready = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-    return closed_ ||
-           (latest_ && static_cast<int64_t>(latest_->version) > have_version);
+    return closed_ || (latest_ && static_cast<int64_t>(latest_->version) > have_version);
   };
   struct Arg {
     decltype(ready)* f;
   } arg{&ready};
-  mu_.AwaitWithTimeout(absl::Condition(+[](Arg* a) { return (*a->f)(); }, &arg),
+  mu_.AwaitWithTimeout(absl::Condition(
+                           +[](Arg* a) { return (*a->f)(); }, &arg),
                        absl::FromChrono(timeout));
   if (closed_ || !latest_ || static_cast<int64_t>(latest_->version) <= have_version) {
     return nullptr;

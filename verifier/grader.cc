@@ -208,9 +208,16 @@ std::string CleanCommands(std::string_view s, Poll& poll) {
     if (!IsAlpha(next)) {
       ++i;
       switch (next) {
-        case '!': case ',': case ';': case ':': case ' ':  // thin spaces
-        case '(': case ')': case '[': case ']':            // math delimiters
-        case '\\':                                         // line break
+        case '!':
+        case ',':
+        case ';':
+        case ':':
+        case ' ':  // thin spaces
+        case '(':
+        case ')':
+        case '[':
+        case ']':   // math delimiters
+        case '\\':  // line break
           break;
         case '%':
           out.push_back('%');
@@ -278,8 +285,8 @@ std::optional<std::string_view> StripTrailingUnit(std::string_view s) {
 // degrees (^\circ, ^{\circ}, \circ, °), percent, and units in \text{}. Each round
 // removes a suffix, so the loop is linear overall.
 std::string_view StripTrailing(std::string_view s, Poll& poll) {
-  static constexpr std::string_view kSuffixes[] = {"^{\\circ}", "^\\circ", "\\circ",
-                                                  "\xc2\xb0" /* ° */, "%", "."};
+  static constexpr std::string_view kSuffixes[] = {"^{\\circ}",        "^\\circ", "\\circ",
+                                                   "\xc2\xb0" /* ° */, "%",       "."};
   bool changed = true;
   while (changed && !poll.Tick()) {
     changed = false;
@@ -581,8 +588,8 @@ bool ScalarsEqual(std::string_view a, std::string_view b, Poll& poll) {
 
 // Splits "(a,b,c)" / "[a,b)" / "a,b" at top-level commas. Returns false when `s` is not
 // a list of at least two elements. `open`/`close` receive the brackets ('\0' if none).
-bool SplitTuple(std::string_view s, std::vector<std::string_view>* parts, char* open,
-                char* close, Poll& poll) {
+bool SplitTuple(std::string_view s, std::vector<std::string_view>* parts, char* open, char* close,
+                Poll& poll) {
   parts->clear();
   *open = *close = '\0';
   if (s.size() >= 2 && (s.front() == '(' || s.front() == '[') &&

@@ -66,9 +66,8 @@ GradeResult GradeArith(std::string_view response, std::string_view reference,
 GradeResult GradeMath(std::string_view response, std::string_view reference,
                       const Deadline& deadline);
 
-using Grader =
-    std::function<GradeResult(std::string_view response, std::string_view reference,
-                              const Deadline& deadline)>;
+using Grader = std::function<GradeResult(std::string_view response, std::string_view reference,
+                                         const Deadline& deadline)>;
 
 // The grader of a task: "arith" | "math"; anything else is InvalidArgument.
 absl::StatusOr<Grader> GraderForTask(std::string_view task);

@@ -2,8 +2,10 @@
 //   pmdrl-verifier [--config run.yaml] [--verifier.name=verifier-1] [--section.key=value ...]
 // Exit codes: 0 after SIGINT/SIGTERM (or --help), 2 on a configuration or token error,
 // 1 when a port cannot be bound.
+#include <grpcpp/server.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <atomic>
@@ -16,9 +18,6 @@
 #include <system_error>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/server.h>
-#include <spdlog/spdlog.h>
 
 #include "absl/status/status.h"
 #include "common/auth.h"
@@ -81,8 +80,8 @@ int Run(int argc, char** argv) {
   std::atomic<bool> serving{false};
   std::unique_ptr<MetricsServer> metrics_server;
   if (vc.metrics_port > 0) {
-    absl::StatusOr<std::unique_ptr<MetricsServer>> started = MetricsServer::Start(
-        metrics, "127.0.0.1", static_cast<int>(vc.metrics_port), [&serving] {
+    absl::StatusOr<std::unique_ptr<MetricsServer>> started =
+        MetricsServer::Start(metrics, "127.0.0.1", static_cast<int>(vc.metrics_port), [&serving] {
           return serving.load() ? absl::OkStatus()
                                 : absl::UnavailableError("verifier is not serving");
         });
@@ -94,16 +93,15 @@ int Run(int argc, char** argv) {
   }
 
   int port = 0;
-  absl::StatusOr<std::unique_ptr<grpc::Server>> server =
-      StartServer(vc.listen, {&service}, &port);
+  absl::StatusOr<std::unique_ptr<grpc::Server>> server = StartServer(vc.listen, {&service}, &port);
   if (!server.ok()) {
     spdlog::error("verifier: {}", std::string(server.status().message()));
     return 1;
   }
   serving = true;
   const std::string host = vc.listen.substr(0, vc.listen.rfind(':'));
-  spdlog::info("verifier {} listening on {}:{} (learner {}, task {}, timeout {} ms)", vc.name,
-               host, port, vc.learner, config->task.name, vc.timeout_ms);
+  spdlog::info("verifier {} listening on {}:{} (learner {}, task {}, timeout {} ms)", vc.name, host,
+               port, vc.learner, config->task.name, vc.timeout_ms);
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);

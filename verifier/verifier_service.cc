@@ -1,5 +1,9 @@
 #include "verifier/verifier_service.h"
 
+#include <grpcpp/client_context.h>
+#include <grpcpp/support/sync_stream.h>
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
@@ -10,10 +14,6 @@
 #include <thread>
 #include <utility>
 #include <vector>
-
-#include <grpcpp/client_context.h>
-#include <grpcpp/support/sync_stream.h>
-#include <spdlog/spdlog.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/auth.h"
@@ -51,8 +51,7 @@ constexpr int kQueueBudgets = 10;
 // Slack on top of the budget before a running check is written off, so that a grader
 // that honours its Deadline reports kTimeout itself and keeps its thread.
 std::chrono::milliseconds Grace(std::chrono::milliseconds budget) {
-  return std::clamp(budget / 10, std::chrono::milliseconds(5),
-                    std::chrono::milliseconds(100));
+  return std::clamp(budget / 10, std::chrono::milliseconds(5), std::chrono::milliseconds(100));
 }
 
 }  // namespace
@@ -82,8 +81,8 @@ class GraderPool {
     state_->done_cv.wait(lock, [this] { return state_->healthy == 0; });
   }
 
-  std::shared_ptr<Job> Submit(const Grader& grader, std::string response,
-                              std::string reference, std::chrono::milliseconds budget) {
+  std::shared_ptr<Job> Submit(const Grader& grader, std::string response, std::string reference,
+                              std::chrono::milliseconds budget) {
     auto job = std::make_shared<Job>();
     job->grader = grader;
     job->response = std::move(response);
@@ -211,9 +210,8 @@ class GraderPool {
 namespace {
 
 const std::vector<double>& ScoreBuckets() {
-  static const std::vector<double> buckets = {0.0005, 0.001, 0.0025, 0.005, 0.01,
-                                              0.025,  0.05,  0.1,    0.25,  0.5,
-                                              1,      2.5,   5,      10,    30};
+  static const std::vector<double> buckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                              0.25,   0.5,   1,      2.5,   5,    10,    30};
   return buckets;
 }
 
@@ -238,13 +236,12 @@ GroupScorer::GroupScorer(ScorerOptions options, MetricsRegistry* metrics)
       metrics_(metrics),
       pool_(std::make_unique<GraderPool>(options_.threads, options_.max_stuck_threads)) {
   // Register the families up front so /metrics shows them (at 0) from the start.
-  for (Verdict v : {Verdict::kCorrect, Verdict::kIncorrect, Verdict::kParseError,
-                    Verdict::kTimeout}) {
+  for (Verdict v :
+       {Verdict::kCorrect, Verdict::kIncorrect, Verdict::kParseError, Verdict::kTimeout}) {
     metrics_->Counter("pmdrl_verifier_completions_total", "Completions scored, by outcome.",
                       {{"outcome", std::string(VerdictName(v))}});
   }
-  metrics_->Histogram("pmdrl_verifier_score_seconds", "Time to score one group.",
-                      ScoreBuckets());
+  metrics_->Histogram("pmdrl_verifier_score_seconds", "Time to score one group.", ScoreBuckets());
   metrics_->Counter("pmdrl_verifier_grader_overruns_total",
                     "Answer checks that ignored their deadline and were written off.");
   metrics_->Gauge("pmdrl_verifier_grader_threads_stuck",
@@ -256,9 +253,8 @@ GroupScorer::~GroupScorer() = default;
 absl::Status GroupScorer::Score(v1::Group* group) {
   const Clock::time_point start = Clock::now();
   const std::string& task = group->task().empty() ? options_.default_task : group->task();
-  absl::StatusOr<Grader> grader = options_.grader_for_task
-                                      ? options_.grader_for_task(task)
-                                      : GraderForTask(task);
+  absl::StatusOr<Grader> grader =
+      options_.grader_for_task ? options_.grader_for_task(task) : GraderForTask(task);
   if (!grader.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("group of lease ", group->lease_id(), ": ", grader.status().message()));
@@ -329,8 +325,8 @@ class LearnerLink {
                  ack.status().ToString());
     absl::StatusOr<v1::GroupAck> retry = TryOnce(group);
     if (retry.ok()) return retry;
-    return absl::UnavailableError(absl::StrCat("learner ", target_, " unreachable: ",
-                                               retry.status().ToString()));
+    return absl::UnavailableError(
+        absl::StrCat("learner ", target_, " unreachable: ", retry.status().ToString()));
   }
 
   // Half-closes and finishes the stream, if open.
@@ -339,8 +335,7 @@ class LearnerLink {
     stream_->WritesDone();
     grpc::Status status = stream_->Finish();
     if (!status.ok()) {
-      spdlog::debug("verifier: learner stream to {} ended: {}", target_,
-                    status.error_message());
+      spdlog::debug("verifier: learner stream to {} ended: {}", target_, status.error_message());
     }
     stream_.reset();
     context_.reset();
@@ -367,8 +362,7 @@ class LearnerLink {
     context_.reset();
     absl::Status s = ToAbsl(status);
     if (s.ok()) s = absl::UnavailableError("learner closed the stream");
-    return absl::Status(s.code(), absl::StrCat("while ", while_doing,
-                                               ": ", s.message()));
+    return absl::Status(s.code(), absl::StrCat("while ", while_doing, ": ", s.message()));
   }
 
   v1::Learner::Stub* const stub_;
@@ -416,8 +410,7 @@ grpc::Status VerifierService::ScoreGroups(
   if (grpc::Status auth = CheckBearer(*context, options_.token); !auth.ok()) {
     metrics_->Counter("pmdrl_verifier_rejected_total", "", {{"reason", "unauthenticated"}})
         .Increment();
-    spdlog::warn("verifier: rejected stream from {}: {}", context->peer(),
-                 auth.error_message());
+    spdlog::warn("verifier: rejected stream from {}: {}", context->peer(), auth.error_message());
     return auth;
   }
   ActiveStream active(metrics_->Gauge("pmdrl_verifier_streams_active", ""));
@@ -436,8 +429,7 @@ grpc::Status VerifierService::ScoreGroups(
                              : ValidateGroup(group, limits, /*scored=*/false);
     if (valid.ok()) valid = scorer_.Score(&group);
     if (!valid.ok()) {
-      metrics_->Counter("pmdrl_verifier_rejected_total", "", {{"reason", "invalid"}})
-          .Increment();
+      metrics_->Counter("pmdrl_verifier_rejected_total", "", {{"reason", "invalid"}}).Increment();
       spdlog::warn("verifier: rejected group of lease {} from {}: {}", group.lease_id(),
                    context->peer(), std::string(valid.message()));
       ack.set_status(v1::ACK_REJECTED);

@@ -10,16 +10,16 @@
 #ifndef PMDRL_VERIFIER_VERIFIER_SERVICE_H_
 #define PMDRL_VERIFIER_VERIFIER_SERVICE_H_
 
+#include <grpcpp/channel.h>
+#include <grpcpp/server_context.h>
+#include <grpcpp/support/status.h>
+#include <grpcpp/support/sync_stream.h>
+
 #include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
-
-#include <grpcpp/channel.h>
-#include <grpcpp/server_context.h>
-#include <grpcpp/support/status.h>
-#include <grpcpp/support/sync_stream.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -116,9 +116,8 @@ class VerifierService final : public v1::Verifier::Service {
   VerifierService(VerifierOptions options, MetricsRegistry* metrics);
   ~VerifierService() override;
 
-  grpc::Status ScoreGroups(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<v1::GroupAck, v1::Group>* stream) override;
+  grpc::Status ScoreGroups(grpc::ServerContext* context,
+                           grpc::ServerReaderWriter<v1::GroupAck, v1::Group>* stream) override;
 
   GroupScorer& scorer() { return scorer_; }
 

@@ -27,7 +27,8 @@ at::Tensor Attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     // the size of the cache, which the step reads anyway.
     const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
     at::Tensor scores = (q * k).sum(-1, /*keepdim=*/false, at::kFloat) * scale;  // [B,H,S]
-    scores = scores.masked_fill(mask.squeeze(2).logical_not(), -std::numeric_limits<float>::infinity());
+    scores =
+        scores.masked_fill(mask.squeeze(2).logical_not(), -std::numeric_limits<float>::infinity());
     at::Tensor probs = at::softmax(scores, -1).to(q.scalar_type());
     return (probs.unsqueeze(-1) * v).sum(-2, /*keepdim=*/true);  // [B,H,1,hd]
   }
@@ -99,8 +100,10 @@ class SelfAttentionImpl : public torch::nn::Module {
       : heads_(c.num_attention_heads), kv_heads_(c.num_key_value_heads), head_dim_(c.HeadDim()) {
     // Registration order = HF's __init__ order, so named_parameters() matches HF's.
     q_proj = register_module("q_proj", Proj(c.hidden_size, heads_ * head_dim_, c.attention_bias));
-    k_proj = register_module("k_proj", Proj(c.hidden_size, kv_heads_ * head_dim_, c.attention_bias));
-    v_proj = register_module("v_proj", Proj(c.hidden_size, kv_heads_ * head_dim_, c.attention_bias));
+    k_proj =
+        register_module("k_proj", Proj(c.hidden_size, kv_heads_ * head_dim_, c.attention_bias));
+    v_proj =
+        register_module("v_proj", Proj(c.hidden_size, kv_heads_ * head_dim_, c.attention_bias));
     o_proj = register_module("o_proj", Proj(heads_ * head_dim_, c.hidden_size, false));
     if (c.qk_norm) {
       q_norm = register_module("q_norm", RmsNorm(head_dim_, c.rms_norm_eps));
@@ -131,10 +134,15 @@ class SelfAttentionImpl : public torch::nn::Module {
       *cache_k = k;
       *cache_v = v;
     }
-    if (heads_ != kv_heads_) {  // grouped-query: query head h reads kv head h / n_rep (HF repeat_kv)
+    if (heads_ !=
+        kv_heads_) {  // grouped-query: query head h reads kv head h / n_rep (HF repeat_kv)
       const int64_t rep = heads_ / kv_heads_, s = k.size(2);
-      k = k.unsqueeze(2).expand({b, kv_heads_, rep, s, head_dim_}).reshape({b, heads_, s, head_dim_});
-      v = v.unsqueeze(2).expand({b, kv_heads_, rep, s, head_dim_}).reshape({b, heads_, s, head_dim_});
+      k = k.unsqueeze(2)
+              .expand({b, kv_heads_, rep, s, head_dim_})
+              .reshape({b, heads_, s, head_dim_});
+      v = v.unsqueeze(2)
+              .expand({b, kv_heads_, rep, s, head_dim_})
+              .reshape({b, heads_, s, head_dim_});
     }
     at::Tensor o = Attention(q, k, v, mask);
     return o_proj(o.transpose(1, 2).reshape({b, t, heads_ * head_dim_}));
@@ -155,9 +163,7 @@ class MlpImpl : public torch::nn::Module {
     up_proj = register_module("up_proj", Proj(c.hidden_size, c.intermediate_size, false));
     down_proj = register_module("down_proj", Proj(c.intermediate_size, c.hidden_size, false));
   }
-  at::Tensor forward(const at::Tensor& x) {
-    return down_proj(at::silu(gate_proj(x)) * up_proj(x));
-  }
+  at::Tensor forward(const at::Tensor& x) { return down_proj(at::silu(gate_proj(x)) * up_proj(x)); }
   Proj gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(Mlp);
@@ -209,8 +215,8 @@ CausalLMImpl::CausalLMImpl(const ModelConfig& config) : config_(config) {
   TORCH_CHECK(s.ok(), "CausalLM: ", std::string(s.message()));
   model_ = register_module("model", std::make_shared<internal::DecoderStackImpl>(config));
   if (!config.tie_word_embeddings) {
-    lm_head_ = register_module(
-        "lm_head", std::make_shared<internal::ProjImpl>(config.hidden_size, config.vocab_size, false));
+    lm_head_ = register_module("lm_head", std::make_shared<internal::ProjImpl>(
+                                              config.hidden_size, config.vocab_size, false));
   }
   torch::NoGradGuard no_grad;
   for (auto& item : named_parameters(/*recurse=*/true)) {
@@ -264,7 +270,7 @@ at::Tensor CausalLMImpl::forward(const at::Tensor& input_ids, const at::Tensor& 
   at::Tensor inv_freq =
       1.0 / at::pow(config_.rope_theta, at::arange(0, hd, 2, long_opts).to(at::kFloat) / hd);
   at::Tensor freqs = positions.to(float_opts).unsqueeze(-1) * inv_freq;  // [B,T,hd/2]
-  at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);          // [B,1,T,hd]
+  at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);             // [B,1,T,hd]
   const auto act_dtype = model_->embed_tokens->weight.scalar_type();
   at::Tensor cos = emb.cos().to(act_dtype), sin = emb.sin().to(act_dtype);
 
@@ -314,9 +320,9 @@ absl::Status LoadWeights(CausalLM& model,
       if (params.contains(name)) continue;
       const bool tied_head = name == "lm_head.weight" && model->config().tie_word_embeddings;
       if (tied_head || absl::EndsWith(name, ".rotary_emb.inv_freq")) continue;
-      return absl::InvalidArgumentError(
-          absl::StrCat("weights: unexpected tensor ", name, " (not a parameter of this ",
-                       model->config().architecture, " model)"));
+      return absl::InvalidArgumentError(absl::StrCat("weights: unexpected tensor ", name,
+                                                     " (not a parameter of this ",
+                                                     model->config().architecture, " model)"));
     }
     for (auto& item : params) item.value().copy_(*by_name.at(item.key()));
   } catch (const c10::Error& e) {

@@ -15,10 +15,12 @@ namespace fs = std::filesystem;
 absl::Status SaveModelDir(CausalLM& model, const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create model dir ", dir, ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat("cannot create model dir ", dir, ": ", ec.message()));
   ModelConfig config = model->config();
   config.torch_dtype = "float32";
-  if (absl::Status s = WriteModelConfig(config, (fs::path(dir) / "config.json").string()); !s.ok()) {
+  if (absl::Status s = WriteModelConfig(config, (fs::path(dir) / "config.json").string());
+      !s.ok()) {
     return s;
   }
   NamedTensors weights;
@@ -54,8 +56,8 @@ absl::StatusOr<CausalLM> LoadModelDir(const std::string& dir) {
         if (seen.insert(file).second) files.push_back(file);
       }
     } catch (const std::exception& e) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(index_path.string(), ": bad index (need weight_map {name: file}): ", e.what()));
+      return absl::InvalidArgumentError(absl::StrCat(
+          index_path.string(), ": bad index (need weight_map {name: file}): ", e.what()));
     }
   } else {
     files.push_back("model.safetensors");

@@ -62,8 +62,8 @@ absl::Status SaveSafetensors(const NamedTensors& tensors, const std::string& pat
     uint64_t offset = 0;
     for (const auto& [name, tensor] : tensors) {
       if (name == "__metadata__" || !names.insert(name).second) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("safetensors ", path, ": tensor name \"", name, "\" is reserved or repeated"));
+        return absl::InvalidArgumentError(absl::StrCat("safetensors ", path, ": tensor name \"",
+                                                       name, "\" is reserved or repeated"));
       }
       const char* dtype = NameOf(tensor.scalar_type());
       if (dtype == nullptr) {
@@ -100,7 +100,8 @@ absl::Status SaveSafetensors(const NamedTensors& tensors, const std::string& pat
           absl::StrCat("safetensors: cannot rename ", tmp, " to ", path, ": ", ec.message()));
     }
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("safetensors ", path, ": ", e.what_without_backtrace()));
+    return absl::InternalError(
+        absl::StrCat("safetensors ", path, ": ", e.what_without_backtrace()));
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("safetensors ", path, ": ", e.what()));
   }
@@ -192,7 +193,8 @@ absl::StatusOr<NamedTensors> LoadSafetensors(const std::string& path) {
   });
   for (size_t i = 1; i < entries.size(); ++i) {
     if (entries[i].begin < entries[i - 1].end) {
-      return bad(absl::StrCat("tensor ", entries[i].name, " overlaps tensor ", entries[i - 1].name));
+      return bad(
+          absl::StrCat("tensor ", entries[i].name, " overlaps tensor ", entries[i - 1].name));
     }
   }
 

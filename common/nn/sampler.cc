@@ -67,9 +67,9 @@ at::Tensor Sampler::Draw(const at::Tensor& probs, double top_p) {
   return order.gather(-1, pick.unsqueeze(-1)).squeeze(-1);
 }
 
-std::vector<std::vector<Sample>> Sampler::Generate(
-    CausalLM& model, const std::vector<std::vector<int32_t>>& prompts, int64_t n,
-    const SamplingParams& params) {
+std::vector<std::vector<Sample>> Sampler::Generate(CausalLM& model,
+                                                   const std::vector<std::vector<int32_t>>& prompts,
+                                                   int64_t n, const SamplingParams& params) {
   std::vector<std::vector<Sample>> result(prompts.size(),
                                           std::vector<Sample>(std::max<int64_t>(n, 0)));
   const ModelConfig& config = model->config();
@@ -78,9 +78,8 @@ std::vector<std::vector<Sample>> Sampler::Generate(
   size_t longest = 0;
   for (size_t i = 0; i < prompts.size(); ++i) {
     const auto& p = prompts[i];
-    const bool ok = !p.empty() && std::all_of(p.begin(), p.end(), [vocab](int32_t t) {
-      return t >= 0 && t < vocab;
-    });
+    const bool ok = !p.empty() && std::all_of(p.begin(), p.end(),
+                                              [vocab](int32_t t) { return t >= 0 && t < vocab; });
     if (!ok) continue;
     run.push_back(i);
     longest = std::max(longest, p.size());
@@ -99,7 +98,8 @@ std::vector<std::vector<Sample>> Sampler::Generate(
   // Left-padded prompt batch: every row's last column is a real token, and RoPE positions
   // count real tokens only, so a row's logits do not depend on its padding.
   auto long_cpu = at::TensorOptions().dtype(at::kLong);
-  at::Tensor ids = at::full({num_prompts, len}, std::max<int64_t>(config.pad_token_id, 0), long_cpu);
+  at::Tensor ids =
+      at::full({num_prompts, len}, std::max<int64_t>(config.pad_token_id, 0), long_cpu);
   at::Tensor positions = at::zeros({num_prompts, len}, long_cpu);
   at::Tensor valid = at::zeros({num_prompts, len}, long_cpu.dtype(at::kBool));
   at::Tensor next_pos = at::empty({num_prompts}, long_cpu);
@@ -150,7 +150,8 @@ std::vector<std::vector<Sample>> Sampler::Generate(
     lengths += finished.logical_not().to(at::kLong);
     if (stop.numel() > 0) finished |= token.unsqueeze(1).eq(stop.unsqueeze(0)).any(1);
     if (step + 1 == max_new || finished.all().item<bool>()) break;
-    last = model->forward(token.unsqueeze(1), next_pos.unsqueeze(1), step_valid, &cache).select(1, 0);
+    last =
+        model->forward(token.unsqueeze(1), next_pos.unsqueeze(1), step_valid, &cache).select(1, 0);
     next_pos += 1;
   }
 

@@ -12,8 +12,9 @@
 namespace pmdrl {
 
 struct SamplingParams {
-  double temperature = 1.0;  // <= 0: greedy (argmax); logprobs then from SamplingLogProbs at temperature 1
-  double top_p = 1.0;        // nucleus: keep the smallest top set with mass >= top_p (<= 0: top-1)
+  double temperature =
+      1.0;  // <= 0: greedy (argmax); logprobs then from SamplingLogProbs at temperature 1
+  double top_p = 1.0;  // nucleus: keep the smallest top set with mass >= top_p (<= 0: top-1)
   int64_t max_new_tokens = 16;
   std::vector<int64_t> stop_tokens;  // e.g. eos; the stop token is included in the output tokens
 };

@@ -23,8 +23,8 @@ TEST(BadConfig, UnknownKeyAndBadValueNameTheKey) {
   std::ofstream(dir / "unknown.yaml") << "learner:\n  tua: 1.0\n";
   std::ofstream(dir / "badvalue.yaml") << "learner:\n  tau: -3\n";
   std::map<std::string, std::string> env = {{"PMDRL_TOKEN", "t0ken"}};
-  for (const char* bin : {"learner/pmdrl-learner", "actor/pmdrl-actor", "verifier/pmdrl-verifier",
-                          "cli/pmdrl"}) {
+  for (const char* bin :
+       {"learner/pmdrl-learner", "actor/pmdrl-actor", "verifier/pmdrl-verifier", "cli/pmdrl"}) {
     std::vector<std::string> base = {Bin(bin)};
     if (std::string(bin) == "cli/pmdrl") base.push_back("local");
     auto args = base;
@@ -71,7 +71,8 @@ class HostileRpc : public ::testing::Test {
                                  (dir_ / "config.yaml").string(),
                                  "--learner.listen=127.0.0.1:" + std::to_string(port_),
                                  "--learner.metrics_port=" + std::to_string(metrics_port_)},
-        (dir_ / "learner.log").string(), std::map<std::string, std::string>{{"PMDRL_TOKEN", kToken}});
+        (dir_ / "learner.log").string(),
+        std::map<std::string, std::string>{{"PMDRL_TOKEN", kToken}});
     channel_ = MakeChannel("127.0.0.1:" + std::to_string(port_));
     coordinator_ = v1::Coordinator::NewStub(channel_);
     learner_stub_ = v1::Learner::NewStub(channel_);

@@ -92,9 +92,9 @@ class Child {
 };
 
 // Runs a command to completion; returns exit code and combined output.
-inline std::pair<int, std::string> RunCommand(const std::vector<std::string>& argv,
-                                              const std::map<std::string, std::string>& env = {},
-                                              std::chrono::seconds timeout = std::chrono::seconds(60)) {
+inline std::pair<int, std::string> RunCommand(
+    const std::vector<std::string>& argv, const std::map<std::string, std::string>& env = {},
+    std::chrono::seconds timeout = std::chrono::seconds(60)) {
   std::string log = fs::temp_directory_path() / ("pmdrl_cmd_" + std::to_string(getpid()) + ".log");
   Child c(argv, log, env);
   std::optional<int> rc = c.Wait(timeout);

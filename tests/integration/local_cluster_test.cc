@@ -1,9 +1,8 @@
 // The whole loop on one machine: `pmdrl local` starts a learner, 2 verifiers and 2
 // actors as real processes talking gRPC on loopback. These tests check the run's
 // bookkeeping from the files and metrics the processes leave behind.
-#include <gtest/gtest.h>
-
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 
 #include <set>
 
@@ -101,9 +100,11 @@ TEST(LocalCluster, VersionsAndAccounting) {
     ASSERT_FALSE(prom.empty()) << v;
     forwarded += MetricValue(prom, "pmdrl_verifier_groups_forwarded_total");
   }
-  double m_accepted = MetricValue(learner_prom, "pmdrl_learner_groups_total", {{"outcome", "accepted"}});
+  double m_accepted =
+      MetricValue(learner_prom, "pmdrl_learner_groups_total", {{"outcome", "accepted"}});
   double m_stale = MetricValue(learner_prom, "pmdrl_learner_groups_total", {{"outcome", "stale"}});
-  double m_dup = MetricValue(learner_prom, "pmdrl_learner_groups_total", {{"outcome", "duplicate"}});
+  double m_dup =
+      MetricValue(learner_prom, "pmdrl_learner_groups_total", {{"outcome", "duplicate"}});
   EXPECT_EQ(m_accepted, static_cast<double>(accepted));
   EXPECT_EQ(m_stale, static_cast<double>(stale));
   EXPECT_EQ(m_dup, static_cast<double>(duplicate));
@@ -192,13 +193,14 @@ TEST(LocalCluster, LearnerKilledAndResumed) {
   fs::path run = r.dir / "run";
   {
     Child local(LocalArgs(r, {"--learner.updates=30"}), (r.dir / "local1.log").string());
-    ASSERT_TRUE(WaitFor([&] { return fs::exists(run / "checkpoints" / "update-000002"); },
-                        seconds(300)))
+    ASSERT_TRUE(
+        WaitFor([&] { return fs::exists(run / "checkpoints" / "update-000002"); }, seconds(300)))
         << ReadAll(r.dir / "local1.log");
     auto cluster = nlohmann::json::parse(ReadAll(run / "cluster.json"));
     pid_t learner = cluster["learner"]["pid"].get<pid_t>();
     ASSERT_EQ(kill(learner, SIGKILL), 0);
-    ASSERT_LT(std::stoll(ReadCsv(run / "metrics.csv").back().at("update")), 30) << "killed too late";
+    ASSERT_LT(std::stoll(ReadCsv(run / "metrics.csv").back().at("update")), 30)
+        << "killed too late";
     std::optional<int> rc = local.Wait(seconds(120));
     ASSERT_TRUE(rc.has_value());
     EXPECT_NE(*rc, 0) << "a dead learner fails the run";
@@ -229,8 +231,8 @@ TEST(LocalCluster, LearnerKilledAndResumed) {
   EXPECT_EQ(std::stoll(rows[first_new].at("update")), saved_update + 1);
   EXPECT_EQ(std::stoull(rows[first_new].at("version")), saved_version + 1);
   EXPECT_EQ(rows.back().at("update"), "30");
-  auto final_state = nlohmann::json::parse(
-      ReadAll(run / "checkpoints" / "update-000030" / "trainer_state.json"));
+  auto final_state =
+      nlohmann::json::parse(ReadAll(run / "checkpoints" / "update-000030" / "trainer_state.json"));
   EXPECT_GE(final_state["lease_state"]["cursor"][1].get<int64_t>(), saved_cursor);
 }
 

@@ -2,6 +2,8 @@
 // wait for weights, lease, sample, send, swap to a newer version between batches, and
 // stop when the coordinator says the run is finished.
 #include <ATen/ATen.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_context.h>
 
 #include <atomic>
 #include <chrono>
@@ -13,9 +15,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/server.h>
-#include <grpcpp/server_context.h>
 
 #include "actor/actor.h"
 #include "common/auth.h"
@@ -94,10 +93,10 @@ v1::Lease MakeLease(uint64_t index, uint64_t version) {
   l.mutable_prompt_tokens()->Add(ids.begin(), ids.end());
   l.set_prompt_text(prompt);
   l.set_reference(std::to_string(index + 1));
-  l.set_deadline_unix_ms(std::chrono::duration_cast<milliseconds>(
-                             std::chrono::system_clock::now().time_since_epoch())
-                             .count() +
-                         30000);
+  l.set_deadline_unix_ms(
+      std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count() +
+      30000);
   l.set_issued_at_version(version);
   return l;
 }

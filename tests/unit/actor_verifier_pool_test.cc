@@ -1,4 +1,5 @@
-#include "actor/verifier_pool.h"
+#include <grpcpp/server.h>
+#include <grpcpp/server_context.h>
 
 #include <atomic>
 #include <chrono>
@@ -8,9 +9,7 @@
 #include <thread>
 #include <vector>
 
-#include <grpcpp/server.h>
-#include <grpcpp/server_context.h>
-
+#include "actor/verifier_pool.h"
 #include "common/auth.h"
 #include "common/rpc.h"
 #include "gtest/gtest.h"
@@ -139,8 +138,8 @@ TEST(VerifierPoolTest, FailsOverWhenAVerifierIsDown) {
     ASSERT_TRUE(ack.ok()) << ack.status();
     EXPECT_EQ(ack->lease_id(), "lease-" + std::to_string(i));
   }
-  EXPECT_EQ(journal.Get(), (std::vector<std::string>{"a:lease-0", "a:lease-1", "a:lease-2",
-                                                     "a:lease-3"}));
+  EXPECT_EQ(journal.Get(),
+            (std::vector<std::string>{"a:lease-0", "a:lease-1", "a:lease-2", "a:lease-3"}));
 }
 
 TEST(VerifierPoolTest, AckUnknownTriesTheNextVerifier) {

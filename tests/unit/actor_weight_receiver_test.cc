@@ -1,4 +1,5 @@
-#include "actor/weight_receiver.h"
+#include <grpcpp/server.h>
+#include <grpcpp/server_context.h>
 
 #include <chrono>
 #include <cmath>
@@ -11,9 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include <grpcpp/server.h>
-#include <grpcpp/server_context.h>
-
+#include "actor/weight_receiver.h"
 #include "common/auth.h"
 #include "common/rpc.h"
 #include "gtest/gtest.h"
@@ -133,8 +132,8 @@ class Harness {
     WeightReceiver::Options options;
     options.initial_backoff = milliseconds(10);
     options.max_backoff = milliseconds(50);
-    receiver_ = std::make_unique<WeightReceiver>(
-        MakeChannel("127.0.0.1:" + std::to_string(port)), "actor-x", std::move(token), options);
+    receiver_ = std::make_unique<WeightReceiver>(MakeChannel("127.0.0.1:" + std::to_string(port)),
+                                                 "actor-x", std::move(token), options);
     receiver_->Start();
   }
   ~Harness() {
@@ -200,8 +199,8 @@ TEST(WeightReceiverTest, ReconnectsAfterBrokenStreamWithHaveVersion) {
   // The second starts again with the current version (1: must be skipped), then 2.
   std::vector<v1::WeightChunk> second = Chunks(1, MakeTensors(1), 24);
   second.insert(second.end(), v2.begin(), v2.end());
-  Harness h({{first, grpc::Status(grpc::StatusCode::UNAVAILABLE, "going away")},
-             {second, std::nullopt}});
+  Harness h(
+      {{first, grpc::Status(grpc::StatusCode::UNAVAILABLE, "going away")}, {second, std::nullopt}});
 
   ASSERT_TRUE(h.receiver().WaitForVersion(2, kLong));
   ExpectVersion(*h.receiver().Latest(), 2);

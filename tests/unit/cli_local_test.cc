@@ -1,5 +1,3 @@
-#include "cli/local.h"
-
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/local.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "pmdrl/pmdrl.pb.h"
@@ -147,8 +146,8 @@ TEST(CommandTest, NoConfigFileMeansNoConfigFlag) {
 class FindBinaryTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    root_ = std::filesystem::temp_directory_path() /
-            ("pmdrl_local_test_" + std::to_string(::getpid()));
+    root_ =
+        std::filesystem::temp_directory_path() / ("pmdrl_local_test_" + std::to_string(::getpid()));
     std::filesystem::create_directories(root_ / "cli");
     std::filesystem::create_directories(root_ / "learner");
     std::filesystem::create_directories(root_ / "bin");
@@ -171,7 +170,8 @@ TEST_F(FindBinaryTest, PrefersEnvDirThenBuildTree) {
   EXPECT_EQ(*found, (root_ / "learner" / "pmdrl-learner").string());
 
   MakeFile(root_ / "bin" / "pmdrl-learner", true);
-  found = FindBinary("pmdrl-learner", "learner", (root_ / "cli").string(), (root_ / "bin").string());
+  found =
+      FindBinary("pmdrl-learner", "learner", (root_ / "cli").string(), (root_ / "bin").string());
   ASSERT_TRUE(found.ok());
   EXPECT_EQ(*found, (root_ / "bin" / "pmdrl-learner").string());
 }
@@ -224,9 +224,11 @@ TEST(FormatTest, DemoLine) {
   s.set_base_accuracy(0.2);
   s.set_final_accuracy(0.637);
   s.set_elapsed_seconds(123.6);
-  EXPECT_EQ(FormatDemoLine(s), "demo: base accuracy 20.0% -> final accuracy 63.7% (100 updates, 124 s)");
+  EXPECT_EQ(FormatDemoLine(s),
+            "demo: base accuracy 20.0% -> final accuracy 63.7% (100 updates, 124 s)");
   s.set_base_accuracy(-1);
-  EXPECT_EQ(FormatDemoLine(s), "demo: base accuracy n/a -> final accuracy 63.7% (100 updates, 124 s)");
+  EXPECT_EQ(FormatDemoLine(s),
+            "demo: base accuracy n/a -> final accuracy 63.7% (100 updates, 124 s)");
 }
 
 }  // namespace

@@ -1,5 +1,3 @@
-#include "cli/plot.h"
-
 #include <unistd.h>
 
 #include <cmath>
@@ -13,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "cli/csv.h"
+#include "cli/plot.h"
 #include "gtest/gtest.h"
 
 namespace pmdrl {
@@ -146,7 +145,7 @@ TEST(RenderTest, MapsValuesOntoAxes) {
   // Accuracy: updates 0 and 2 at 0.25 and 0.5.
   std::vector<std::pair<double, double>> accuracy = PolylinePoints(svg, "eval_accuracy");
   ASSERT_EQ(accuracy.size(), 2u);
-  EXPECT_LT(accuracy[0].first, reward[0].first);      // update 0 is left of update 1
+  EXPECT_LT(accuracy[0].first, reward[0].first);         // update 0 is left of update 1
   EXPECT_DOUBLE_EQ(accuracy[1].first, reward[1].first);  // both at update 2
   // Reward 0 sits mid-height, as does accuracy 0.5; reward 1 at the top, where
   // accuracy 1 would be. Accuracy 0.25 is halfway between bottom and middle.
@@ -180,8 +179,8 @@ TEST(RenderTest, NoDataStillRenders) {
 }
 
 TEST(WriteCurveSvgTest, WritesFileAndReportsMissingInput) {
-  std::filesystem::path dir = std::filesystem::temp_directory_path() /
-                              ("pmdrl_plot_test_" + std::to_string(::getpid()));
+  std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("pmdrl_plot_test_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   std::string csv = (dir / "metrics.csv").string(), svg = (dir / "curve.svg").string();
   {

@@ -1,10 +1,9 @@
-#include "common/arith_task.h"
-
 #include <cstdint>
 #include <set>
 #include <string>
 
 #include "absl/strings/numbers.h"
+#include "common/arith_task.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -135,8 +134,7 @@ TEST(ArithTaskTest, TrainNeverReturnsHeldOut) {
     ArithOptions o{.digits = digits, .ops = "+-"};
     // For 1 digit the split covers half of the 200-problem space: redraws are frequent.
     ArithTask task(o, 777, 500);
-    ASSERT_EQ(task.HeldOut().size(),
-              std::min<uint64_t>(500, task.ProblemSpace() / 2)) << digits;
+    ASSERT_EQ(task.HeldOut().size(), std::min<uint64_t>(500, task.ProblemSpace() / 2)) << digits;
     std::set<std::string> seen;
     for (uint64_t i = 0; i < 20000; ++i) {
       ArithProblem p = task.Train(3, i);

@@ -1,7 +1,6 @@
 // Bearer-token auth end to end over a real gRPC server, plus the rpc.h helpers the
 // server and client are built with.
-#include "common/auth.h"
-
+#include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -11,8 +10,7 @@
 #include <memory>
 #include <string>
 
-#include <grpcpp/grpcpp.h>
-
+#include "common/auth.h"
 #include "common/rpc.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -44,8 +42,7 @@ class EnvGuard {
 };
 
 std::filesystem::path TestDir() {
-  return std::filesystem::temp_directory_path() /
-         ("pmdrl_auth_test_" + std::to_string(getpid()));
+  return std::filesystem::temp_directory_path() / ("pmdrl_auth_test_" + std::to_string(getpid()));
 }
 
 // Removes the test's files when the process exits.

@@ -1,9 +1,9 @@
-#include "common/config.h"
-
 #include <gtest/gtest.h>
 
 #include <cstdio>
 #include <fstream>
+
+#include "common/config.h"
 
 namespace pmdrl {
 namespace {
@@ -46,7 +46,7 @@ TEST(Config, UnknownKeyNamesIt) {
 
 TEST(Config, BadValueNamesKey) {
   for (std::string o : {"learner.tau=abc", "learner.tau=-1", "learner.baseline=median",
-                               "actor.top_p=2", "learner.updates=1.5", "model.num_heads=3"}) {
+                        "actor.top_p=2", "learner.updates=1.5", "model.num_heads=3"}) {
     auto c = LoadConfig("", {o});
     ASSERT_FALSE(c.ok()) << o;
     std::string key = o.substr(0, o.find('='));

@@ -1,9 +1,8 @@
-#include "common/log.h"
-
 #include <cstdlib>
 #include <regex>
 #include <string>
 
+#include "common/log.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "spdlog/spdlog.h"

@@ -1,5 +1,4 @@
-#include "common/metrics.h"
-
+#include <httplib.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -10,8 +9,7 @@
 #include <thread>
 #include <vector>
 
-#include <httplib.h>
-
+#include "common/metrics.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -23,8 +21,8 @@ using ::testing::Not;
 using ::testing::StartsWith;
 
 std::filesystem::path TempDir() {
-  auto dir = std::filesystem::temp_directory_path() /
-             ("pmdrl_metrics_test_" + std::to_string(getpid()));
+  auto dir =
+      std::filesystem::temp_directory_path() / ("pmdrl_metrics_test_" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
   return dir;
 }
@@ -88,8 +86,7 @@ TEST(MetricsRegistryTest, ConcurrentLookupsAndUpdatesAddUp) {
     });
   }
   for (auto& thread : threads) thread.join();
-  EXPECT_EQ(metrics.Counter("pmdrl_test_tokens_total", "Tokens.").Value(),
-            kThreads * kIncrements);
+  EXPECT_EQ(metrics.Counter("pmdrl_test_tokens_total", "Tokens.").Value(), kThreads * kIncrements);
   EXPECT_THAT(metrics.Serialize(), HasSubstr("pmdrl_test_worker_up{worker=\"3\"} 1\n"));
 }
 

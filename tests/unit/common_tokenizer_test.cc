@@ -1,8 +1,7 @@
-#include "common/tokenizer.h"
-
 #include <string>
 #include <vector>
 
+#include "common/tokenizer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

@@ -1,9 +1,8 @@
-#include "common/validate.h"
-
 #include <cmath>
 #include <limits>
 #include <string>
 
+#include "common/validate.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -121,7 +120,7 @@ TEST(ValidateGroupTest, LengthsMustBeWithinLimits) {
 TEST(ValidateGroupTest, ExactlyMaxLengthsPass) {
   v1::Group group = ValidGroup();
   for (int i = 0; i < 5; ++i) group.add_prompt_tokens(0);  // 8
-  for (int i = 0; i < 3; ++i) {  // 6
+  for (int i = 0; i < 3; ++i) {                            // 6
     group.mutable_completions(0)->add_tokens(16);
     group.mutable_completions(0)->add_logprobs(0.0f);
   }

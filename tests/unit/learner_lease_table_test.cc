@@ -1,4 +1,5 @@
-#include "learner/lease_table.h"
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 
 #include <map>
 #include <random>
@@ -6,8 +7,7 @@
 #include <string>
 #include <vector>
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
+#include "learner/lease_table.h"
 
 namespace pmdrl {
 namespace {
@@ -28,8 +28,8 @@ TEST(LeaseTableTest, IssuesFreshPlacesInOrderWithUniqueIds) {
   auto b = t.Issue("actor-b", 2, 1100, 500, 8);
   ASSERT_EQ(a.size(), 3u);
   ASSERT_EQ(b.size(), 2u);
-  EXPECT_THAT(Positions(a), ElementsAre(StreamPosition{0, 0}, StreamPosition{0, 1},
-                                        StreamPosition{0, 2}));
+  EXPECT_THAT(Positions(a),
+              ElementsAre(StreamPosition{0, 0}, StreamPosition{0, 1}, StreamPosition{0, 2}));
   EXPECT_THAT(Positions(b), ElementsAre(StreamPosition{0, 3}, StreamPosition{0, 4}));
   std::set<std::string> ids;
   for (const auto& l : a) ids.insert(l.lease_id);
@@ -71,8 +71,8 @@ TEST(LeaseTableTest, ExpiredPlaceIsReissuedToAnotherActorBeforeFreshOnes) {
   EXPECT_FALSE(info->live);
 
   auto b = t.Issue("b", 3, 200, 100, 2);
-  EXPECT_THAT(Positions(b), ElementsAre(StreamPosition{0, 0}, StreamPosition{0, 1},
-                                        StreamPosition{0, 2}));
+  EXPECT_THAT(Positions(b),
+              ElementsAre(StreamPosition{0, 0}, StreamPosition{0, 1}, StreamPosition{0, 2}));
   EXPECT_NE(b[0].lease_id, a[0].lease_id);
   EXPECT_EQ(t.Lookup(b[0].lease_id)->actor_id, "b");
   EXPECT_EQ(t.counters().reissued, 2);
@@ -212,7 +212,7 @@ LeaseTable MixedTable(std::vector<IssuedLease>* leases) {
   auto& ls = *leases;
   for (int i : {0, 1, 3, 6}) EXPECT_EQ(t.Complete(ls[i].lease_id), CompleteResult::kAccepted);
   EXPECT_EQ(t.Extend("a", {ls[2].lease_id, ls[7].lease_id}, 50, 100), 2);
-  EXPECT_EQ(t.ExpireDue(100), 2);  // (0,4), (1,0)
+  EXPECT_EQ(t.ExpireDue(100), 2);          // (0,4), (1,0)
   EXPECT_TRUE(t.Release(ls[7].lease_id));  // (1,2)
   EXPECT_EQ(t.Complete(ls[6].lease_id), CompleteResult::kDuplicate);
   // Live: (0,2). Queued: (0,4), (1,0), (1,2).
@@ -258,8 +258,8 @@ TEST(LeaseTableTest, RestoreThroughJsonKeepsEveryPlace) {
   EXPECT_EQ(r.Queued(), 4);
   for (const auto& l : ls) EXPECT_FALSE(r.Lookup(l.lease_id).has_value());
   EXPECT_EQ(r.Complete(ls[2].lease_id), CompleteResult::kUnknownLease);
-  for (StreamPosition p : {StreamPosition{0, 0}, StreamPosition{0, 1}, StreamPosition{0, 3},
-                           StreamPosition{1, 1}}) {
+  for (StreamPosition p :
+       {StreamPosition{0, 0}, StreamPosition{0, 1}, StreamPosition{0, 3}, StreamPosition{1, 1}}) {
     EXPECT_TRUE(r.IsDone(p)) << p.epoch << "," << p.index;
   }
   EXPECT_EQ(r.counters().issued, 8);

@@ -1,10 +1,10 @@
-#include "learner/pmd_mean_loss.h"
-
-#include <vector>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+
+#include <vector>
+
+#include "learner/pmd_mean_loss.h"
 
 namespace pmdrl {
 namespace {
@@ -86,8 +86,8 @@ TEST(PmdMeanLossTest, EqualRewardsGiveExactlyZeroAdvantagesAndGradient) {
     ASSERT_TRUE(adv.ok());
     EXPECT_THAT(*adv, ElementsAre(0.0, 0.0, 0.0));
     // At Δ = 0 (first step on the batch) such a group must not move θ.
-    LossAndGrad lg = Eval({-1, -2, -3}, {-1, -2, -3}, *adv, {1, 2, 3}, 0.5,
-                          LengthNorm::kTokens, 0, 3);
+    LossAndGrad lg =
+        Eval({-1, -2, -3}, {-1, -2, -3}, *adv, {1, 2, 3}, 0.5, LengthNorm::kTokens, 0, 3);
     EXPECT_EQ(lg.loss, 0.0);
     EXPECT_THAT(lg.grad, ElementsAre(0.0, 0.0, 0.0));
   }
@@ -145,10 +145,10 @@ TEST(PmdMeanLossTest, AtZeroDeltaGradientIsLengthWeightedReinforce) {
   const std::vector<double> adv = {1.5, -0.5, -1.0, 0.0};
   const std::vector<double> len = {3, 5, 2, 7};
   for (double tau : {0.01, 1.0, 3.0}) {
-    LossAndGrad lg = Eval({-4, -1, -2, -3}, {-4, -1, -2, -3}, adv, len, tau,
-                          LengthNorm::kTokens, 0, 4);
-    EXPECT_THAT(lg.grad, Pointwise(DoubleNear(1e-15), {-1.5 / 3 / 4, 0.5 / 5 / 4,
-                                                       1.0 / 2 / 4, 0.0}));
+    LossAndGrad lg =
+        Eval({-4, -1, -2, -3}, {-4, -1, -2, -3}, adv, len, tau, LengthNorm::kTokens, 0, 4);
+    EXPECT_THAT(lg.grad,
+                Pointwise(DoubleNear(1e-15), {-1.5 / 3 / 4, 0.5 / 5 / 4, 1.0 / 2 / 4, 0.0}));
     // loss = Σ A²/(2τL) / N.
     const double want = (1.5 * 1.5 / 3 + 0.25 / 5 + 1.0 / 2) / (2 * tau) / 4;
     EXPECT_NEAR(lg.loss, want, 1e-12 * want);
@@ -178,18 +178,18 @@ TEST(PmdMeanLossTest, SharesOfTheGlobalBatchSumToTheWhole) {
   const std::vector<double> len = {2, 4, 1, 3};
   for (LengthNorm norm : {LengthNorm::kTokens, LengthNorm::kMax}) {
     LossAndGrad whole = Eval(nw, od, adv, len, 0.7, norm, 4, 4);
-    LossAndGrad a = Eval({nw[0], nw[1]}, {od[0], od[1]}, {adv[0], adv[1]}, {len[0], len[1]},
-                         0.7, norm, 4, 4);
-    LossAndGrad b = Eval({nw[2], nw[3]}, {od[2], od[3]}, {adv[2], adv[3]}, {len[2], len[3]},
-                         0.7, norm, 4, 4);
+    LossAndGrad a =
+        Eval({nw[0], nw[1]}, {od[0], od[1]}, {adv[0], adv[1]}, {len[0], len[1]}, 0.7, norm, 4, 4);
+    LossAndGrad b =
+        Eval({nw[2], nw[3]}, {od[2], od[3]}, {adv[2], adv[3]}, {len[2], len[3]}, 0.7, norm, 4, 4);
     EXPECT_NEAR(a.loss + b.loss, whole.loss, 1e-15);
     EXPECT_GT(a.loss, 0);
     EXPECT_GT(b.loss, 0);
     EXPECT_THAT(whole.grad,
                 Pointwise(DoubleNear(1e-15), {a.grad[0], a.grad[1], b.grad[0], b.grad[1]}));
     // A share divided by its own size would be twice as large: the count matters.
-    LossAndGrad a_local = Eval({nw[0], nw[1]}, {od[0], od[1]}, {adv[0], adv[1]},
-                               {len[0], len[1]}, 0.7, norm, 4, 2);
+    LossAndGrad a_local =
+        Eval({nw[0], nw[1]}, {od[0], od[1]}, {adv[0], adv[1]}, {len[0], len[1]}, 0.7, norm, 4, 2);
     EXPECT_NEAR(a_local.loss, 2 * a.loss, 1e-15);
   }
 }
@@ -203,12 +203,12 @@ TEST(PmdMeanLossTest, GradientThroughLogSoftmaxMatchesFiniteDifferences) {
   torch::Tensor logits = torch::randn({n, steps, vocab}, torch::kFloat64).requires_grad_(true);
   torch::Tensor tokens = torch::randint(vocab, {n, steps}, torch::kLong);
   torch::Tensor lengths = torch::tensor({4.0, 2.0, 3.0}, torch::kFloat64);
-  torch::Tensor mask = (torch::arange(steps).unsqueeze(0) < lengths.unsqueeze(1)).to(torch::kFloat64);
+  torch::Tensor mask =
+      (torch::arange(steps).unsqueeze(0) < lengths.unsqueeze(1)).to(torch::kFloat64);
   torch::Tensor adv = torch::tensor({1.0, -0.5, -0.5}, torch::kFloat64);
 
   auto sum_logp = [&](const torch::Tensor& lg) {
-    return (torch::log_softmax(lg, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1) * mask)
-        .sum(-1);
+    return (torch::log_softmax(lg, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1) * mask).sum(-1);
   };
   // π_old: the logits before a small perturbation, so that Δ ≠ 0.
   torch::Tensor logp_old = sum_logp(logits.detach() - 0.1).detach();

@@ -30,7 +30,7 @@ ModelConfig TinyConfig(const std::string& arch, bool tied = false) {
   c.intermediate_size = 48;
   c.num_hidden_layers = 2;
   c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;  // grouped-query
+  c.num_key_value_heads = 2;             // grouped-query
   if (arch == "qwen3") c.head_dim = 16;  // != hidden/heads, as in real Qwen3
   c.max_position_embeddings = 64;
   c.tie_word_embeddings = tied;
@@ -122,7 +122,8 @@ TEST(ModelTest, InitIsDeterministicAndFollowsHfConventions) {
   CausalLM b(c);
   auto wa = NamedWeights(a), wb = NamedWeights(b);
   ASSERT_EQ(wa.size(), wb.size());
-  for (size_t i = 0; i < wa.size(); ++i) EXPECT_TRUE(torch::equal(wa[i].second, wb[i].second)) << wa[i].first;
+  for (size_t i = 0; i < wa.size(); ++i)
+    EXPECT_TRUE(torch::equal(wa[i].second, wb[i].second)) << wa[i].first;
   EXPECT_TRUE(torch::equal(Param(a, "model.norm.weight"), torch::ones({32})));
   EXPECT_TRUE(torch::equal(Param(a, "model.layers.0.self_attn.q_proj.bias"), torch::zeros({32})));
   const double std = Param(a, "model.embed_tokens.weight").std().item<double>();
@@ -188,14 +189,14 @@ void CheckIncrementalMatchesFull(const std::string& arch) {
   at::Tensor full = model->forward(ids, pos, valid);
 
   KvCache cache;
-  at::Tensor pre = model->forward(ids.narrow(1, 0, lp), pos.narrow(1, 0, lp),
-                                  valid.narrow(1, 0, lp), &cache);
+  at::Tensor pre =
+      model->forward(ids.narrow(1, 0, lp), pos.narrow(1, 0, lp), valid.narrow(1, 0, lp), &cache);
   EXPECT_EQ(cache.Length(), lp);
   ASSERT_EQ(cache.keys.size(), 2u);
   EXPECT_EQ(cache.keys[0].sizes(), (at::IntArrayRef{b, 2, lp, c.HeadDim()}));
   at::Tensor pre_valid = valid.narrow(1, 0, lp);
-  EXPECT_TRUE(torch::allclose(pre.index({pre_valid}), full.narrow(1, 0, lp).index({pre_valid}),
-                              0, 1e-5));
+  EXPECT_TRUE(
+      torch::allclose(pre.index({pre_valid}), full.narrow(1, 0, lp).index({pre_valid}), 0, 1e-5));
   for (int64_t s = 0; s < steps; ++s) {
     at::Tensor step = model->forward(ids.narrow(1, lp + s, 1), pos.narrow(1, lp + s, 1),
                                      valid.narrow(1, lp + s, 1), &cache);
@@ -207,8 +208,8 @@ void CheckIncrementalMatchesFull(const std::string& arch) {
   // Two tokens at once on top of the prefill gives the same logits too.
   KvCache cache2;
   model->forward(ids.narrow(1, 0, lp), pos.narrow(1, 0, lp), valid.narrow(1, 0, lp), &cache2);
-  at::Tensor two = model->forward(ids.narrow(1, lp, 2), pos.narrow(1, lp, 2),
-                                  valid.narrow(1, lp, 2), &cache2);
+  at::Tensor two =
+      model->forward(ids.narrow(1, lp, 2), pos.narrow(1, lp, 2), valid.narrow(1, lp, 2), &cache2);
   EXPECT_TRUE(torch::allclose(two, full.narrow(1, lp, 2), 0, 1e-5));
 
   // Row 1 alone, unpadded, equals row 1 of the padded batch.
@@ -220,9 +221,15 @@ void CheckIncrementalMatchesFull(const std::string& arch) {
   EXPECT_TRUE(torch::isfinite(full).all().item<bool>());  // padding query rows too
 }
 
-TEST(ModelTest, IncrementalDecodingMatchesFullForwardLlama) { CheckIncrementalMatchesFull("llama"); }
-TEST(ModelTest, IncrementalDecodingMatchesFullForwardQwen2) { CheckIncrementalMatchesFull("qwen2"); }
-TEST(ModelTest, IncrementalDecodingMatchesFullForwardQwen3) { CheckIncrementalMatchesFull("qwen3"); }
+TEST(ModelTest, IncrementalDecodingMatchesFullForwardLlama) {
+  CheckIncrementalMatchesFull("llama");
+}
+TEST(ModelTest, IncrementalDecodingMatchesFullForwardQwen2) {
+  CheckIncrementalMatchesFull("qwen2");
+}
+TEST(ModelTest, IncrementalDecodingMatchesFullForwardQwen3) {
+  CheckIncrementalMatchesFull("qwen3");
+}
 
 TEST(ModelTest, CausalAndPositionSensitive) {
   ModelConfig c = TinyConfig("llama");
@@ -328,7 +335,8 @@ TEST(SafetensorsTest, RoundTripIsBitIdentical) {
 
 TEST(SafetensorsTest, RejectsBadNames) {
   const std::string dir = TempDir("st_names");
-  EXPECT_FALSE(SaveSafetensors({{"a", torch::zeros({1})}, {"a", torch::zeros({1})}}, dir + "/x").ok());
+  EXPECT_FALSE(
+      SaveSafetensors({{"a", torch::zeros({1})}, {"a", torch::zeros({1})}}, dir + "/x").ok());
   EXPECT_FALSE(SaveSafetensors({{"__metadata__", torch::zeros({1})}}, dir + "/x").ok());
   fs::remove_all(dir);
 }
@@ -373,10 +381,13 @@ TEST(SafetensorsTest, MalformedFilesGiveErrors) {
   expect_error(p, "dtype");
   WriteRaw(p, R"({"w":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", data);
   expect_error(p, "w");
-  WriteRaw(p, R"({"w":{"dtype":"F32","shape":[4611686018427387904, 4],"data_offsets":[0,8]}})", data);
+  WriteRaw(p, R"({"w":{"dtype":"F32","shape":[4611686018427387904, 4],"data_offsets":[0,8]}})",
+           data);
   expect_error(p, "w");  // numel overflow
-  WriteRaw(p, R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
-              R"("b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}})", data);
+  WriteRaw(p,
+           R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
+           R"("b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}})",
+           data);
   expect_error(p, "overlaps");
   WriteRaw(p, R"({"w":{"dtype":"F32")", data);
   expect_error(p, "JSON");
@@ -399,8 +410,8 @@ TEST(SafetensorsTest, MalformedFilesGiveErrors) {
 at::Tensor Logits(CausalLM& m) {
   at::Tensor ids = torch::tensor({{0, 3, 4, 5, 6, 7}, {2, 8, 9, 10, 11, 16}});
   at::Tensor pos = torch::tensor({{0, 0, 1, 2, 3, 4}, {0, 1, 2, 3, 4, 5}});
-  at::Tensor valid = torch::tensor({{false, true, true, true, true, true},
-                                    {true, true, true, true, true, true}});
+  at::Tensor valid =
+      torch::tensor({{false, true, true, true, true, true}, {true, true, true, true, true, true}});
   return m->forward(ids, pos, valid);
 }
 
@@ -440,9 +451,10 @@ TEST(ModelDirTest, LoadsShardedBf16Checkpoint) {
   nlohmann::json map = nlohmann::json::object();
   for (size_t i = 0; i < weights.size(); ++i) {
     const bool first = i < weights.size() / 2;
-    const std::string file = first ? "model-00001-of-00002.safetensors"
-                                   : "model-00002-of-00002.safetensors";
-    (first ? shard1 : shard2).emplace_back(weights[i].first, weights[i].second.to(torch::kBFloat16));
+    const std::string file =
+        first ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+    (first ? shard1 : shard2)
+        .emplace_back(weights[i].first, weights[i].second.to(torch::kBFloat16));
     map[weights[i].first] = file;
   }
   ASSERT_TRUE(SaveSafetensors(shard1, dir + "/model-00001-of-00002.safetensors").ok());
@@ -584,15 +596,33 @@ TEST(ModelConfigTest, ValidationNamesTheField) {
   };
   ModelConfig ok = TinyConfig("llama");
   EXPECT_TRUE(ValidateModelConfig(ok).ok());
-  ModelConfig c = ok; c.vocab_size = 0; expect_field(c, "vocab_size");
-  c = ok; c.hidden_size = 30; expect_field(c, "hidden_size");  // 30 % 4 heads
-  c = ok; c.head_dim = 7; expect_field(c, "head_dim");
-  c = ok; c.rms_norm_eps = 0; expect_field(c, "rms_norm_eps");
-  c = ok; c.architecture = "qwen2"; expect_field(c, "attention_bias");
-  c = ok; c.qk_norm = true; expect_field(c, "qk_norm");
-  c = ok; c.architecture = "qwen3"; expect_field(c, "qk_norm");
-  c = ok; c.eos_token_id = -5; expect_field(c, "eos_token_id");
-  c = ok; c.torch_dtype = "int8"; expect_field(c, "torch_dtype");
+  ModelConfig c = ok;
+  c.vocab_size = 0;
+  expect_field(c, "vocab_size");
+  c = ok;
+  c.hidden_size = 30;
+  expect_field(c, "hidden_size");  // 30 % 4 heads
+  c = ok;
+  c.head_dim = 7;
+  expect_field(c, "head_dim");
+  c = ok;
+  c.rms_norm_eps = 0;
+  expect_field(c, "rms_norm_eps");
+  c = ok;
+  c.architecture = "qwen2";
+  expect_field(c, "attention_bias");
+  c = ok;
+  c.qk_norm = true;
+  expect_field(c, "qk_norm");
+  c = ok;
+  c.architecture = "qwen3";
+  expect_field(c, "qk_norm");
+  c = ok;
+  c.eos_token_id = -5;
+  expect_field(c, "eos_token_id");
+  c = ok;
+  c.torch_dtype = "int8";
+  expect_field(c, "torch_dtype");
 }
 
 TEST(ModelConfigTest, NeverSampledTokens) {

@@ -181,7 +181,8 @@ TEST(SamplerTest, DeterministicForSeedAndStreamContinues) {
   auto b2 = b.Generate(model, kPrompts, 4, p);
   auto tokens = [](const std::vector<std::vector<Sample>>& out) {
     std::vector<std::vector<int32_t>> t;
-    for (const auto& g : out) for (const auto& s : g) t.push_back(s.tokens);
+    for (const auto& g : out)
+      for (const auto& s : g) t.push_back(s.tokens);
     return t;
   };
   EXPECT_EQ(tokens(a1), tokens(b1));
@@ -242,9 +243,9 @@ TEST(SamplerTest, GreedyEqualsArgmax) {
     for (int step = 0; step < 7; ++step) {
       const int64_t t = static_cast<int64_t>(seq.size());
       std::vector<int64_t> ids(seq.begin(), seq.end());
-      at::Tensor logits = model->forward(torch::tensor(ids).unsqueeze(0),
-                                         torch::arange(t).unsqueeze(0),
-                                         torch::ones({1, t}, torch::kBool));
+      at::Tensor logits =
+          model->forward(torch::tensor(ids).unsqueeze(0), torch::arange(t).unsqueeze(0),
+                         torch::ones({1, t}, torch::kBool));
       const int32_t next = SamplingLogProbs(logits[0][t - 1], 1.0, never).argmax().item<int64_t>();
       want.push_back(next);
       seq.push_back(next);
@@ -311,7 +312,8 @@ TEST(SamplerTest, DISABLED_SpeedSanity) {
       for (const auto& s : g) tokens += s.tokens.size();
     }
   }
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("threads=%d: %.1f ms per Generate (512 rows), %.0f sampled tokens/s\n",
               at::get_num_threads(), 1e3 * secs / kCalls, tokens / secs);
 }

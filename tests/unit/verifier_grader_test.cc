@@ -1,11 +1,10 @@
-#include "verifier/grader.h"
-
 #include <chrono>
 #include <string>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "verifier/grader.h"
 
 namespace pmdrl {
 namespace {
@@ -39,8 +38,7 @@ std::vector<Case> Cases() {
       {"arith", "+357", "357", Verdict::kParseError},
       {"arith", "3.0", "3", Verdict::kParseError},
       {"arith", std::string(3000, '9'), std::string(3000, '9'), Verdict::kCorrect},
-      {"arith", std::string(3000, '9') + "8", std::string(3000, '9') + "9",
-       Verdict::kIncorrect},
+      {"arith", std::string(3000, '9') + "8", std::string(3000, '9') + "9", Verdict::kIncorrect},
       // math: equivalent forms of one half.
       {"math", "so \\boxed{\\frac{1}{2}}", "\\frac{1}{2}", Verdict::kCorrect},
       {"math", "\\boxed{0.5}", "\\frac{1}{2}", Verdict::kCorrect},
@@ -161,8 +159,8 @@ TEST(GraderTest, DeeplyNestedBracesFailCleanly) {
   EXPECT_EQ(r.verdict, Verdict::kIncorrect);
   EXPECT_EQ(r.extracted.size(), nested.size());
   // Unbalanced: no boxed answer at all.
-  GradeResult open = GradeMath("\\boxed{" + std::string(depth, '{') + "1", "1",
-                               Deadline::Infinite());
+  GradeResult open =
+      GradeMath("\\boxed{" + std::string(depth, '{') + "1", "1", Deadline::Infinite());
   EXPECT_EQ(open.verdict, Verdict::kParseError);
   // Nested \frac and \text, 4000 deep (60 KB, just under the cap).
   std::string fracs;
@@ -188,18 +186,17 @@ TEST(GraderTest, ThousandsOfDigitsFailCleanly) {
             Verdict::kIncorrect);
   EXPECT_EQ(GradeMath("\\boxed{1e999999999999999999999}", "1", Deadline::Infinite()).verdict,
             Verdict::kIncorrect);
-  EXPECT_EQ(GradeMath("\\boxed{0." + std::string(5000, '0') + "1}", "1", Deadline::Infinite())
-                .verdict,
-            Verdict::kIncorrect);
-  EXPECT_EQ(GradeMath("\\boxed{\\frac{" + digits + "}{" + digits + "}}", "1",
-                      Deadline::Infinite())
+  EXPECT_EQ(
+      GradeMath("\\boxed{0." + std::string(5000, '0') + "1}", "1", Deadline::Infinite()).verdict,
+      Verdict::kIncorrect);
+  EXPECT_EQ(GradeMath("\\boxed{\\frac{" + digits + "}{" + digits + "}}", "1", Deadline::Infinite())
                 .verdict,
             Verdict::kIncorrect);  // both sides overflow: no value
-  EXPECT_EQ(GradeMath("\\boxed{\\frac{" + digits.substr(0, 100) + "}{" + digits.substr(0, 100) +
-                          "}}",
-                      "1", Deadline::Infinite())
-                .verdict,
-            Verdict::kCorrect);
+  EXPECT_EQ(
+      GradeMath("\\boxed{\\frac{" + digits.substr(0, 100) + "}{" + digits.substr(0, 100) + "}}",
+                "1", Deadline::Infinite())
+          .verdict,
+      Verdict::kCorrect);
   std::string sixty_k(60000, '3');
   EXPECT_EQ(GradeArith(sixty_k, sixty_k, Deadline::Infinite()).verdict, Verdict::kCorrect);
   EXPECT_EQ(GradeMath("\\boxed{" + sixty_k + "}", "3", Deadline::Infinite()).verdict,

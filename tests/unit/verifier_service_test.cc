@@ -1,5 +1,7 @@
 #include "verifier/verifier_service.h"
 
+#include <grpcpp/client_context.h>
+#include <grpcpp/server.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -14,9 +16,6 @@
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <grpcpp/client_context.h>
-#include <grpcpp/server.h>
 
 #include "common/auth.h"
 #include "common/rpc.h"
@@ -103,8 +102,8 @@ TEST(GroupScorer, ScoresEachCompletion) {
   GroupScorer scorer(TestScorerOptions(), &metrics);
   v1::Group g = MakeGroup("l1", 0, {"357", "358", "abc", "357"});
   ASSERT_TRUE(scorer.Score(&g).ok());
-  const v1::Outcome want[] = {v1::OUTCOME_CORRECT, v1::OUTCOME_INCORRECT,
-                              v1::OUTCOME_PARSE_ERROR, v1::OUTCOME_CORRECT};
+  const v1::Outcome want[] = {v1::OUTCOME_CORRECT, v1::OUTCOME_INCORRECT, v1::OUTCOME_PARSE_ERROR,
+                              v1::OUTCOME_CORRECT};
   const float rewards[] = {1.0f, -0.5f, -0.5f, 1.0f};
   for (int i = 0; i < 4; ++i) {
     EXPECT_EQ(g.completions(i).outcome(), want[i]) << i;
@@ -159,11 +158,11 @@ TEST(GroupScorer, GraderIgnoringItsDeadlineScoresAsTimeoutAndIsReplaced) {
   o.timeout = std::chrono::milliseconds(200);
   o.threads = 1;  // the hanging check takes the only worker: its replacement must run the rest
   o.grader_for_task = [gate](std::string_view) -> absl::StatusOr<Grader> {
-    return Grader([gate](std::string_view response, std::string_view reference,
-                         const Deadline& deadline) {
-      if (response == "hang") gate->Wait();  // ignores the deadline
-      return GradeArith(response, reference, deadline);
-    });
+    return Grader(
+        [gate](std::string_view response, std::string_view reference, const Deadline& deadline) {
+          if (response == "hang") gate->Wait();  // ignores the deadline
+          return GradeArith(response, reference, deadline);
+        });
   };
   MetricsRegistry metrics("verifier");
   {
@@ -273,9 +272,7 @@ class VerifierServiceTest : public testing::Test {
     return acks;
   }
 
-  double Metric(const std::string& series) {
-    return MetricValue(metrics_.Serialize(), series);
-  }
+  double Metric(const std::string& series) { return MetricValue(metrics_.Serialize(), series); }
 
   MetricsRegistry metrics_{"verifier"};
   FakeLearner learner_;
