@@ -1,0 +1,457 @@
+#include "learner/rendezvous_store.h"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "gloo/common/error.h"
+
+namespace pmdrl {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+enum Op : uint8_t { kSet = 1, kGet = 2, kWait = 3, kDelete = 4 };
+enum Reply : uint8_t { kOk = 0, kTimeout = 1, kBadRequest = 2, kStopped = 3 };
+
+constexpr uint32_t kMaxKeyBytes = 4096;
+// Scatter payloads travel through the store; a share of a batch is far below this.
+constexpr uint32_t kMaxValueBytes = 1u << 30;
+
+std::string ErrnoText() { return std::strerror(errno); }
+
+// Reads exactly n bytes; false on EOF, error or (with SO_RCVTIMEO) timeout.
+bool ReadFull(int fd, void* buf, size_t n) {
+  char* p = static_cast<char*>(buf);
+  while (n > 0) {
+    ssize_t r = ::recv(fd, p, n, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+bool WriteFull(int fd, const void* buf, size_t n) {
+  const char* p = static_cast<const char*>(buf);
+  while (n > 0) {
+    ssize_t r = ::send(fd, p, n, MSG_NOSIGNAL);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+// Little-endian framing helpers (x86 and ARM hosts are little-endian; memcpy keeps it
+// alignment-safe).
+void PutU32(std::string* out, uint32_t v) { out->append(reinterpret_cast<const char*>(&v), 4); }
+void PutU64(std::string* out, uint64_t v) { out->append(reinterpret_cast<const char*>(&v), 8); }
+
+bool ReadU32(int fd, uint32_t* v) { return ReadFull(fd, v, 4); }
+bool ReadU64(int fd, uint64_t* v) { return ReadFull(fd, v, 8); }
+
+bool ReadBlob(int fd, uint32_t max, std::string* out) {
+  uint32_t n = 0;
+  if (!ReadU32(fd, &n) || n > max) return false;
+  out->resize(n);
+  return n == 0 || ReadFull(fd, out->data(), n);
+}
+
+class StoreServerImpl : public StoreServer {
+ public:
+  ~StoreServerImpl() override {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      stopping_ = true;
+      cv_.notify_all();
+      // Clients blocked in a wait get a "stopped" answer before their sockets go (rank 0
+      // giving up must read as a timeout on the other ranks, not as a lost connection).
+      idle_cv_.wait_for(lock, std::chrono::seconds(2), [this] { return busy_ == 0; });
+      // Unblocks the per-connection threads stuck in recv.
+      for (int fd : conn_fds_) ::shutdown(fd, SHUT_RDWR);
+    }
+    char b = 0;
+    (void)!::write(wake_pipe_[1], &b, 1);
+    if (accept_thread_.joinable()) accept_thread_.join();
+    for (auto& t : conn_threads_) t.join();
+    ::close(listen_fd_);
+    ::close(wake_pipe_[0]);
+    ::close(wake_pipe_[1]);
+  }
+
+  int port() const override { return port_; }
+
+  absl::Status Init(const std::string& address) {
+    std::string host;
+    int port = 0;
+    if (absl::Status s = ParseHostPort(address, &host, &port); !s.ok()) return s;
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    addrinfo* res = nullptr;
+    int rc = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), std::to_string(port).c_str(),
+                           &hints, &res);
+    if (rc != 0) {
+      return absl::UnavailableError(absl::StrCat("rendezvous store: cannot resolve '", address,
+                                                 "': ", ::gai_strerror(rc)));
+    }
+    std::string last_error = "no address";
+    for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+      int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+      if (fd < 0) {
+        last_error = ErrnoText();
+        continue;
+      }
+      int one = 1;
+      ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+      if (::bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && ::listen(fd, 128) == 0) {
+        listen_fd_ = fd;
+        break;
+      }
+      last_error = ErrnoText();
+      ::close(fd);
+    }
+    ::freeaddrinfo(res);
+    if (listen_fd_ < 0) {
+      return absl::UnavailableError(
+          absl::StrCat("rendezvous store: cannot listen on ", address, ": ", last_error));
+    }
+    sockaddr_storage bound{};
+    socklen_t len = sizeof(bound);
+    ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&bound), &len);
+    port_ = bound.ss_family == AF_INET6
+                ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
+                : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+    if (::pipe2(wake_pipe_, O_CLOEXEC) != 0) {
+      return absl::InternalError(absl::StrCat("rendezvous store: pipe: ", ErrnoText()));
+    }
+    accept_thread_ = std::thread([this] { AcceptLoop(); });
+    return absl::OkStatus();
+  }
+
+ private:
+  void AcceptLoop() {
+    while (true) {
+      pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_pipe_[0], POLLIN, 0}};
+      int r = ::poll(fds, 2, -1);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 || (fds[1].revents & POLLIN)) return;
+      if (!(fds[0].revents & POLLIN)) continue;
+      int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) continue;
+      int one = 1;
+      ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) {
+        ::close(fd);
+        return;
+      }
+      conn_fds_.push_back(fd);
+      conn_threads_.emplace_back([this, fd] { Serve(fd); });
+    }
+  }
+
+  // Answers one client's requests until it hangs up or the server stops.
+  void Serve(int fd) {
+    while (true) {
+      uint8_t op = 0;
+      std::string key, value;
+      uint64_t timeout_ms = 0;
+      if (!ReadFull(fd, &op, 1) || !ReadBlob(fd, kMaxKeyBytes, &key) ||
+          !ReadBlob(fd, kMaxValueBytes, &value) || !ReadU64(fd, &timeout_ms)) {
+        break;
+      }
+      uint8_t code = kOk;
+      std::string out;
+      const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        ++busy_;
+        switch (op) {
+          case kSet:
+            data_[key] = std::move(value);
+            cv_.notify_all();
+            break;
+          case kGet:
+          case kWait: {
+            // kWait carries its keys NUL-separated in the value.
+            std::vector<std::string> keys;
+            if (op == kGet) {
+              keys.push_back(key);
+            } else {
+              size_t start = 0;
+              while (start <= value.size() && !value.empty()) {
+                size_t end = value.find('\0', start);
+                if (end == std::string::npos) end = value.size();
+                keys.push_back(value.substr(start, end - start));
+                start = end + 1;
+              }
+            }
+            auto all_present = [&] {
+              for (const auto& k : keys) {
+                if (!data_.contains(k)) return false;
+              }
+              return true;
+            };
+            if (!cv_.wait_until(lock, deadline, [&] { return stopping_ || all_present(); })) {
+              code = kTimeout;
+            } else if (!all_present()) {
+              code = kStopped;
+            } else if (op == kGet) {
+              out = data_[key];
+            }
+            break;
+          }
+          case kDelete:
+            data_.erase(key);
+            break;
+          default:
+            code = kBadRequest;
+        }
+      }
+      std::string reply(1, static_cast<char>(code));
+      PutU32(&reply, static_cast<uint32_t>(out.size()));
+      reply += out;
+      const bool sent = WriteFull(fd, reply.data(), reply.size());
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        --busy_;
+      }
+      idle_cv_.notify_all();
+      if (!sent) break;
+    }
+    {
+      // Forget the fd before closing it, so the destructor never shuts down a reused one.
+      std::lock_guard<std::mutex> lock(mu_);
+      std::erase(conn_fds_, fd);
+    }
+    ::close(fd);
+  }
+
+  int listen_fd_ = -1;
+  int port_ = 0;
+  int wake_pipe_[2] = {-1, -1};
+  std::thread accept_thread_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;       // a key was set, or stopping_
+  std::condition_variable idle_cv_;  // busy_ dropped
+  bool stopping_ = false;
+  int busy_ = 0;  // requests read but not yet answered
+  std::map<std::string, std::string> data_;
+  std::vector<int> conn_fds_;
+  std::vector<std::thread> conn_threads_;
+};
+
+class StoreClientImpl : public StoreClient {
+ public:
+  StoreClientImpl(int fd, std::string address) : fd_(fd), address_(std::move(address)) {}
+  ~StoreClientImpl() override { ::close(fd_); }
+
+  absl::Status Set(const std::string& key, absl::string_view value) override {
+    return Call(kSet, key, value, std::chrono::milliseconds(0), nullptr);
+  }
+
+  absl::StatusOr<std::string> Get(const std::string& key,
+                                  std::chrono::milliseconds timeout) override {
+    std::string out;
+    if (absl::Status s = Call(kGet, key, "", timeout, &out); !s.ok()) return s;
+    return out;
+  }
+
+  absl::Status Wait(const std::vector<std::string>& keys,
+                    std::chrono::milliseconds timeout) override {
+    std::string joined = absl::StrJoin(keys, absl::string_view("\0", 1));
+    return Call(kWait, "", joined, timeout, nullptr);
+  }
+
+  absl::Status Delete(const std::string& key) override {
+    return Call(kDelete, key, "", std::chrono::milliseconds(0), nullptr);
+  }
+
+ private:
+  absl::Status Call(uint8_t op, const std::string& key, absl::string_view value,
+                    std::chrono::milliseconds timeout, std::string* out) {
+    if (key.size() > kMaxKeyBytes || value.size() > kMaxValueBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("rendezvous store: key '", key.substr(0, 64),
+                                                     "' or its value is too large"));
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!broken_.ok()) return broken_;
+    std::string req(1, static_cast<char>(op));
+    PutU32(&req, static_cast<uint32_t>(key.size()));
+    req += key;
+    PutU32(&req, static_cast<uint32_t>(value.size()));
+    req.append(value.data(), value.size());
+    PutU64(&req, static_cast<uint64_t>(std::max<int64_t>(0, timeout.count())));
+    // The server answers a wait by its deadline; the socket gives up a little later so a
+    // silent (hung or partitioned) server cannot block us forever.
+    timeval tv{};
+    const int64_t guard_ms = timeout.count() + 10000;
+    tv.tv_sec = guard_ms / 1000;
+    tv.tv_usec = (guard_ms % 1000) * 1000;
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    uint8_t code = 0;
+    std::string reply_value;
+    if (!WriteFull(fd_, req.data(), req.size()) || !ReadFull(fd_, &code, 1) ||
+        !ReadBlob(fd_, kMaxValueBytes, &reply_value)) {
+      // A half-read reply would desynchronise the stream: the connection is done for.
+      broken_ = absl::UnavailableError(
+          absl::StrCat("rendezvous store at ", address_, ": connection lost (", ErrnoText(), ")"));
+      return broken_;
+    }
+    switch (code) {
+      case kOk:
+        if (out != nullptr) *out = std::move(reply_value);
+        return absl::OkStatus();
+      case kTimeout:
+        return absl::DeadlineExceededError(
+            absl::StrCat("rendezvous store at ", address_, ": timed out after ", timeout.count(),
+                         " ms waiting for key(s) '",
+                         op == kWait ? absl::StrReplaceAll(value, {{absl::string_view("\0", 1), "', '"}})
+                                     : key,
+                         "'"));
+      case kStopped:
+        // The server stops when rank 0 gives up (its own deadline passed) or exits.
+        return absl::DeadlineExceededError(
+            absl::StrCat("rendezvous store at ", address_, " shut down while waiting for key(s) '",
+                         op == kWait ? absl::StrReplaceAll(value, {{absl::string_view("\0", 1), "', '"}})
+                                     : key,
+                         "' (rank 0 gave up or exited)"));
+      default:
+        return absl::InternalError(
+            absl::StrCat("rendezvous store at ", address_, ": server rejected a request"));
+    }
+  }
+
+  int fd_;
+  std::string address_;
+  std::mutex mu_;
+  absl::Status broken_;
+};
+
+}  // namespace
+
+absl::Status ParseHostPort(const std::string& address, std::string* host, int* port) {
+  std::string port_text;
+  if (!address.empty() && address[0] == '[') {
+    size_t close = address.find(']');
+    if (close == std::string::npos || close + 1 >= address.size() || address[close + 1] != ':') {
+      return absl::InvalidArgumentError(absl::StrCat("bad address '", address, "': want [v6]:port"));
+    }
+    *host = address.substr(1, close - 1);
+    port_text = address.substr(close + 2);
+  } else {
+    size_t colon = address.rfind(':');
+    if (colon == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("bad address '", address, "': want host:port"));
+    }
+    *host = address.substr(0, colon);
+    port_text = address.substr(colon + 1);
+  }
+  if (!absl::SimpleAtoi(port_text, port) || *port < 0 || *port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("bad port in address '", address, "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<StoreServer>> StoreServer::Start(const std::string& address) {
+  auto server = std::make_unique<StoreServerImpl>();
+  if (absl::Status s = server->Init(address); !s.ok()) return s;
+  return server;
+}
+
+absl::StatusOr<std::unique_ptr<StoreClient>> StoreClient::Connect(
+    const std::string& address, std::chrono::milliseconds timeout) {
+  std::string host;
+  int port = 0;
+  if (absl::Status s = ParseHostPort(address, &host, &port); !s.ok()) return s;
+  const auto deadline = Clock::now() + timeout;
+  std::string last_error;
+  while (true) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
+    if (rc != 0) {
+      last_error = ::gai_strerror(rc);
+    } else {
+      for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+        int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) {
+          last_error = ErrnoText();
+          continue;
+        }
+        if (::connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+          ::freeaddrinfo(res);
+          int one = 1;
+          ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+          return std::unique_ptr<StoreClient>(new StoreClientImpl(fd, address));
+        }
+        last_error = ErrnoText();
+        ::close(fd);
+      }
+      ::freeaddrinfo(res);
+    }
+    if (Clock::now() >= deadline) break;
+    // Rank 0 may still be starting its server: retry until the deadline.
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return absl::DeadlineExceededError(absl::StrCat("could not reach the rendezvous store at ",
+                                                  address, " within ", timeout.count(),
+                                                  " ms: ", last_error));
+}
+
+namespace {
+[[noreturn]] void ThrowForGloo(const absl::Status& s) {
+  // Gloo matches no codes; keep its own wording for timeouts so callers can tell them apart.
+  std::string prefix = absl::IsDeadlineExceeded(s) ? "Timed out waiting: " : "";
+  throw gloo::IoException(absl::StrCat(prefix, s.ToString()));
+}
+}  // namespace
+
+void GlooStoreAdapter::set(const std::string& key, const std::vector<char>& data) {
+  absl::Status s = client_->Set(prefix_ + key, absl::string_view(data.data(), data.size()));
+  if (!s.ok()) ThrowForGloo(s);
+}
+
+std::vector<char> GlooStoreAdapter::get(const std::string& key) {
+  absl::StatusOr<std::string> v = client_->Get(prefix_ + key, timeout_);
+  if (!v.ok()) ThrowForGloo(v.status());
+  return std::vector<char>(v->begin(), v->end());
+}
+
+void GlooStoreAdapter::wait(const std::vector<std::string>& keys) { wait(keys, timeout_); }
+
+void GlooStoreAdapter::wait(const std::vector<std::string>& keys,
+                            const std::chrono::milliseconds& timeout) {
+  std::vector<std::string> full;
+  full.reserve(keys.size());
+  for (const auto& k : keys) full.push_back(prefix_ + k);
+  absl::Status s = client_->Wait(full, timeout);
+  if (!s.ok()) ThrowForGloo(s);
+}
+
+}  // namespace pmdrl
