@@ -360,8 +360,11 @@ int Run(int argc, char** argv) {
     }
     ++update;
     ++version;
-    publisher.Publish(trainer.Snapshot(version));
+    // The coordinator learns the version first: an actor may receive the weights and
+    // submit a group stamped with the new version at once, and that must not look like
+    // a version from the future.
     coordinator.SetVersion(version);
+    publisher.Publish(trainer.Snapshot(version));
 
     int64_t sampled = 0;
     for (const v1::Group& g : *batch) {

@@ -12,6 +12,7 @@
 #include "common/nn/model.h"
 #include "common/nn/model_dir.h"
 #include "common/nn/sampler.h"
+#include "learner/communicator.h"
 #include "learner/pmd_mean_loss.h"
 #include "verifier/grader.h"
 
@@ -168,149 +169,215 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config,
 absl::StatusOr<UpdateStats> Trainer::Update(const std::vector<v1::Group>& groups,
                                             uint64_t version) {
   auto start = std::chrono::steady_clock::now();
-  Impl& m = *impl_;
-  UpdateStats stats;
-  if (groups.empty()) return absl::InvalidArgumentError("Update: empty rollout batch");
+  UpdateStats batch;
+  absl::StatusOr<std::vector<v1::RankShare>> shares = PlanUpdate(groups, version, 1, &batch);
+  if (!shares.ok()) return shares.status();
+  absl::StatusOr<UpdateStats> stats = TrainShare((*shares)[0], nullptr);
+  if (!stats.ok()) return stats.status();
+  stats->mean_reward = batch.mean_reward;
+  stats->mixed_fraction = batch.mixed_fraction;
+  stats->equal_reward_groups = batch.equal_reward_groups;
+  stats->staleness_mean = batch.staleness_mean;
+  stats->seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return stats;
+}
 
-  // Per-completion inputs, in group order.
-  struct Row {
-    const std::vector<int32_t>* prompt;
-    const v1::Completion* completion;
-    std::vector<int32_t> response;
-    double logp_old = 0;
-    double advantage = 0;
-    bool sampled_now = false;  // sampled by the weights the learner holds now
-  };
-  std::vector<std::vector<int32_t>> prompts(groups.size());
-  std::vector<std::vector<Row>> rows(groups.size());
+absl::StatusOr<std::vector<v1::RankShare>> Trainer::PlanUpdate(
+    const std::vector<v1::Group>& groups, uint64_t version, int world_size,
+    UpdateStats* stats) const {
+  const Impl& m = *impl_;
+  if (groups.empty()) return absl::InvalidArgumentError("Update: empty rollout batch");
+  if (world_size < 1) return absl::InvalidArgumentError("PlanUpdate: world_size < 1");
+  *stats = UpdateStats();
+  // Rows in group order, with their advantages.
+  std::vector<std::vector<v1::TrainRow>> rows(groups.size());
   double reward_sum = 0, staleness_sum = 0;
   int64_t mixed = 0;
   for (size_t g = 0; g < groups.size(); ++g) {
     const v1::Group& group = groups[g];
-    prompts[g].assign(group.prompt_tokens().begin(), group.prompt_tokens().end());
     std::vector<double> rewards;
     for (const v1::Completion& c : group.completions()) rewards.push_back(c.reward());
     absl::StatusOr<std::vector<double>> adv = GroupAdvantages(rewards, m.baseline);
     if (!adv.ok()) return adv.status();
     if (AllRewardsEqual(rewards)) {
-      stats.equal_reward_groups++;
+      stats->equal_reward_groups++;
     } else {
       mixed++;
     }
     staleness_sum += static_cast<double>(version - group.policy_version());
     for (int c = 0; c < group.completions_size(); ++c) {
       const v1::Completion& comp = group.completions(c);
-      Row r;
-      r.prompt = &prompts[g];
-      r.completion = &comp;
-      r.response.assign(comp.tokens().begin(), comp.tokens().end());
-      for (float lp : comp.logprobs()) r.logp_old += lp;
-      r.advantage = (*adv)[c];
-      r.sampled_now = group.policy_version() == version;
+      v1::TrainRow r;
+      *r.mutable_prompt_tokens() = group.prompt_tokens();
+      *r.mutable_response_tokens() = comp.tokens();
+      *r.mutable_actor_logprobs() = comp.logprobs();
+      r.set_advantage((*adv)[c]);
+      r.set_sampled_now(group.policy_version() == version);
       reward_sum += comp.reward();
       rows[g].push_back(std::move(r));
-      stats.completions++;
-      stats.response_tokens += comp.tokens_size();
+      stats->completions++;
+      stats->response_tokens += comp.tokens_size();
     }
   }
-  stats.mean_reward = reward_sum / static_cast<double>(stats.completions);
-  stats.mixed_fraction = static_cast<double>(mixed) / static_cast<double>(groups.size());
-  stats.staleness_mean = staleness_sum / static_cast<double>(groups.size());
+  stats->mean_reward = reward_sum / static_cast<double>(stats->completions);
+  stats->mixed_fraction = static_cast<double>(mixed) / static_cast<double>(groups.size());
+  stats->staleness_mean = staleness_sum / static_cast<double>(groups.size());
+
+  // Mini-batch k holds groups [bounds[k], bounds[k+1]); within it, rows go to the
+  // least-loaded rank by tokens, longest first (ties by row order: deterministic).
+  const int64_t n_mini =
+      std::min<int64_t>(m.config.learner.mini_batches, static_cast<int64_t>(groups.size()));
+  std::vector<v1::RankShare> shares(world_size);
+  for (v1::RankShare& s : shares) s.set_version(version);
+  for (int64_t k = 0; k < n_mini; ++k) {
+    size_t lo = groups.size() * k / n_mini, hi = groups.size() * (k + 1) / n_mini;
+    std::vector<const v1::TrainRow*> mb;
+    double max_len = 0;
+    for (size_t g = lo; g < hi; ++g) {
+      for (const v1::TrainRow& r : rows[g]) {
+        mb.push_back(&r);
+        max_len = std::max<double>(max_len, r.response_tokens_size());
+      }
+    }
+    std::vector<size_t> order(mb.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    auto tokens = [&](size_t i) { return mb[i]->prompt_tokens_size() + mb[i]->response_tokens_size(); };
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return tokens(a) > tokens(b); });
+    std::vector<int64_t> load(world_size, 0);
+    std::vector<std::vector<size_t>> assigned(world_size);
+    for (size_t i : order) {
+      int best = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+      load[best] += tokens(i);
+      assigned[best].push_back(i);
+    }
+    for (int r = 0; r < world_size; ++r) {
+      std::sort(assigned[r].begin(), assigned[r].end());  // keep row order within a share
+      v1::MiniBatchShare* share = shares[r].add_mini_batches();
+      share->set_global_count(static_cast<int64_t>(mb.size()));
+      share->set_global_max_length(max_len);
+      for (size_t i : assigned[r]) *share->add_rows() = *mb[i];
+    }
+  }
+  return shares;
+}
+
+absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Communicator* comm) {
+  auto start = std::chrono::steady_clock::now();
+  Impl& m = *impl_;
+  UpdateStats stats;
+  const int64_t pad = m.model->config().pad_token_id >= 0 ? m.model->config().pad_token_id : 0;
+  const bool recompute = m.config.learner.old_logprobs == "recompute";
+  // Per-rank sums, combined across ranks at the end:
+  // loss, grad norm, mismatch sum/tokens, |delta| sum/count, entropy sum/tokens, tokens.
+  double loss_sum = 0, norm_sum = 0, mismatch_sum = 0, delta_sum = 0, entropy_sum = 0;
+  double mismatch_tokens = 0, delta_count = 0, entropy_tokens = 0, trained_tokens = 0;
+
+  auto pack = [&](const v1::MiniBatchShare& mb, std::vector<std::vector<int32_t>>* prompts,
+                  std::vector<std::vector<int32_t>>* responses) {
+    std::vector<const std::vector<int32_t>*> p, r;
+    for (const v1::TrainRow& row : mb.rows()) {
+      prompts->emplace_back(row.prompt_tokens().begin(), row.prompt_tokens().end());
+      responses->emplace_back(row.response_tokens().begin(), row.response_tokens().end());
+    }
+    for (size_t i = 0; i < prompts->size(); ++i) {
+      p.push_back(&(*prompts)[i]);
+      r.push_back(&(*responses)[i]);
+    }
+    return Pack(p, r, pad);
+  };
+  // Mean |learner - actor| token log-prob over rows sampled by the current weights:
+  // nonzero means the sampler and the learner disagree about the policy.
+  auto mismatch = [&](const v1::MiniBatchShare& mb, const torch::Tensor& token_lp) {
+    auto lp = token_lp.accessor<float, 2>();
+    for (int i = 0; i < mb.rows_size(); ++i) {
+      const v1::TrainRow& row = mb.rows(i);
+      if (!row.sampled_now()) continue;
+      const int64_t np = row.prompt_tokens_size();
+      for (int t = 0; t < row.actor_logprobs_size(); ++t) {
+        mismatch_sum += std::abs(lp[i][np - 1 + t] - row.actor_logprobs(t));
+        mismatch_tokens++;
+      }
+    }
+  };
 
   try {
     m.model->train();
-    const int64_t n_mini =
-        std::min<int64_t>(m.config.learner.mini_batches, static_cast<int64_t>(groups.size()));
-    const bool recompute = m.config.learner.old_logprobs == "recompute";
-    double mismatch_sum = 0, delta_sum = 0, entropy_sum = 0;
-    int64_t mismatch_tokens = 0, delta_count = 0, entropy_tokens = 0;
-
-    // Slices of the groups: mini-batch k holds groups [bounds[k], bounds[k+1]).
-    std::vector<size_t> bounds;
-    for (int64_t k = 0; k <= n_mini; ++k) bounds.push_back(groups.size() * k / n_mini);
-    auto gather_rows = [&](size_t lo, size_t hi) {
-      std::vector<Row*> out;
-      for (size_t g = lo; g < hi; ++g) {
-        for (Row& r : rows[g]) out.push_back(&r);
+    // π_old per row and mini-batch: the actor's sums, or the learner's own before any step.
+    std::vector<std::vector<float>> logp_old(share.mini_batches_size());
+    for (int k = 0; k < share.mini_batches_size(); ++k) {
+      const v1::MiniBatchShare& mb = share.mini_batches(k);
+      for (const v1::TrainRow& row : mb.rows()) {
+        float sum = 0;
+        for (float lp : row.actor_logprobs()) sum += lp;
+        logp_old[k].push_back(sum);
       }
-      return out;
-    };
-    auto pack = [&](const std::vector<Row*>& rs) {
-      std::vector<const std::vector<int32_t>*> p, r;
-      for (Row* row : rs) {
-        p.push_back(row->prompt);
-        r.push_back(&row->response);
+      if (recompute && mb.rows_size() > 0) {
+        torch::NoGradGuard no_grad;
+        std::vector<std::vector<int32_t>> p, r;
+        PackedRows packed = pack(mb, &p, &r);
+        torch::Tensor logits = m.model->forward(packed.input, packed.positions, packed.valid);
+        torch::Tensor token_lp =
+            NextTokenLogProbs(SamplingLogProbs(logits, m.temperature, m.never_sampled),
+                              packed.input, packed.response_mask);
+        if (k == 0) mismatch(mb, token_lp);
+        torch::Tensor sums = token_lp.sum(1);
+        auto s = sums.accessor<float, 1>();
+        for (int i = 0; i < mb.rows_size(); ++i) logp_old[k][i] = s[i];
       }
-      return Pack(p, r, m.model->config().pad_token_id >= 0 ? m.model->config().pad_token_id : 0);
-    };
-    // Mean |learner - actor| token log-prob, over rows sampled by the current weights:
-    // nonzero means the sampler and the learner disagree about the policy.
-    auto mismatch = [&](const std::vector<Row*>& rs, const torch::Tensor& token_lp) {
-      auto lp = token_lp.accessor<float, 2>();
-      for (size_t i = 0; i < rs.size(); ++i) {
-        if (!rs[i]->sampled_now) continue;
-        const int64_t np = static_cast<int64_t>(rs[i]->prompt->size());
-        for (int t = 0; t < rs[i]->completion->logprobs_size(); ++t) {
-          mismatch_sum += std::abs(lp[i][np - 1 + t] - rs[i]->completion->logprobs(t));
-          mismatch_tokens++;
-        }
-      }
-    };
-
-    if (recompute) {
-      torch::NoGradGuard no_grad;
-      std::vector<Row*> all = gather_rows(0, groups.size());
-      PackedRows packed = pack(all);
-      torch::Tensor logits = m.model->forward(packed.input, packed.positions, packed.valid);
-      torch::Tensor token_lp =
-          NextTokenLogProbs(SamplingLogProbs(logits, m.temperature, m.never_sampled), packed.input,
-                            packed.response_mask);
-      mismatch(all, token_lp);
-      torch::Tensor sums = (token_lp * packed.response_mask).sum(1);
-      auto s = sums.accessor<float, 1>();
-      for (size_t i = 0; i < all.size(); ++i) all[i]->logp_old = s[i];
     }
 
-    double loss_sum = 0, norm_sum = 0;
-    for (int64_t k = 0; k < n_mini; ++k) {
-      std::vector<Row*> rs = gather_rows(bounds[k], bounds[k + 1]);
-      PackedRows packed = pack(rs);
-      stats.trained_tokens += packed.tokens;
-      torch::Tensor logits = m.model->forward(packed.input, packed.positions, packed.valid);
-      torch::Tensor logp = SamplingLogProbs(logits, m.temperature, m.never_sampled);
-      torch::Tensor token_lp = NextTokenLogProbs(logp, packed.input, packed.response_mask);
-      if (k == 0 && !recompute) mismatch(rs, token_lp.detach());
-      {
-        torch::NoGradGuard no_grad;
-        torch::Tensor lp = logp.narrow(1, 0, logp.size(1) - 1);
-        torch::Tensor p = lp.exp();
-        torch::Tensor ent = -(p * lp.masked_fill(torch::isinf(lp), 0)).sum(-1);
-        entropy_sum += (ent * packed.response_mask).sum().item<double>();
-        entropy_tokens += static_cast<int64_t>(packed.response_mask.sum().item<double>());
-      }
-      torch::Tensor logp_new = (token_lp * packed.response_mask).sum(1);
-      std::vector<float> old_v, adv_v, len_v;
-      double max_len = 0;
-      for (Row* r : rs) {
-        old_v.push_back(static_cast<float>(r->logp_old));
-        adv_v.push_back(static_cast<float>(r->advantage));
-        len_v.push_back(static_cast<float>(r->response.size()));
-        max_len = std::max<double>(max_len, static_cast<double>(r->response.size()));
-      }
-      PmdMeanInputs in;
-      in.logp_new = logp_new;
-      in.logp_old = torch::tensor(old_v);
-      in.advantages = torch::tensor(adv_v);
-      in.lengths = torch::tensor(len_v);
-      {
-        torch::NoGradGuard no_grad;
-        delta_sum += (logp_new.detach() - in.logp_old).abs().sum().item<double>();
-        delta_count += static_cast<int64_t>(rs.size());
-      }
-      torch::Tensor loss =
-          PmdMeanLoss(in, m.config.learner.tau, m.norm, max_len, static_cast<int64_t>(rs.size()));
+    std::vector<torch::Tensor> params = m.model->parameters();
+    for (int k = 0; k < share.mini_batches_size(); ++k) {
+      const v1::MiniBatchShare& mb = share.mini_batches(k);
       m.optimizer->zero_grad();
-      loss.backward();
+      double loss_value = 0;
+      if (mb.rows_size() > 0) {
+        std::vector<std::vector<int32_t>> p, r;
+        PackedRows packed = pack(mb, &p, &r);
+        trained_tokens += static_cast<double>(packed.tokens);
+        torch::Tensor logits = m.model->forward(packed.input, packed.positions, packed.valid);
+        torch::Tensor logp = SamplingLogProbs(logits, m.temperature, m.never_sampled);
+        torch::Tensor token_lp = NextTokenLogProbs(logp, packed.input, packed.response_mask);
+        if (k == 0 && !recompute) mismatch(mb, token_lp.detach());
+        {
+          torch::NoGradGuard no_grad;
+          torch::Tensor lp = logp.narrow(1, 0, logp.size(1) - 1);
+          torch::Tensor ent = -(lp.exp() * lp.masked_fill(torch::isinf(lp), 0)).sum(-1);
+          entropy_sum += (ent * packed.response_mask).sum().item<double>();
+          entropy_tokens += packed.response_mask.sum().item<double>();
+        }
+        torch::Tensor logp_new = token_lp.sum(1);
+        std::vector<float> adv_v, len_v;
+        for (const v1::TrainRow& row : mb.rows()) {
+          adv_v.push_back(static_cast<float>(row.advantage()));
+          len_v.push_back(static_cast<float>(row.response_tokens_size()));
+        }
+        PmdMeanInputs in;
+        in.logp_new = logp_new;
+        in.logp_old = torch::tensor(logp_old[k]);
+        in.advantages = torch::tensor(adv_v);
+        in.lengths = torch::tensor(len_v);
+        {
+          torch::NoGradGuard no_grad;
+          delta_sum += (logp_new.detach() - in.logp_old).abs().sum().item<double>();
+          delta_count += mb.rows_size();
+        }
+        torch::Tensor loss = PmdMeanLoss(in, m.config.learner.tau, m.norm, mb.global_max_length(),
+                                         mb.global_count());
+        loss.backward();
+        loss_value = loss.item<double>();
+      }
+      // A rank with no rows still joins the all-reduce, with zero gradients.
+      std::vector<torch::Tensor> grads;
+      for (torch::Tensor& t : params) {
+        if (!t.grad().defined()) t.mutable_grad() = torch::zeros_like(t);
+        grads.push_back(t.grad());
+      }
+      if (comm != nullptr) {
+        if (absl::Status s = comm->AllReduce(grads, /*average=*/false); !s.ok()) return s;
+      }
       double norm = m.ClipAndNorm(m.config.learner.grad_clip);
       if (!std::isfinite(norm)) {
         return absl::InternalError(
@@ -319,15 +386,25 @@ absl::StatusOr<UpdateStats> Trainer::Update(const std::vector<v1::Group>& groups
       m.SetLr(m.ScheduledLr());
       m.optimizer->step();
       m.steps++;
-      loss_sum += loss.item<double>();
+      loss_sum += loss_value;
       norm_sum += norm;
     }
-    stats.loss = loss_sum / static_cast<double>(n_mini);
-    stats.grad_norm = norm_sum / static_cast<double>(n_mini);
-    stats.logprob_mismatch =
-        mismatch_tokens > 0 ? mismatch_sum / static_cast<double>(mismatch_tokens) : 0.0;
-    stats.mean_abs_delta = delta_count > 0 ? delta_sum / static_cast<double>(delta_count) : 0.0;
-    stats.entropy = entropy_tokens > 0 ? entropy_sum / static_cast<double>(entropy_tokens) : 0.0;
+    // Combine the per-rank metrics: the loss parts add up to the global mini-batch loss.
+    torch::Tensor sums = torch::tensor({loss_sum, mismatch_sum, mismatch_tokens, delta_sum,
+                                        delta_count, entropy_sum, entropy_tokens, trained_tokens},
+                                       torch::kFloat64);
+    if (comm != nullptr) {
+      std::vector<torch::Tensor> v = {sums};
+      if (absl::Status s = comm->AllReduce(v, /*average=*/false); !s.ok()) return s;
+    }
+    auto a = sums.accessor<double, 1>();
+    const double n_mini = std::max(1, share.mini_batches_size());
+    stats.loss = a[0] / n_mini;
+    stats.grad_norm = norm_sum / n_mini;
+    stats.logprob_mismatch = a[2] > 0 ? a[1] / a[2] : 0.0;
+    stats.mean_abs_delta = a[4] > 0 ? a[3] / a[4] : 0.0;
+    stats.entropy = a[6] > 0 ? a[5] / a[6] : 0.0;
+    stats.trained_tokens = static_cast<int64_t>(a[7]);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("update failed: ", e.what_without_backtrace()));
   }

@@ -20,6 +20,8 @@
 
 namespace pmdrl {
 
+class Communicator;
+
 struct UpdateStats {
   double loss = 0;       // mean over mini-batches
   double grad_norm = 0;  // mean over mini-batches, before clipping
@@ -52,7 +54,22 @@ class Trainer {
                                                          const std::string& model_dir);
   ~Trainer();
 
+  // One policy update on one rank: PlanUpdate for a world of 1, then TrainShare.
   absl::StatusOr<UpdateStats> Update(const std::vector<v1::Group>& groups, uint64_t version);
+
+  // Data parallel, rank 0: computes advantages and splits every mini-batch of the rollout
+  // batch across `world_size` ranks, balanced by token count. Fills the batch-level
+  // statistics (reward, mixed fraction, staleness) of *stats.
+  absl::StatusOr<std::vector<v1::RankShare>> PlanUpdate(const std::vector<v1::Group>& groups,
+                                                         uint64_t version, int world_size,
+                                                         UpdateStats* stats) const;
+  // Every rank: trains on its share, one optimizer step per mini-batch. With `comm`, the
+  // gradients are summed across ranks before each step (each rank's loss is already
+  // normalised by the global mini-batch), so every rank takes the same step, and the
+  // result equals one rank training on the whole batch up to float rounding. The
+  // per-rank metrics in the result (loss, mismatch, |delta|, entropy, tokens) are
+  // combined across ranks.
+  absl::StatusOr<UpdateStats> TrainShare(const v1::RankShare& share, Communicator* comm);
 
   // Greedy accuracy on `items` (and pass@k at the actor's temperature when k > 0).
   EvalResult Evaluate(const std::vector<PromptItem>& items, int64_t max_new_tokens,

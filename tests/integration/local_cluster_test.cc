@@ -108,8 +108,11 @@ TEST(LocalCluster, VersionsAndAccounting) {
   EXPECT_EQ(m_accepted, static_cast<double>(accepted));
   EXPECT_EQ(m_stale, static_cast<double>(stale));
   EXPECT_EQ(m_dup, static_cast<double>(duplicate));
+  double m_rejected =
+      MetricValue(learner_prom, "pmdrl_learner_groups_total", {{"outcome", "rejected"}});
   EXPECT_EQ(duplicate, 0u);
-  EXPECT_EQ(m_accepted + m_stale + m_dup, forwarded);
+  EXPECT_EQ(m_rejected, 0) << "a well-behaved cluster sends nothing the learner rejects";
+  EXPECT_EQ(m_accepted + m_stale + m_dup + m_rejected, forwarded);
   EXPECT_GE(m_accepted, 4 * 8) << "4 updates of 8 groups";
 }
 
