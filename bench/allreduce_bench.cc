@@ -8,6 +8,7 @@
 // by 2(n-1)/n, the share of the data a ring sends over each link.
 //
 //   build/bench/allreduce_bench [--params N] [--large_mib M] [--bucket_mib B] [--seconds S]
+#include <ATen/ATen.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -20,8 +21,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
 #include "learner/communicator.h"
@@ -109,12 +108,17 @@ int Main(int argc, char** argv) {
   Flags f;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
-    if (k == "--params") f.params = std::atoll(argv[i + 1]);
-    else if (k == "--large_mib") f.large_mib = std::atoll(argv[i + 1]);
-    else if (k == "--bucket_mib") f.bucket_mib = std::atoll(argv[i + 1]);
-    else if (k == "--seconds") f.seconds = std::atof(argv[i + 1]);
+    if (k == "--params")
+      f.params = std::atoll(argv[i + 1]);
+    else if (k == "--large_mib")
+      f.large_mib = std::atoll(argv[i + 1]);
+    else if (k == "--bucket_mib")
+      f.bucket_mib = std::atoll(argv[i + 1]);
+    else if (k == "--seconds")
+      f.seconds = std::atof(argv[i + 1]);
     else {
-      std::fprintf(stderr, "usage: %s [--params N] [--large_mib M] [--bucket_mib B] [--seconds S]\n",
+      std::fprintf(stderr,
+                   "usage: %s [--params N] [--large_mib M] [--bucket_mib B] [--seconds S]\n",
                    argv[0]);
       return 2;
     }

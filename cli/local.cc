@@ -26,6 +26,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -50,16 +51,19 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 constexpr const char* kUsage =
-    "usage: pmdrl local [--config FILE] [--resume] [--section.key=value ...]\n"
+    "usage: pmdrl local [--config FILE] [--resume] [--learners N] [--section.key=value ...]\n"
     "\n"
-    "Starts a whole cluster on this machine: one learner, local.verifiers verifiers and\n"
-    "local.actors actors, all bound to 127.0.0.1 and sharing a fresh random bearer token\n"
-    "(written to <run.dir>/token, mode 0600). Each child logs to <run.dir>/logs/<name>.log;\n"
-    "pids and ports are in <run.dir>/cluster.json. Overrides are passed to every child.\n"
-    "A finished run writes <run.dir>/curve.svg and prints one 'demo:' line on stdout.\n"
+    "Starts a whole cluster on this machine: local.learners data-parallel learner ranks\n"
+    "(rank 0 serves actors and verifiers), local.verifiers verifiers and local.actors\n"
+    "actors, all bound to 127.0.0.1 and sharing a fresh random bearer token (written to\n"
+    "<run.dir>/token, mode 0600). Each child logs to <run.dir>/logs/<name>.log (learner\n"
+    "rank r > 0: learner-<r>.log); pids and ports are in <run.dir>/cluster.json.\n"
+    "Overrides are passed to every child. A finished run writes <run.dir>/curve.svg and\n"
+    "prints one 'demo:' line on stdout.\n"
     "\n"
     "  --config FILE   the run's YAML configuration\n"
     "  --resume        the learner resumes from the latest checkpoint in run.dir\n"
+    "  --learners N    data-parallel learner ranks (same as local.learners; default 1)\n"
     "  --help          this text and every configuration key\n"
     "\n"
     "Exit codes: 0 finished run, 1 failure, 2 usage or configuration error,\n"
@@ -380,6 +384,9 @@ class Launcher {
   absl::StatusOr<v1::StatusResponse> GetStatus(int timeout_ms, bool wait_for_ready);
   // Reaps exited children and reports them; returns false when the learner exited.
   bool CheckChildren();
+  // Reaps learner ranks >= 1. An exit with code 0 is normal (rank 0 ends them at the
+  // end of training); any other exit is reported with its log's tail and returns false.
+  bool CheckLearnerRanks();
   void WriteClusterJson();
   // SIGTERM, wait up to `grace`, then SIGKILL; reaps every member.
   void StopGroup(std::vector<Child*> group, std::chrono::seconds grace);
@@ -393,7 +400,8 @@ class Launcher {
   ClusterPlan plan_;
   fs::path run_dir_;
   std::string token_;
-  Child learner_;
+  Child learner_;                     // rank 0
+  std::vector<Child> learner_ranks_;  // ranks 1..N-1, [r - 1] for rank r
   std::vector<Child> verifiers_, actors_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Coordinator::Stub> stub_;
@@ -427,10 +435,11 @@ absl::Status Launcher::Prepare() {
   if (!args_.config_path.empty()) plan_.config_path = fs::absolute(args_.config_path).string();
   plan_.overrides = args_.overrides;
   plan_.resume = args_.resume;
+  plan_.learners = static_cast<int>(config_.local.learners);
 
   absl::StatusOr<ClusterPorts> ports =
       PickPorts(config_.local.base_port, static_cast<int>(config_.local.verifiers),
-                static_cast<int>(config_.local.actors));
+                static_cast<int>(config_.local.actors), plan_.learners);
   if (!ports.ok()) return ports.status();
   plan_.ports = *ports;
 
@@ -481,8 +490,12 @@ Launcher::Outcome Launcher::WaitForLearner() {
   channel_ = grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", learner_.port),
                                        grpc::InsecureChannelCredentials(), channel_args);
   stub_ = v1::Coordinator::NewStub(channel_);
-  Clock::time_point deadline = Clock::now() + std::chrono::seconds(60);
+  // Every rank loads the model before rank 0 can serve; on a small machine they
+  // compete for the cores, so allow more time per extra rank.
+  const int timeout_s = 60 + 30 * static_cast<int>(learner_ranks_.size());
+  Clock::time_point deadline = Clock::now() + std::chrono::seconds(timeout_s);
   while (true) {
+    if (!CheckLearnerRanks()) return Outcome::kFailed;
     if (Reap(learner_)) {
       console_.Error("learner exited during start-up ({}); last lines of {}:\n{}",
                      DescribeWaitStatus(learner_.wait_status), learner_.log_path,
@@ -502,8 +515,8 @@ Launcher::Outcome Launcher::WaitForLearner() {
     }
     if (Clock::now() > deadline) {
       console_.Error(
-          "learner did not answer GetStatus on port {} within 60 s; last lines of {}:\n{}",
-          learner_.port, learner_.log_path, LogTail(learner_.log_path, 20));
+          "learner did not answer GetStatus on port {} within {} s; last lines of {}:\n{}",
+          learner_.port, timeout_s, learner_.log_path, LogTail(learner_.log_path, 20));
       return Outcome::kFailed;
     }
     if (SleepOrSignal(250)) return Outcome::kSignal;
@@ -537,9 +550,29 @@ bool Launcher::CheckChildren() {
   return learner_.alive;
 }
 
+bool Launcher::CheckLearnerRanks() {
+  bool ok = true;
+  for (Child& c : learner_ranks_) {
+    if (!Reap(c)) continue;
+    int st = c.wait_status;
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
+      console_.Info("{} exited ({})", c.name, DescribeWaitStatus(st));
+      continue;
+    }
+    console_.Error(
+        "learner rank {} ({}) exited before training finished ({}); last lines of "
+        "{}:\n{}",
+        &c - learner_ranks_.data() + 1, c.name, DescribeWaitStatus(st), c.log_path,
+        LogTail(c.log_path, 20));
+    ok = false;
+  }
+  return ok;
+}
+
 Launcher::Outcome Launcher::Supervise() {
   int failures = 0;
   while (true) {
+    if (!CheckLearnerRanks()) return Outcome::kFailed;
     if (!CheckChildren()) {
       console_.Error("learner exited before training finished ({}); last lines of {}:\n{}",
                      DescribeWaitStatus(learner_.wait_status), learner_.log_path,
@@ -570,6 +603,18 @@ void Launcher::WriteClusterJson() {
                   {"port", learner_.port},
                   {"metrics_port", learner_.metrics_port},
                   {"log", learner_.log_path}};
+  if (!learner_ranks_.empty()) {
+    j["learners"] = nlohmann::json::array();
+    j["learners"].push_back({{"rank", 0},
+                             {"pid", learner_.pid},
+                             {"metrics_port", learner_.metrics_port},
+                             {"log", learner_.log_path}});
+    for (size_t r = 1; r <= learner_ranks_.size(); ++r) {
+      const Child& c = learner_ranks_[r - 1];
+      j["learners"].push_back(
+          {{"rank", r}, {"pid", c.pid}, {"metrics_port", c.metrics_port}, {"log", c.log_path}});
+    }
+  }
   j["verifiers"] = nlohmann::json::array();
   for (const Child& c : verifiers_) {
     j["verifiers"].push_back({{"name", c.name},
@@ -656,7 +701,11 @@ void Launcher::StopAll() {
   // connections to go away.
   stub_.reset();
   channel_.reset();
+  // Rank 0 first: it ends training and tells the other ranks to stop; they follow.
   if (learner_.pid > 0) StopGroup({&learner_}, std::chrono::seconds(30));
+  std::vector<Child*> ranks;
+  for (Child& c : learner_ranks_) ranks.push_back(&c);
+  if (!ranks.empty()) StopGroup(ranks, std::chrono::seconds(30));
 }
 
 void Launcher::KillAll() {
@@ -664,6 +713,7 @@ void Launcher::KillAll() {
   for (Child& c : actors_) all.push_back(&c);
   for (Child& c : verifiers_) all.push_back(&c);
   all.push_back(&learner_);
+  for (Child& c : learner_ranks_) all.push_back(&c);
   for (Child* c : all) {
     if (!c->alive || c->pid <= 0) continue;
     kill(c->pid, SIGKILL);
@@ -701,6 +751,18 @@ int Launcher::Run() {
     return 1;
   }
   learner_ = *learner;
+  // Every rank starts before we wait: rank 0 serves only once all have joined the
+  // rendezvous.
+  for (int r = 1; r < plan_.learners; ++r) {
+    absl::StatusOr<Child> c = Start(absl::StrCat("learner-", r), LearnerRankCommand(plan_, r), 0,
+                                    ports.learner_rank_metrics[r - 1]);
+    if (!c.ok()) {
+      console_.Error("{}", std::string(c.status().message()));
+      StopAll();
+      return 1;
+    }
+    learner_ranks_.push_back(*c);
+  }
   Outcome outcome = WaitForLearner();
   if (outcome == Outcome::kFinished) {  // the learner is ready
     for (int i = 0; i < config_.local.verifiers && outcome == Outcome::kFinished; ++i) {
@@ -752,6 +814,14 @@ int Launcher::Run() {
                        learner_.log_path);
         return 1;
       }
+      // Training is done and rank 0 is: a rank that then stops untidily (its peer
+      // went away first) cost nothing, but is worth a look.
+      for (const Child& c : learner_ranks_) {
+        if (!(WIFEXITED(c.wait_status) && WEXITSTATUS(c.wait_status) == 0)) {
+          console_.Warn("{} did not shut down cleanly ({}); see {}", c.name,
+                        DescribeWaitStatus(c.wait_status), c.log_path);
+        }
+      }
       return 0;
     }
     case Outcome::kSignal:
@@ -794,6 +864,13 @@ absl::StatusOr<LocalArgs> ParseLocalArgs(int argc, char** argv) {
     }
     if (key == "config") {
       args.config_path = value;
+    } else if (key == "learners") {
+      int64_t n = 0;
+      if (!absl::SimpleAtoi(value, &n) || n < 1) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--learners wants an integer >= 1, not '", value, "'"));
+      }
+      args.learners = n;
     } else {
       args.overrides.push_back(absl::StrCat(key, "=", value));
     }
@@ -801,8 +878,13 @@ absl::StatusOr<LocalArgs> ParseLocalArgs(int argc, char** argv) {
   return args;
 }
 
-absl::StatusOr<ClusterPorts> PickPorts(int64_t base_port, int verifiers, int actors) {
-  int count = 2 + 2 * verifiers + actors;
+absl::StatusOr<ClusterPorts> PickPorts(int64_t base_port, int verifiers, int actors, int learners) {
+  if (learners < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("local.learners: ", learners, " < 1"));
+  }
+  // A single learner needs no rendezvous store: its port layout stays as it was.
+  int extra = learners > 1 ? learners : 0;  // store + one metrics port per rank >= 1
+  int count = 2 + 2 * verifiers + actors + extra;
   std::vector<int> ports;
   if (base_port > 0) {
     if (base_port + count - 1 > 65535) {
@@ -847,6 +929,10 @@ absl::StatusOr<ClusterPorts> PickPorts(int64_t base_port, int verifiers, int act
     out.verifier_metrics.push_back(ports[next++]);
   }
   for (int i = 0; i < actors; ++i) out.actor_metrics.push_back(ports[next++]);
+  if (learners > 1) {
+    out.rendezvous = ports[next++];
+    for (int r = 1; r < learners; ++r) out.learner_rank_metrics.push_back(ports[next++]);
+  }
   return out;
 }
 
@@ -866,12 +952,35 @@ std::vector<std::string> CommonPrefix(const ClusterPlan& plan, const std::string
 
 std::string Loopback(int port) { return absl::StrCat("127.0.0.1:", port); }
 
+// Rank, world size and the store's address; nothing for a single learner, so that
+// its command line is what it was before ranks existed.
+void AppendRankFlags(const ClusterPlan& plan, int rank, std::vector<std::string>* argv) {
+  if (plan.learners <= 1) return;
+  argv->push_back(absl::StrCat("--learner.rank=", rank));
+  argv->push_back(absl::StrCat("--learner.world_size=", plan.learners));
+  argv->push_back("--learner.rendezvous=" + Loopback(plan.ports.rendezvous));
+}
+
 }  // namespace
 
 std::vector<std::string> LearnerCommand(const ClusterPlan& plan) {
   std::vector<std::string> argv = CommonPrefix(plan, plan.learner_bin);
   argv.push_back("--learner.listen=" + Loopback(plan.ports.learner));
   argv.push_back(absl::StrCat("--learner.metrics_port=", plan.ports.learner_metrics));
+  AppendRankFlags(plan, 0, &argv);
+  if (plan.resume) argv.push_back("--learner.resume=auto");
+  return argv;
+}
+
+std::vector<std::string> LearnerRankCommand(const ClusterPlan& plan, int rank) {
+  if (rank == 0) return LearnerCommand(plan);
+  std::vector<std::string> argv = CommonPrefix(plan, plan.learner_bin);
+  AppendRankFlags(plan, rank, &argv);
+  // Ranks >= 1 serve no RPCs to the cluster: an ephemeral port cannot collide.
+  argv.push_back("--learner.listen=127.0.0.1:0");
+  argv.push_back(
+      absl::StrCat("--learner.metrics_port=", plan.ports.learner_rank_metrics.at(rank - 1)));
+  // Every rank holds the full model and optimizer state, so each restores it.
   if (plan.resume) argv.push_back("--learner.resume=auto");
   return argv;
 }
@@ -952,7 +1061,11 @@ int RunLocal(int argc, char** argv) {
                 kUsage, ConfigHelp().c_str());
     return 0;
   }
-  absl::StatusOr<Config> config = LoadConfig(args->config_path, args->overrides);
+  // --learners goes through the configuration (last, so it wins over
+  // --local.learners) to be checked with the other keys; children do not need it.
+  std::vector<std::string> overrides = args->overrides;
+  if (args->learners > 0) overrides.push_back(absl::StrCat("local.learners=", args->learners));
+  absl::StatusOr<Config> config = LoadConfig(args->config_path, overrides);
   if (!config.ok()) {
     std::fprintf(stderr, "pmdrl local: %s\n", std::string(config.status().message()).c_str());
     return 2;

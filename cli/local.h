@@ -1,7 +1,7 @@
-// `pmdrl local`: runs a whole cluster (one learner, local.verifiers verifiers,
-// local.actors actors) as child processes on this machine, bound to loopback and
-// sharing a fresh random bearer token, shows progress, stops everything cleanly and
-// summarises a finished run (curve.svg and one "demo:" line on stdout).
+// `pmdrl local`: runs a whole cluster (local.learners data-parallel learner ranks,
+// local.verifiers verifiers, local.actors actors) as child processes on this machine,
+// bound to loopback and sharing a fresh random bearer token, shows progress, stops
+// everything cleanly and summarises a finished run (curve.svg and one "demo:" line on stdout).
 #ifndef PMDRL_CLI_LOCAL_H_
 #define PMDRL_CLI_LOCAL_H_
 
@@ -17,7 +17,8 @@ class StatusResponse;
 }  // namespace v1
 
 // Runs `pmdrl local`. argv[0] is the sub-command name ("local"); the rest are
-// `--config FILE`, `--resume`, `--help` and `--section.key=value` overrides.
+// `--config FILE`, `--resume`, `--learners N`, `--help` and `--section.key=value`
+// overrides.
 // Returns the process exit code: 0 finished run, 2 usage or configuration error,
 // 128+signal when stopped by SIGINT (130) or SIGTERM (143), 1 any other failure.
 int RunLocal(int argc, char** argv);
@@ -29,11 +30,13 @@ struct LocalArgs {
   std::string config_path;             // empty: built-in defaults
   bool resume = false;                 // --resume: the learner resumes from run.dir
   bool help = false;                   // --help / -h
+  int64_t learners = 0;                // --learners N (>= 1); 0: not given, local.learners
   std::vector<std::string> overrides;  // "section.key=value", in command-line order
 };
 
-// Accepts `--config F` / `--config=F`, `--resume`, `--help`, `-h`,
-// `--k=v` and `--k v`. A positional argument or a flag missing its value is an error.
+// Accepts `--config F` / `--config=F`, `--learners N` / `--learners=N`, `--resume`,
+// `--help`, `-h`, `--k=v` and `--k v`. A positional argument, a flag missing its value
+// or a --learners value that is not an integer >= 1 is an error.
 absl::StatusOr<LocalArgs> ParseLocalArgs(int argc, char** argv);
 
 // Loopback ports of a cluster: every process gets a metrics port, servers a port.
@@ -43,12 +46,17 @@ struct ClusterPorts {
   std::vector<int> verifier;          // one per verifier
   std::vector<int> verifier_metrics;  // one per verifier
   std::vector<int> actor_metrics;     // one per actor
+  // Only with more than one learner rank (else 0 and empty):
+  int rendezvous = 0;                     // the collectives' store, served by rank 0
+  std::vector<int> learner_rank_metrics;  // ranks 1..N-1, [r - 1] for rank r
 };
 
 // base_port > 0: consecutive ports from it (learner, learner metrics, then each
-// verifier's port and metrics port, then each actor's metrics port). Otherwise free
-// ports that the kernel hands out for 127.0.0.1:0, all distinct.
-absl::StatusOr<ClusterPorts> PickPorts(int64_t base_port, int verifiers, int actors);
+// verifier's port and metrics port, then each actor's metrics port, then - with
+// learners > 1 - the rendezvous port and each rank >= 1's metrics port). Otherwise
+// free ports that the kernel hands out for 127.0.0.1:0, all distinct.
+absl::StatusOr<ClusterPorts> PickPorts(int64_t base_port, int verifiers, int actors,
+                                       int learners = 1);
 
 // Everything needed to build the children's command lines.
 struct ClusterPlan {
@@ -57,13 +65,20 @@ struct ClusterPlan {
   std::vector<std::string> overrides;  // the user's "section.key=value"
   std::string token_file;              // passed as --run.token_file when non-empty
   bool resume = false;
+  int learners = 1;  // data-parallel learner ranks; 1: no rank flags at all
   ClusterPorts ports;
 };
 
 // Command lines (argv, binary first). The user's overrides come before the
 // launcher's per-process flags (listen addresses, names, ports), so the launcher's
 // win: later flags override earlier ones.
+// LearnerCommand is rank 0's (it serves actors and verifiers); with plan.learners > 1
+// it also gets the rank, world size and rendezvous flags.
 std::vector<std::string> LearnerCommand(const ClusterPlan& plan);
+// Rank `rank` in 1..plan.learners-1: joins the collectives only, listens on an
+// ephemeral loopback port and serves metrics on ports.learner_rank_metrics[rank - 1].
+// Rank 0 gives LearnerCommand(plan).
+std::vector<std::string> LearnerRankCommand(const ClusterPlan& plan, int rank);
 std::vector<std::string> VerifierCommand(const ClusterPlan& plan, int index);
 std::vector<std::string> ActorCommand(const ClusterPlan& plan, int index);
 

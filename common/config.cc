@@ -227,7 +227,26 @@ const std::vector<Field>& Fields() {
     f.push_back(Make("learner.lease_ttl_seconds",
                      "a lease not heartbeated for this long is re-issued", &C::learner,
                      &LearnerConfig::lease_ttl_seconds));
+    f.push_back(Make("learner.rank", "this learner's rank, 0..world_size-1 (rank 0 serves actors)",
+                     &C::learner, &LearnerConfig::rank));
+    f.push_back(Make("learner.world_size", "data-parallel learner ranks", &C::learner,
+                     &LearnerConfig::world_size));
+    f.push_back(Make("learner.rendezvous",
+                     "host:port of the store rank 0 serves for the collectives", &C::learner,
+                     &LearnerConfig::rendezvous));
+    f.push_back(Make("learner.backend", "collectives: gloo (CPU tensors) | nccl (CUDA tensors)",
+                     &C::learner, &LearnerConfig::backend));
+    f.push_back(Make("learner.bucket_mb", "all-reduce bucket size in MiB", &C::learner,
+                     &LearnerConfig::bucket_mb));
+    f.push_back(Make("learner.collective_timeout_seconds",
+                     "a collective waiting longer than this fails (a dead rank)", &C::learner,
+                     &LearnerConfig::collective_timeout_seconds));
+    f.push_back(Make("learner.checksum_every",
+                     "updates between cross-rank weight checksums (0: never)", &C::learner,
+                     &LearnerConfig::checksum_every));
     // local
+    f.push_back(Make("local.learners", "learner ranks `pmdrl local` starts", &C::local,
+                     &LocalConfig::learners));
     f.push_back(
         Make("local.actors", "actors `pmdrl local` starts", &C::local, &LocalConfig::actors));
     f.push_back(Make("local.verifiers", "verifiers `pmdrl local` starts", &C::local,
@@ -446,6 +465,15 @@ absl::Status ValidateConfig(const Config& c) {
       Check(c.learner.eval_last > 0, "learner.eval_last", "> 0"),
       Check(c.learner.checkpoint_every >= 0, "learner.checkpoint_every", ">= 0"),
       Check(c.learner.lease_ttl_seconds > 0, "learner.lease_ttl_seconds", "> 0"),
+      Check(c.learner.world_size >= 1 && c.learner.world_size <= 64, "learner.world_size",
+            "in 1..64"),
+      Check(c.learner.rank >= 0 && c.learner.rank < c.learner.world_size, "learner.rank",
+            "in 0..learner.world_size-1"),
+      OneOf("learner.backend", c.learner.backend, {"gloo", "nccl"}),
+      Check(c.learner.bucket_mb > 0, "learner.bucket_mb", "> 0"),
+      Check(c.learner.collective_timeout_seconds > 0, "learner.collective_timeout_seconds", "> 0"),
+      Check(c.learner.checksum_every >= 0, "learner.checksum_every", ">= 0"),
+      Check(c.local.learners >= 1 && c.local.learners <= 16, "local.learners", "in 1..16"),
       Check(c.local.actors >= 0 && c.local.actors <= 64, "local.actors", "in 0..64"),
       Check(c.local.verifiers >= 1 && c.local.verifiers <= 64, "local.verifiers", "in 1..64"),
       Check(c.local.base_port >= 0 && c.local.base_port < 65000, "local.base_port",

@@ -103,9 +103,18 @@ struct LearnerConfig {
   int64_t checkpoint_every = 10;
   std::string resume;  // "" | "auto" (latest in run.dir) | a checkpoint directory
   double lease_ttl_seconds = 30;
+  // Data parallel.
+  int64_t rank = 0;
+  int64_t world_size = 1;
+  std::string rendezvous = "127.0.0.1:29500";  // store served by rank 0 for the collectives
+  std::string backend = "gloo";                // gloo (CPU) | nccl (CUDA)
+  int64_t bucket_mb = 25;                      // fused all-reduce bucket size
+  double collective_timeout_seconds = 60;      // a dead rank fails the others after this
+  int64_t checksum_every = 10;                 // updates between cross-rank weight checks
 };
 
 struct LocalConfig {
+  int64_t learners = 1;  // data-parallel learner ranks
   int64_t actors = 2;
   int64_t verifiers = 2;
   int64_t base_port = 0;  // 0: pick free loopback ports

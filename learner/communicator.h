@@ -8,13 +8,13 @@
 #ifndef PMDRL_LEARNER_COMMUNICATOR_H_
 #define PMDRL_LEARNER_COMMUNICATOR_H_
 
+#include <ATen/core/Tensor.h>
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"

@@ -3,12 +3,12 @@
 #ifndef PMDRL_LEARNER_COMMUNICATOR_INTERNAL_H_
 #define PMDRL_LEARNER_COMMUNICATOR_INTERNAL_H_
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"

@@ -1,5 +1,7 @@
 // Gloo backend of Communicator: CPU tensors over Gloo's TCP transport, rendezvous
 // through the store of learner/rendezvous_store.h.
+#include <ATen/core/Tensor.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -7,8 +9,6 @@
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -36,11 +36,16 @@ bool IsLoopbackHost(const std::string& host) {
 // Gloo's sum for the dtypes we all-reduce; nullptr for the rest.
 ReduceFn SumFor(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return &gloo::sum<float>;
-    case at::kDouble: return &gloo::sum<double>;
-    case at::kInt: return &gloo::sum<int32_t>;
-    case at::kLong: return &gloo::sum<int64_t>;
-    default: return nullptr;
+    case at::kFloat:
+      return &gloo::sum<float>;
+    case at::kDouble:
+      return &gloo::sum<double>;
+    case at::kInt:
+      return &gloo::sum<int32_t>;
+    case at::kLong:
+      return &gloo::sum<int64_t>;
+    default:
+      return nullptr;
   }
 }
 
@@ -126,14 +131,21 @@ class GlooCommunicator : public Communicator {
 
  private:
   // AllreduceOptions has typed setters only.
-  static void SetOutput(gloo::AllreduceOptions& opts, at::ScalarType dtype, void* data,
-                        int64_t n) {
+  static void SetOutput(gloo::AllreduceOptions& opts, at::ScalarType dtype, void* data, int64_t n) {
     const size_t count = static_cast<size_t>(n);
     switch (dtype) {
-      case at::kFloat: opts.setOutput(static_cast<float*>(data), count); break;
-      case at::kDouble: opts.setOutput(static_cast<double*>(data), count); break;
-      case at::kInt: opts.setOutput(static_cast<int32_t*>(data), count); break;
-      default: opts.setOutput(static_cast<int64_t*>(data), count); break;  // kLong (checked)
+      case at::kFloat:
+        opts.setOutput(static_cast<float*>(data), count);
+        break;
+      case at::kDouble:
+        opts.setOutput(static_cast<double*>(data), count);
+        break;
+      case at::kInt:
+        opts.setOutput(static_cast<int32_t*>(data), count);
+        break;
+      default:
+        opts.setOutput(static_cast<int64_t*>(data), count);
+        break;  // kLong (checked)
     }
   }
 
@@ -214,9 +226,9 @@ class GlooCommunicator : public Communicator {
                              std::strstr(e.what(), "timeout") != nullptr ||
                              Clock::now() - start >= options_.timeout;
       if (timed_out) {
-        s = absl::DeadlineExceededError(absl::StrCat(
-            "timed out after ", options_.timeout.count(),
-            " ms (a peer died or did not make the same call): ", e.what()));
+        s = absl::DeadlineExceededError(
+            absl::StrCat("timed out after ", options_.timeout.count(),
+                         " ms (a peer died or did not make the same call): ", e.what()));
       } else {
         s = absl::UnavailableError(absl::StrCat("failed: ", e.what()));
       }
@@ -269,9 +281,10 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(const CommO
                            std::strstr(e.what(), "timeout") != nullptr ||
                            Clock::now() - start >= options.timeout;
     absl::Status s =
-        timed_out ? absl::DeadlineExceededError(absl::StrCat(
-                        "not every rank joined within ", options.timeout.count(), " ms: ", e.what()))
-                  : absl::UnavailableError(absl::StrCat("connecting to the peers failed: ", e.what()));
+        timed_out
+            ? absl::DeadlineExceededError(absl::StrCat("not every rank joined within ",
+                                                       options.timeout.count(), " ms: ", e.what()))
+            : absl::UnavailableError(absl::StrCat("connecting to the peers failed: ", e.what()));
     return Annotate(s, "Gloo rendezvous", options);
   }
 }

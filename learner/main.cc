@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <mutex>
 #include <numeric>
 #include <thread>
@@ -24,6 +25,7 @@
 #include "common/process.h"
 #include "common/rpc.h"
 #include "learner/checkpoint.h"
+#include "learner/communicator.h"
 #include "learner/coordinator.h"
 #include "learner/learner_service.h"
 #include "learner/prompt_source.h"
@@ -96,6 +98,94 @@ class MetricsCsv {
   std::ofstream out_;
 };
 
+// Rank 0's half of a data-parallel update: plan the shares, hand each rank its own,
+// train on rank 0's share.
+absl::StatusOr<UpdateStats> TrainDistributed(Trainer& trainer, Communicator& comm,
+                                             const std::vector<v1::Group>& batch, uint64_t version,
+                                             int64_t update) {
+  auto start = std::chrono::steady_clock::now();
+  UpdateStats plan;
+  absl::StatusOr<std::vector<v1::RankShare>> shares =
+      trainer.PlanUpdate(batch, version, comm.world_size(), &plan);
+  if (!shares.ok()) return shares.status();
+  std::vector<std::string> payloads;
+  for (v1::RankShare& s : *shares) {
+    s.set_update(static_cast<uint64_t>(update));
+    payloads.push_back(s.SerializeAsString());
+  }
+  absl::StatusOr<std::string> own = comm.Scatter(payloads);
+  if (!own.ok()) return own.status();
+  absl::StatusOr<UpdateStats> stats = trainer.TrainShare((*shares)[0], &comm);
+  if (!stats.ok()) return stats.status();
+  stats->mean_reward = plan.mean_reward;
+  stats->mixed_fraction = plan.mixed_fraction;
+  stats->equal_reward_groups = plan.equal_reward_groups;
+  stats->staleness_mean = plan.staleness_mean;
+  stats->completions = plan.completions;
+  stats->response_tokens = plan.response_tokens;
+  stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return stats;
+}
+
+// Ranks >= 1: train on the shares rank 0 hands out until it says stop. A rank 0 that
+// dies shows as a failed collective after learner.collective_timeout_seconds at most.
+int RunFollower(const Config& config, Trainer& trainer, Communicator& comm,
+                MetricsRegistry& metrics) {
+  const int rank = comm.rank();
+  std::unique_ptr<MetricsServer> http;
+  if (config.learner.metrics_port > 0) {
+    absl::StatusOr<std::unique_ptr<MetricsServer>> h =
+        MetricsServer::Start(metrics, "127.0.0.1", static_cast<int>(config.learner.metrics_port));
+    if (h.ok()) http = *std::move(h);
+  }
+  auto& m_update = metrics.Gauge("pmdrl_learner_update", "policy updates done");
+  auto& m_step = metrics.Gauge("pmdrl_learner_step_seconds", "seconds of the last update");
+  spdlog::info("rank {} of {} ready", rank, comm.world_size());
+  int exit_code = 0;
+  while (true) {
+    absl::StatusOr<std::string> payload = comm.Scatter({});
+    if (!payload.ok()) {
+      spdlog::error("rank {}: lost contact with the other learner ranks: {}", rank,
+                    payload.status().message());
+      exit_code = 1;
+      break;
+    }
+    v1::RankShare share;
+    if (!share.ParseFromString(*payload)) {
+      spdlog::error("rank {}: malformed share from rank 0", rank);
+      exit_code = 1;
+      break;
+    }
+    if (share.stop()) {
+      spdlog::info("rank {}: rank 0 says training is over", rank);
+      break;
+    }
+    if (share.mini_batches_size() == 0) continue;  // rank 0 is waiting for data
+    absl::StatusOr<UpdateStats> stats = trainer.TrainShare(share, &comm);
+    if (!stats.ok()) {
+      spdlog::error("rank {}: update {} failed: {}", rank, share.update(),
+                    stats.status().message());
+      exit_code = 1;
+      break;
+    }
+    m_update.Set(static_cast<double>(share.update()));
+    m_step.Set(stats->seconds);
+    const int64_t update = static_cast<int64_t>(share.update());
+    if (config.learner.checksum_every > 0 && update % config.learner.checksum_every == 0) {
+      if (absl::Status s = trainer.CheckReplicas(&comm, update); !s.ok()) {
+        spdlog::error("{}", s.message());
+        exit_code = 1;
+        break;
+      }
+    }
+  }
+  std::error_code ec;
+  fs::create_directories(fs::path(config.run.dir) / "metrics", ec);
+  (void)metrics.WriteSnapshot(
+      (fs::path(config.run.dir) / "metrics" / absl::StrCat("learner-", rank, ".prom")).string());
+  return exit_code;
+}
+
 int Run(int argc, char** argv) {
   InstallStopSignals();
   LimitBlasThreads();
@@ -116,7 +206,9 @@ int Run(int argc, char** argv) {
     return 2;
   }
   const Config& config = *cfg;
-  InitLogging("learner", "rank0");
+  const int rank = static_cast<int>(config.learner.rank);
+  const int world = static_cast<int>(config.learner.world_size);
+  InitLogging("learner", absl::StrCat("rank", rank));
   absl::StatusOr<std::string> token = LoadToken(config.run.token_file);
   if (!token.ok()) {
     spdlog::error("{}", token.status().message());
@@ -130,7 +222,7 @@ int Run(int argc, char** argv) {
   }
   const std::string config_yaml = ConfigToYaml(config);
   spdlog::info("effective config:\n{}", config_yaml);
-  { std::ofstream(fs::path(config.run.dir) / "config.yaml") << config_yaml; }
+  if (rank == 0) std::ofstream(fs::path(config.run.dir) / "config.yaml") << config_yaml;
 
   absl::StatusOr<std::unique_ptr<PromptSource>> source = MakePromptSource(config);
   if (!source.ok()) {
@@ -190,6 +282,29 @@ int Run(int argc, char** argv) {
   }
 
   MetricsRegistry metrics("learner");
+  std::unique_ptr<Communicator> comm;
+  if (world > 1) {
+    CommOptions co;
+    co.rank = rank;
+    co.world_size = world;
+    co.store_address = config.learner.rendezvous;
+    co.backend = config.learner.backend;
+    co.bucket_bytes = config.learner.bucket_mb << 20;
+    co.timeout = std::chrono::milliseconds(
+        static_cast<int64_t>(config.learner.collective_timeout_seconds * 1000));
+    spdlog::info("joining {} learner ranks through {} ({})", world, co.store_address, co.backend);
+    absl::StatusOr<std::unique_ptr<Communicator>> c = CreateCommunicator(co);
+    if (!c.ok()) {
+      spdlog::error("rank {}: cannot join the other learner ranks: {}", rank, c.status().message());
+      return 1;
+    }
+    comm = *std::move(c);
+    if (absl::Status s = trainer.BroadcastWeights(comm.get()); !s.ok()) {
+      spdlog::error("rank {}: weight broadcast failed: {}", rank, s.message());
+      return 1;
+    }
+    if (rank > 0) return RunFollower(config, trainer, *comm, metrics);
+  }
   CoordinatorOptions copts;
   copts.group_size = config.learner.group_size;
   copts.prompts_per_update = config.learner.prompts_per_update;
@@ -339,6 +454,7 @@ int Run(int argc, char** argv) {
 
   int exit_code = 0;
   int64_t last_eval_update = update;  // the base evaluation, or the resumed state
+  double best_reward = -std::numeric_limits<double>::infinity();
   int64_t last_checkpoint_update = update;
   auto last_update_time = std::chrono::steady_clock::now();
   while (!StopRequested() && update < config.learner.updates) {
@@ -351,10 +467,32 @@ int Run(int argc, char** argv) {
         coordinator.PopBatch(version, std::chrono::milliseconds(500));
     m_wait.Increment(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count());
-    if (!batch) continue;
-    absl::StatusOr<UpdateStats> stats = trainer.Update(*batch, version);
+    if (!batch) {
+      // Followers wait in a collective: tell them nothing is coming yet, so only a dead
+      // rank, never an idle one, runs into the collective timeout.
+      if (comm != nullptr) {
+        v1::RankShare tick;
+        tick.set_version(version);
+        if (absl::StatusOr<std::string> r =
+                comm->Scatter(std::vector<std::string>(world, tick.SerializeAsString()));
+            !r.ok()) {
+          spdlog::error("lost the other learner ranks: {}", r.status().message());
+          exit_code = 1;
+          break;
+        }
+      }
+      continue;
+    }
+    absl::StatusOr<UpdateStats> stats =
+        comm == nullptr ? trainer.Update(*batch, version)
+                        : TrainDistributed(trainer, *comm, *batch, version, update + 1);
     if (!stats.ok()) {
-      spdlog::error("update {} failed: {}", update + 1, stats.status().message());
+      const bool lost_rank = comm != nullptr && (absl::IsUnavailable(stats.status()) ||
+                                                 absl::IsDeadlineExceeded(stats.status()) ||
+                                                 absl::IsFailedPrecondition(stats.status()));
+      spdlog::error("update {} failed{}: {}", update + 1,
+                    lost_rank ? " because another learner rank died or stopped answering" : "",
+                    stats.status().message());
       exit_code = 1;
       break;
     }
@@ -386,6 +524,14 @@ int Run(int argc, char** argv) {
       progress.mean_reward = stats->mean_reward;
       progress.tokens_per_second = stats->trained_tokens / std::max(stats->seconds, 1e-9);
     }
+    if (comm != nullptr && config.learner.checksum_every > 0 &&
+        update % config.learner.checksum_every == 0) {
+      if (absl::Status s = trainer.CheckReplicas(comm.get(), update); !s.ok()) {
+        spdlog::error("{}", s.message());
+        exit_code = 1;
+        break;
+      }
+    }
     m_update.Set(static_cast<double>(update));
     m_version.Set(static_cast<double>(version));
     m_loss.Set(stats->loss);
@@ -405,7 +551,10 @@ int Run(int argc, char** argv) {
         stats->mean_abs_delta, stats->logprob_mismatch,
         stats->trained_tokens / std::max(stats->seconds, 1e-9),
         eval >= 0 ? absl::StrFormat(" eval %.1f%%", 100 * eval) : "");
-    if (stats->mixed_fraction < 0.1 && stats->mean_reward < -0.8) {
+    best_reward = std::max(best_reward, stats->mean_reward);
+    // A policy that had signal and lost it: sampled reward near the floor and almost no
+    // group with mixed rewards left to learn from (DESIGN.md: lr 1e-3 did this).
+    if (stats->mixed_fraction < 0.1 && stats->mean_reward < -0.8 && best_reward > -0.5) {
       spdlog::warn(
           "possible collapse: mean reward {:.2f} and only {:.0f}% of groups have mixed rewards; "
           "consider a lower learner.lr or a larger learner.tau",
@@ -415,6 +564,11 @@ int Run(int argc, char** argv) {
       checkpoint_now();
       last_checkpoint_update = update;
     }
+  }
+  if (comm != nullptr && exit_code == 0) {
+    v1::RankShare stop;
+    stop.set_stop(true);
+    (void)comm->Scatter(std::vector<std::string>(world, stop.SerializeAsString()));
   }
   if (exit_code == 0 && !StopRequested()) {
     if (last_eval_update != update) evaluate();

@@ -7,6 +7,7 @@
 // stream of our own created as a blocking stream, so it starts after the work already
 // queued on the legacy default stream (where LibTorch computes unless told otherwise);
 // every call waits for its work before returning, so no buffer outlives its use.
+#include <ATen/core/Tensor.h>
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
@@ -17,8 +18,6 @@
 #include <thread>
 #include <utility>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -33,13 +32,26 @@ using Clock = std::chrono::steady_clock;
 
 bool ToNcclType(at::ScalarType t, ncclDataType_t* out) {
   switch (t) {
-    case at::kFloat: *out = ncclFloat32; return true;
-    case at::kDouble: *out = ncclFloat64; return true;
-    case at::kHalf: *out = ncclFloat16; return true;
-    case at::kBFloat16: *out = ncclBfloat16; return true;
-    case at::kInt: *out = ncclInt32; return true;
-    case at::kLong: *out = ncclInt64; return true;
-    default: return false;
+    case at::kFloat:
+      *out = ncclFloat32;
+      return true;
+    case at::kDouble:
+      *out = ncclFloat64;
+      return true;
+    case at::kHalf:
+      *out = ncclFloat16;
+      return true;
+    case at::kBFloat16:
+      *out = ncclBfloat16;
+      return true;
+    case at::kInt:
+      *out = ncclInt32;
+      return true;
+    case at::kLong:
+      *out = ncclInt64;
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -157,8 +169,8 @@ class NcclCommunicator : public Communicator {
       } else if (!t.is_contiguous()) {
         problem = "is not contiguous";
       } else if (!ToNcclType(t.scalar_type(), &type)) {
-        problem = absl::StrCat("has unsupported dtype ",
-                               std::string(c10::toString(t.scalar_type())));
+        problem =
+            absl::StrCat("has unsupported dtype ", std::string(c10::toString(t.scalar_type())));
       } else if (average && !c10::isFloatingType(t.scalar_type())) {
         problem = "is not floating point, so it cannot be averaged";
       }
@@ -333,8 +345,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(const CommO
   if (!s.ok()) {
     if (comm != nullptr) ncclCommAbort(comm);
     if (absl::IsDeadlineExceeded(s)) {
-      s = absl::DeadlineExceededError(absl::StrCat("not every rank joined within ",
-                                                   options.timeout.count(), " ms"));
+      s = absl::DeadlineExceededError(
+          absl::StrCat("not every rank joined within ", options.timeout.count(), " ms"));
     }
     return Annotate(s, "NCCL rendezvous", options);
   }

@@ -113,8 +113,8 @@ class StoreServerImpl : public StoreServer {
     int rc = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), std::to_string(port).c_str(),
                            &hints, &res);
     if (rc != 0) {
-      return absl::UnavailableError(absl::StrCat("rendezvous store: cannot resolve '", address,
-                                                 "': ", ::gai_strerror(rc)));
+      return absl::UnavailableError(
+          absl::StrCat("rendezvous store: cannot resolve '", address, "': ", ::gai_strerror(rc)));
     }
     std::string last_error = "no address";
     for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
@@ -140,9 +140,8 @@ class StoreServerImpl : public StoreServer {
     sockaddr_storage bound{};
     socklen_t len = sizeof(bound);
     ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&bound), &len);
-    port_ = bound.ss_family == AF_INET6
-                ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
-                : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+    port_ = bound.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
+                                        : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
     if (::pipe2(wake_pipe_, O_CLOEXEC) != 0) {
       return absl::InternalError(absl::StrCat("rendezvous store: pipe: ", ErrnoText()));
     }
@@ -326,19 +325,17 @@ class StoreClientImpl : public StoreClient {
         if (out != nullptr) *out = std::move(reply_value);
         return absl::OkStatus();
       case kTimeout:
-        return absl::DeadlineExceededError(
-            absl::StrCat("rendezvous store at ", address_, ": timed out after ", timeout.count(),
-                         " ms waiting for key(s) '",
-                         op == kWait ? absl::StrReplaceAll(value, {{absl::string_view("\0", 1), "', '"}})
-                                     : key,
-                         "'"));
+        return absl::DeadlineExceededError(absl::StrCat(
+            "rendezvous store at ", address_, ": timed out after ", timeout.count(),
+            " ms waiting for key(s) '",
+            op == kWait ? absl::StrReplaceAll(value, {{absl::string_view("\0", 1), "', '"}}) : key,
+            "'"));
       case kStopped:
         // The server stops when rank 0 gives up (its own deadline passed) or exits.
-        return absl::DeadlineExceededError(
-            absl::StrCat("rendezvous store at ", address_, " shut down while waiting for key(s) '",
-                         op == kWait ? absl::StrReplaceAll(value, {{absl::string_view("\0", 1), "', '"}})
-                                     : key,
-                         "' (rank 0 gave up or exited)"));
+        return absl::DeadlineExceededError(absl::StrCat(
+            "rendezvous store at ", address_, " shut down while waiting for key(s) '",
+            op == kWait ? absl::StrReplaceAll(value, {{absl::string_view("\0", 1), "', '"}}) : key,
+            "' (rank 0 gave up or exited)"));
       default:
         return absl::InternalError(
             absl::StrCat("rendezvous store at ", address_, ": server rejected a request"));
@@ -358,14 +355,16 @@ absl::Status ParseHostPort(const std::string& address, std::string* host, int* p
   if (!address.empty() && address[0] == '[') {
     size_t close = address.find(']');
     if (close == std::string::npos || close + 1 >= address.size() || address[close + 1] != ':') {
-      return absl::InvalidArgumentError(absl::StrCat("bad address '", address, "': want [v6]:port"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad address '", address, "': want [v6]:port"));
     }
     *host = address.substr(1, close - 1);
     port_text = address.substr(close + 2);
   } else {
     size_t colon = address.rfind(':');
     if (colon == std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat("bad address '", address, "': want host:port"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad address '", address, "': want host:port"));
     }
     *host = address.substr(0, colon);
     port_text = address.substr(colon + 1);

@@ -178,14 +178,13 @@ absl::StatusOr<UpdateStats> Trainer::Update(const std::vector<v1::Group>& groups
   stats->mixed_fraction = batch.mixed_fraction;
   stats->equal_reward_groups = batch.equal_reward_groups;
   stats->staleness_mean = batch.staleness_mean;
-  stats->seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return stats;
 }
 
-absl::StatusOr<std::vector<v1::RankShare>> Trainer::PlanUpdate(
-    const std::vector<v1::Group>& groups, uint64_t version, int world_size,
-    UpdateStats* stats) const {
+absl::StatusOr<std::vector<v1::RankShare>> Trainer::PlanUpdate(const std::vector<v1::Group>& groups,
+                                                               uint64_t version, int world_size,
+                                                               UpdateStats* stats) const {
   const Impl& m = *impl_;
   if (groups.empty()) return absl::InvalidArgumentError("Update: empty rollout batch");
   if (world_size < 1) return absl::InvalidArgumentError("PlanUpdate: world_size < 1");
@@ -242,7 +241,9 @@ absl::StatusOr<std::vector<v1::RankShare>> Trainer::PlanUpdate(
     }
     std::vector<size_t> order(mb.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-    auto tokens = [&](size_t i) { return mb[i]->prompt_tokens_size() + mb[i]->response_tokens_size(); };
+    auto tokens = [&](size_t i) {
+      return mb[i]->prompt_tokens_size() + mb[i]->response_tokens_size();
+    };
     std::stable_sort(order.begin(), order.end(),
                      [&](size_t a, size_t b) { return tokens(a) > tokens(b); });
     std::vector<int64_t> load(world_size, 0);
@@ -467,6 +468,44 @@ std::shared_ptr<const WeightSnapshot> Trainer::Snapshot(uint64_t version) {
     snap->data.emplace_back(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
   }
   return snap;
+}
+
+absl::Status Trainer::BroadcastWeights(Communicator* comm) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> params;
+  for (auto& p : impl_->model->parameters()) params.push_back(p.data());
+  return comm->Broadcast(params, /*root=*/0);
+}
+
+absl::Status Trainer::CheckReplicas(Communicator* comm, int64_t update) {
+  // FNV-1a over the parameter bytes: any bit that differs shows.
+  uint64_t h = 1469598103934665603ULL;
+  for (auto& p : impl_->model->parameters()) {
+    torch::Tensor c = p.detach().contiguous().cpu();
+    const auto* bytes = static_cast<const unsigned char*>(c.data_ptr());
+    const size_t n = static_cast<size_t>(c.numel()) * c.element_size();
+    for (size_t i = 0; i < n; ++i) {
+      h ^= bytes[i];
+      h *= 1099511628211ULL;
+    }
+  }
+  // Halves of 32 bits are exact in a double, so a sum-all-reduce of one slot per rank
+  // hands every rank every hash.
+  const int world = comm->world_size(), rank = comm->rank();
+  torch::Tensor slots = torch::zeros({2 * world}, torch::kFloat64);
+  slots[2 * rank] = static_cast<double>(h >> 32);
+  slots[2 * rank + 1] = static_cast<double>(h & 0xffffffffULL);
+  std::vector<torch::Tensor> v = {slots};
+  if (absl::Status s = comm->AllReduce(v, /*average=*/false); !s.ok()) return s;
+  auto a = slots.accessor<double, 1>();
+  for (int r = 1; r < world; ++r) {
+    if (a[2 * r] != a[0] || a[2 * r + 1] != a[1]) {
+      return absl::DataLossError(absl::StrCat("learner rank ", r,
+                                              " holds weights that differ from rank 0 at update ",
+                                              update, ": the replicas diverged"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 const ModelConfig& Trainer::model_config() const { return impl_->model->config(); }

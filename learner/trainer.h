@@ -61,8 +61,8 @@ class Trainer {
   // batch across `world_size` ranks, balanced by token count. Fills the batch-level
   // statistics (reward, mixed fraction, staleness) of *stats.
   absl::StatusOr<std::vector<v1::RankShare>> PlanUpdate(const std::vector<v1::Group>& groups,
-                                                         uint64_t version, int world_size,
-                                                         UpdateStats* stats) const;
+                                                        uint64_t version, int world_size,
+                                                        UpdateStats* stats) const;
   // Every rank: trains on its share, one optimizer step per mini-batch. With `comm`, the
   // gradients are summed across ranks before each step (each rank's loss is already
   // normalised by the global mini-batch), so every rank takes the same step, and the
@@ -76,6 +76,13 @@ class Trainer {
                       int64_t pass_k = 0);
 
   std::shared_ptr<const WeightSnapshot> Snapshot(uint64_t version);
+
+  // Data parallel: rank 0's parameters to every rank (at start, so ranks begin equal).
+  absl::Status BroadcastWeights(Communicator* comm);
+  // Checks that every rank holds bit-identical parameters: a 64-bit hash of each rank's
+  // parameter bytes, exchanged by all-reduce. The error names the first rank that
+  // differs from rank 0 and the update.
+  absl::Status CheckReplicas(Communicator* comm, int64_t update);
   const ModelConfig& model_config() const;
 
   // Model directory (config.json + model.safetensors) plus optimizer.pt in `dir`.

@@ -57,6 +57,36 @@ TEST(ParseLocalArgsTest, RejectsPositionalAndMissingValue) {
   EXPECT_THAT(std::string(a.status().message()), HasSubstr("learner.updates"));
 }
 
+TEST(ParseLocalArgsTest, LearnersInBothForms) {
+  absl::StatusOr<LocalArgs> a = Parse({"--learners", "3", "--learner.updates=2"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->learners, 3);
+  // Not an override: the children must not see it.
+  EXPECT_THAT(a->overrides, ElementsAre("learner.updates=2"));
+
+  a = Parse({"--learners=2"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->learners, 2);
+  EXPECT_TRUE(a->overrides.empty());
+
+  a = Parse({});
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->learners, 0);  // not given: local.learners decides
+}
+
+TEST(ParseLocalArgsTest, RejectsBadLearners) {
+  for (std::vector<std::string> bad : {std::vector<std::string>{"--learners", "0"},
+                                       {"--learners=-1"},
+                                       {"--learners=x"},
+                                       {"--learners", "2x"},
+                                       {"--learners="},
+                                       {"--learners"}}) {
+    absl::StatusOr<LocalArgs> a = Parse(bad);
+    ASSERT_FALSE(a.ok()) << bad.back();
+    EXPECT_THAT(std::string(a.status().message()), HasSubstr("--learners")) << bad.back();
+  }
+}
+
 TEST(PickPortsTest, BasePortGivesConsecutivePorts) {
   absl::StatusOr<ClusterPorts> p = PickPorts(41000, 2, 3);
   ASSERT_TRUE(p.ok()) << p.status();
@@ -71,6 +101,48 @@ TEST(PickPortsTest, BasePortMustLeaveRoom) {
   absl::StatusOr<ClusterPorts> p = PickPorts(65530, 4, 4);
   ASSERT_FALSE(p.ok());
   EXPECT_THAT(std::string(p.status().message()), HasSubstr("local.base_port"));
+}
+
+TEST(PickPortsTest, OneLearnerHasNoRankPorts) {
+  absl::StatusOr<ClusterPorts> p = PickPorts(41000, 2, 3, 1);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->rendezvous, 0);
+  EXPECT_TRUE(p->learner_rank_metrics.empty());
+  EXPECT_THAT(p->actor_metrics, ElementsAre(41006, 41007, 41008));
+}
+
+TEST(PickPortsTest, ExtraRanksComeAfterTheOthers) {
+  absl::StatusOr<ClusterPorts> p = PickPorts(41000, 2, 3, 3);
+  ASSERT_TRUE(p.ok()) << p.status();
+  // The single-learner layout is unchanged...
+  EXPECT_EQ(p->learner, 41000);
+  EXPECT_EQ(p->learner_metrics, 41001);
+  EXPECT_THAT(p->verifier, ElementsAre(41002, 41004));
+  EXPECT_THAT(p->actor_metrics, ElementsAre(41006, 41007, 41008));
+  // ...and the store and the ranks' metrics follow it.
+  EXPECT_EQ(p->rendezvous, 41009);
+  EXPECT_THAT(p->learner_rank_metrics, ElementsAre(41010, 41011));
+
+  // The extra ports count against the room below 65535.
+  EXPECT_TRUE(PickPorts(65535 - 8, 2, 3, 1).ok());
+  absl::StatusOr<ClusterPorts> tight = PickPorts(65535 - 8, 2, 3, 2);
+  ASSERT_FALSE(tight.ok());
+  EXPECT_THAT(std::string(tight.status().message()), HasSubstr("local.base_port"));
+
+  EXPECT_FALSE(PickPorts(41000, 1, 1, 0).ok());
+}
+
+TEST(PickPortsTest, FreePortsWithRanksAreDistinct) {
+  absl::StatusOr<ClusterPorts> p = PickPorts(0, 1, 2, 4);
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_EQ(p->learner_rank_metrics.size(), 3u);
+  std::set<int> all = {p->learner, p->learner_metrics, p->rendezvous};
+  for (int v : p->verifier) all.insert(v);
+  for (int v : p->verifier_metrics) all.insert(v);
+  for (int v : p->actor_metrics) all.insert(v);
+  for (int v : p->learner_rank_metrics) all.insert(v);
+  EXPECT_EQ(all.size(), 3u + 2 + 2 + 3);
+  EXPECT_GT(*all.begin(), 0);
 }
 
 TEST(PickPortsTest, FreePortsAreDistinct) {
@@ -135,6 +207,75 @@ TEST(CommandTest, VerifierAndActorAddressTheCluster) {
   EXPECT_GE(IndexOf(a, "--actor.coordinator=127.0.0.1:42000"), 0);
   EXPECT_GE(IndexOf(a, "--actor.verifiers=127.0.0.1:42002,127.0.0.1:42004"), 0);
   EXPECT_GE(IndexOf(a, "--actor.metrics_port=42007"), 0);
+}
+
+TEST(CommandTest, SingleLearnerGetsNoRankFlags) {
+  ClusterPlan plan = SamplePlan();
+  ASSERT_EQ(plan.learners, 1);
+  for (const std::string& a : LearnerCommand(plan)) {
+    EXPECT_FALSE(a.rfind("--learner.rank", 0) == 0) << a;
+    EXPECT_FALSE(a.rfind("--learner.world_size", 0) == 0) << a;
+    EXPECT_FALSE(a.rfind("--learner.rendezvous", 0) == 0) << a;
+  }
+  EXPECT_EQ(LearnerRankCommand(plan, 0), LearnerCommand(plan));
+}
+
+ClusterPlan ThreeRankPlan() {
+  ClusterPlan plan = SamplePlan();
+  plan.learners = 3;
+  plan.overrides.push_back("learner.metrics_port=7");
+  plan.overrides.push_back("learner.rank=9");
+  plan.ports = *PickPorts(42000, 2, 2, 3);  // rendezvous 42008, ranks' metrics 42009, 42010
+  return plan;
+}
+
+TEST(CommandTest, RankZeroServesAndJoinsTheRendezvous) {
+  ClusterPlan plan = ThreeRankPlan();
+  std::vector<std::string> argv = LearnerCommand(plan);
+  EXPECT_EQ(argv[0], "/b/pmdrl-learner");
+  int user_rank = IndexOf(argv, "--learner.rank=9");
+  int rank = IndexOf(argv, "--learner.rank=0");
+  ASSERT_GE(user_rank, 0);
+  ASSERT_GT(rank, user_rank);
+  EXPECT_GT(IndexOf(argv, "--learner.listen=127.0.0.1:42000"),
+            IndexOf(argv, "--learner.listen=0.0.0.0:1"));
+  EXPECT_GE(IndexOf(argv, "--learner.metrics_port=42001"), 0);
+  EXPECT_GT(IndexOf(argv, "--learner.world_size=3"), user_rank);
+  EXPECT_GT(IndexOf(argv, "--learner.rendezvous=127.0.0.1:42008"), user_rank);
+  EXPECT_EQ(LearnerRankCommand(plan, 0), argv);
+  plan.resume = true;
+  EXPECT_EQ(LearnerCommand(plan).back(), "--learner.resume=auto");
+}
+
+TEST(CommandTest, OtherRanksOnlyJoinTheCollectives) {
+  ClusterPlan plan = ThreeRankPlan();
+  for (int r : {1, 2}) {
+    std::vector<std::string> argv = LearnerRankCommand(plan, r);
+    ASSERT_GE(argv.size(), 3u);
+    EXPECT_EQ(argv[0], "/b/pmdrl-learner");
+    EXPECT_EQ(argv[1], "--config");
+    EXPECT_GE(IndexOf(argv, "--run.token_file=/r/token"), 0);
+    EXPECT_GE(IndexOf(argv, "--learner.updates=5"), 0);
+
+    // The user's overrides come first, the launcher's per-rank flags last.
+    int last_user = IndexOf(argv, "--learner.rank=9");
+    ASSERT_GE(last_user, 0);
+    EXPECT_LT(IndexOf(argv, "--learner.listen=0.0.0.0:1"), last_user);
+    EXPECT_LT(IndexOf(argv, "--learner.metrics_port=7"), last_user);
+    std::vector<std::string> ours = {
+        "--learner.rank=" + std::to_string(r), "--learner.world_size=3",
+        "--learner.rendezvous=127.0.0.1:42008", "--learner.listen=127.0.0.1:0",
+        "--learner.metrics_port=" + std::to_string(42008 + r)};
+    for (const std::string& flag : ours) {
+      EXPECT_GT(IndexOf(argv, flag), last_user) << flag;
+    }
+    EXPECT_EQ(std::vector<std::string>(argv.end() - ours.size(), argv.end()), ours);
+    // Not rank 0's serving address.
+    EXPECT_EQ(IndexOf(argv, "--learner.listen=127.0.0.1:42000"), -1);
+    EXPECT_EQ(IndexOf(argv, "--learner.metrics_port=42001"), -1);
+  }
+  plan.resume = true;
+  EXPECT_EQ(LearnerRankCommand(plan, 2).back(), "--learner.resume=auto");
 }
 
 TEST(CommandTest, NoConfigFileMeansNoConfigFlag) {

@@ -34,11 +34,11 @@ int FreePort() {
 }
 
 Config TinyConfig() {
-  absl::StatusOr<Config> c = LoadConfig(
-      "", {"model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
-           "model.num_heads=4", "model.num_kv_heads=2", "model.max_position=32",
-           "learner.mini_batches=2", "learner.lr=0.001", "learner.warmup_steps=0",
-           "learner.grad_clip=1.0", "learner.tau=0.5", "task.digits=2"});
+  absl::StatusOr<Config> c =
+      LoadConfig("", {"model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
+                      "model.num_heads=4", "model.num_kv_heads=2", "model.max_position=32",
+                      "learner.mini_batches=2", "learner.lr=0.001", "learner.warmup_steps=0",
+                      "learner.grad_clip=1.0", "learner.tau=0.5", "task.digits=2"});
   EXPECT_TRUE(c.ok()) << c.status();
   return *c;
 }
@@ -125,9 +125,8 @@ TEST(DataParallel, TwoRanksMatchOneRankAndEachOther) {
   double worst = 0;
   for (size_t t = 0; t < a->data.size(); ++t) {
     ASSERT_EQ(b0->data[t].size(), b1->data[t].size());
-    EXPECT_EQ(std::memcmp(b0->data[t].data(), b1->data[t].data(),
-                          b0->data[t].size() * sizeof(float)),
-              0)
+    EXPECT_EQ(
+        std::memcmp(b0->data[t].data(), b1->data[t].data(), b0->data[t].size() * sizeof(float)), 0)
         << "ranks diverged in " << a->names[t];
     double diff = 0, norm = 0;
     for (size_t i = 0; i < a->data[t].size(); ++i) {

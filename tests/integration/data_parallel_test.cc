@@ -1,0 +1,96 @@
+// Data-parallel learner ranks as real processes (Gloo over loopback), started by
+// `pmdrl local --learners N`: a 2-rank run trains and checks its replicas, a dead rank
+// stops the others within the collective timeout, and a run resumes with another number
+// of ranks.
+#include <gtest/gtest.h>
+
+#include "tests/integration/cluster_util.h"
+
+namespace pmdrl {
+namespace {
+
+using namespace testing_util;
+using std::chrono::seconds;
+
+struct DpRun {
+  fs::path dir, config, run;
+};
+
+DpRun MakeRun(const std::string& name) {
+  DpRun r;
+  r.dir = FreshDir(name);
+  r.config = r.dir / "config.yaml";
+  r.run = r.dir / "run";
+  std::ofstream(r.config) << TestConfig(r.run);
+  return r;
+}
+
+std::vector<std::string> Local(const DpRun& r, std::vector<std::string> extra) {
+  std::vector<std::string> a = {Bin("cli/pmdrl"), "local", "--config", r.config.string()};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+TEST(DataParallelCluster, TwoRanksTrainAndAgree) {
+  DpRun r = MakeRun("dp2");
+  Child local(Local(r, {"--learners", "2", "--learner.updates=8", "--learner.checksum_every=2"}),
+              (r.dir / "local.log").string());
+  std::optional<int> rc = local.Wait(seconds(420));
+  std::string out = ReadAll(r.dir / "local.log");
+  ASSERT_TRUE(rc.has_value()) << out;
+  ASSERT_EQ(*rc, 0) << out << ReadAll(r.run / "logs" / "learner-1.log");
+  auto rows = ReadCsv(r.run / "metrics.csv");
+  EXPECT_EQ(rows.back().at("update"), "8");
+  // Rank 1 trained every update and stopped when rank 0 said so.
+  std::string rank1 = ReadAll(r.run / "logs" / "learner-1.log");
+  EXPECT_NE(rank1.find("rank 0 says training is over"), std::string::npos) << rank1;
+  std::string prom = ReadAll(r.run / "metrics" / "learner-1.prom");
+  EXPECT_EQ(MetricValue(prom, "pmdrl_learner_update"), 8) << prom;
+  EXPECT_EQ(ReadAll(r.run / "logs" / "learner.log").find("diverged"), std::string::npos);
+}
+
+TEST(DataParallelCluster, DeadRankStopsTheOthers) {
+  DpRun r = MakeRun("dpdead");
+  Child local(Local(r, {"--learners", "2", "--learner.updates=100000",
+                        "--learner.collective_timeout_seconds=5"}),
+              (r.dir / "local.log").string());
+  ASSERT_TRUE(WaitFor([&] { return ReadCsv(r.run / "metrics.csv").size() >= 3; }, seconds(240)))
+      << ReadAll(r.dir / "local.log");
+  auto cluster = nlohmann::json::parse(ReadAll(r.run / "cluster.json"));
+  ASSERT_EQ(cluster["learners"].size(), 2u);
+  pid_t rank1 = cluster["learners"][1]["pid"].get<pid_t>();
+  ASSERT_EQ(kill(rank1, SIGKILL), 0);
+  auto killed = std::chrono::steady_clock::now();
+  std::optional<int> rc = local.Wait(seconds(120));
+  ASSERT_TRUE(rc.has_value()) << "the cluster hung after a learner rank died";
+  EXPECT_NE(*rc, 0);
+  double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  EXPECT_LT(took, 60) << "bounded by the 5 s collective timeout plus shutdown";
+  std::string log = ReadAll(r.run / "logs" / "learner.log");
+  EXPECT_NE(log.find("another learner rank died"), std::string::npos) << log;
+}
+
+TEST(DataParallelCluster, ResumesWithAnotherWorldSize) {
+  DpRun r = MakeRun("dpresume");
+  {
+    Child one(Local(r, {"--learner.updates=4"}), (r.dir / "one.log").string());
+    std::optional<int> rc = one.Wait(seconds(300));
+    ASSERT_TRUE(rc.has_value());
+    ASSERT_EQ(*rc, 0) << ReadAll(r.dir / "one.log");
+  }
+  auto before = ReadCsv(r.run / "metrics.csv");
+  ASSERT_EQ(before.back().at("update"), "4");
+  Child two(Local(r, {"--learners", "2", "--learner.updates=8", "--resume"}),
+            (r.dir / "two.log").string());
+  std::optional<int> rc = two.Wait(seconds(300));
+  ASSERT_TRUE(rc.has_value());
+  ASSERT_EQ(*rc, 0) << ReadAll(r.dir / "two.log");
+  auto rows = ReadCsv(r.run / "metrics.csv");
+  ASSERT_GT(rows.size(), before.size());
+  EXPECT_EQ(rows[before.size()].at("update"), "5");
+  EXPECT_EQ(rows[before.size()].at("version"), "5");
+  EXPECT_EQ(rows.back().at("update"), "8");
+}
+
+}  // namespace
+}  // namespace pmdrl
