@@ -152,3 +152,52 @@ TEST(DataParallel, TwoRanksMatchOneRankAndEachOther) {
 
 }  // namespace
 }  // namespace pmdrl
+
+namespace pmdrl {
+namespace {
+
+// Replicas that differ are caught, and the error names the rank and the update.
+TEST(DataParallel, DivergedReplicasAreReported) {
+  Config config = TinyConfig();
+  config.run.seed = 1;
+  Config other = config;
+  other.run.seed = 2;  // a different random init: the replicas differ from the start
+  CharTokenizer tok;
+  auto t0 = Trainer::Create(config, tok, "");
+  auto t1 = Trainer::Create(other, tok, "");
+  ASSERT_TRUE(t0.ok() && t1.ok());
+  CommOptions o0;
+  o0.world_size = 2;
+  o0.store_address = "127.0.0.1:" + std::to_string(FreePort());
+  o0.timeout = std::chrono::milliseconds(30000);
+  CommOptions o1 = o0;
+  o1.rank = 1;
+  absl::StatusOr<std::unique_ptr<Communicator>> c0, c1;
+  std::thread th([&] { c1 = CreateCommunicator(o1); });
+  c0 = CreateCommunicator(o0);
+  th.join();
+  ASSERT_TRUE(c0.ok() && c1.ok());
+
+  absl::Status s0, s1;
+  std::thread r1([&] { s1 = (*t1)->CheckReplicas(c1->get(), 7); });
+  s0 = (*t0)->CheckReplicas(c0->get(), 7);
+  r1.join();
+  ASSERT_FALSE(s0.ok());
+  EXPECT_NE(std::string(s0.message()).find("rank 1"), std::string::npos) << s0;
+  EXPECT_NE(std::string(s0.message()).find("update 7"), std::string::npos) << s0;
+  EXPECT_FALSE(s1.ok());
+
+  // After a broadcast from rank 0 they agree.
+  std::thread b1([&] { s1 = (*t1)->BroadcastWeights(c1->get()); });
+  s0 = (*t0)->BroadcastWeights(c0->get());
+  b1.join();
+  ASSERT_TRUE(s0.ok() && s1.ok());
+  std::thread r2([&] { s1 = (*t1)->CheckReplicas(c1->get(), 8); });
+  s0 = (*t0)->CheckReplicas(c0->get(), 8);
+  r2.join();
+  EXPECT_TRUE(s0.ok()) << s0;
+  EXPECT_TRUE(s1.ok()) << s1;
+}
+
+}  // namespace
+}  // namespace pmdrl
