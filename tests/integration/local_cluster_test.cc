@@ -162,7 +162,7 @@ TEST(LocalCluster, SigkillActorTrainingGoesOn) {
   // going whenever the actor is caught, however fast this machine is.
   Child local(LocalArgs(r, {"--learner.updates=1000000", "--learner.max_seconds=45",
                             "--learner.lease_ttl_seconds=2", "--learner.max_staleness=0",
-                            "--actor.prompts_per_batch=16"}),
+                            "--learner.checkpoint_every=0", "--actor.prompts_per_batch=16"}),
               (r.dir / "local.log").string());
   fs::path run = r.dir / "run";
   ASSERT_TRUE(WaitFor([&] { return ReadCsv(run / "metrics.csv").size() >= 2; }, seconds(240)))
