@@ -66,7 +66,6 @@ int main(int argc, char** argv) {
       return 1;
     }
     metrics_server = *std::move(server);
-    spdlog::info("metrics on http://127.0.0.1:{}/metrics", metrics_server->Port());
   }
 
   pmdrl::ActorOptions options;
