@@ -100,15 +100,18 @@ int Run(int argc, char** argv) {
     auto prompts = next_prompts(prompts_n);
     auto out = sampler.Generate(model, prompts, k, params_s);
     for (size_t i = 0; i < out.size(); ++i) {
+      // The sampler runs a prompt once and copies its cache to the k rows.
+      ctx_tokens += static_cast<int64_t>(prompts[i].size());
       for (const Sample& s : out[i]) {
         gen_tokens += static_cast<int64_t>(s.tokens.size());
-        ctx_tokens += static_cast<int64_t>(prompts[i].size() + s.tokens.size());
+        ctx_tokens += static_cast<int64_t>(s.tokens.size());
       }
     }
   }
   double gen_s = Seconds(start);
   double gen_tps = gen_tokens / gen_s;
-  // ~2 FLOP per parameter per token processed (prompt prefill + decode).
+  // ~2 FLOP per parameter per token through the model (prefill once per prompt, then
+  // one decode step per sampled token); attention over the short context is ignored.
   double gen_flops = 2.0 * params * ctx_tokens / gen_s;
   std::printf("actor generation:   %10.0f sampled tokens/s  (%6.2f GFLOP/s = %5.1f%% of matmul)\n",
               gen_tps, gen_flops / 1e9, 100 * gen_flops / matmul);
