@@ -1,8 +1,6 @@
 // pmdrl-learner: learner rank 0. Serves the Coordinator and Learner services, trains
 // the policy with PMD-mean on the rollout batches the verifiers forward, publishes every
 // new version to the actors, evaluates, checkpoints, and writes <run.dir>/metrics.csv.
-#include <signal.h>
-
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -97,35 +95,6 @@ class MetricsCsv {
  private:
   std::ofstream out_;
 };
-
-// Rank 0's half of a data-parallel update: plan the shares, hand each rank its own,
-// train on rank 0's share.
-absl::StatusOr<UpdateStats> TrainDistributed(Trainer& trainer, Communicator& comm,
-                                             const std::vector<v1::Group>& batch, uint64_t version,
-                                             int64_t update) {
-  auto start = std::chrono::steady_clock::now();
-  UpdateStats plan;
-  absl::StatusOr<std::vector<v1::RankShare>> shares =
-      trainer.PlanUpdate(batch, version, comm.world_size(), &plan);
-  if (!shares.ok()) return shares.status();
-  std::vector<std::string> payloads;
-  for (v1::RankShare& s : *shares) {
-    s.set_update(static_cast<uint64_t>(update));
-    payloads.push_back(s.SerializeAsString());
-  }
-  absl::StatusOr<std::string> own = comm.Scatter(payloads);
-  if (!own.ok()) return own.status();
-  absl::StatusOr<UpdateStats> stats = trainer.TrainShare((*shares)[0], &comm);
-  if (!stats.ok()) return stats.status();
-  stats->mean_reward = plan.mean_reward;
-  stats->mixed_fraction = plan.mixed_fraction;
-  stats->equal_reward_groups = plan.equal_reward_groups;
-  stats->staleness_mean = plan.staleness_mean;
-  stats->completions = plan.completions;
-  stats->response_tokens = plan.response_tokens;
-  stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return stats;
-}
 
 // Ranks >= 1: train on the shares rank 0 hands out until it says stop. A rank 0 that
 // dies shows as a failed collective after learner.collective_timeout_seconds at most.
@@ -483,9 +452,7 @@ int Run(int argc, char** argv) {
       }
       continue;
     }
-    absl::StatusOr<UpdateStats> stats =
-        comm == nullptr ? trainer.Update(*batch, version)
-                        : TrainDistributed(trainer, *comm, *batch, version, update + 1);
+    absl::StatusOr<UpdateStats> stats = trainer.Update(*batch, version, comm.get());
     if (!stats.ok()) {
       const bool lost_rank = comm != nullptr && (absl::IsUnavailable(stats.status()) ||
                                                  absl::IsDeadlineExceeded(stats.status()) ||

@@ -166,18 +166,30 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config,
   return std::unique_ptr<Trainer>(new Trainer(std::move(impl)));
 }
 
-absl::StatusOr<UpdateStats> Trainer::Update(const std::vector<v1::Group>& groups,
-                                            uint64_t version) {
+absl::StatusOr<UpdateStats> Trainer::Update(const std::vector<v1::Group>& groups, uint64_t version,
+                                            Communicator* comm) {
   auto start = std::chrono::steady_clock::now();
   UpdateStats batch;
-  absl::StatusOr<std::vector<v1::RankShare>> shares = PlanUpdate(groups, version, 1, &batch);
+  absl::StatusOr<std::vector<v1::RankShare>> shares =
+      PlanUpdate(groups, version, comm == nullptr ? 1 : comm->world_size(), &batch);
   if (!shares.ok()) return shares.status();
-  absl::StatusOr<UpdateStats> stats = TrainShare((*shares)[0], nullptr);
+  if (comm != nullptr) {
+    std::vector<std::string> payloads;
+    for (v1::RankShare& s : *shares) {
+      s.set_update(version + 1);
+      payloads.push_back(s.SerializeAsString());
+    }
+    absl::StatusOr<std::string> own = comm->Scatter(payloads);
+    if (!own.ok()) return own.status();
+  }
+  absl::StatusOr<UpdateStats> stats = TrainShare((*shares)[0], comm);
   if (!stats.ok()) return stats.status();
   stats->mean_reward = batch.mean_reward;
   stats->mixed_fraction = batch.mixed_fraction;
   stats->equal_reward_groups = batch.equal_reward_groups;
   stats->staleness_mean = batch.staleness_mean;
+  stats->completions = batch.completions;
+  stats->response_tokens = batch.response_tokens;
   stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return stats;
 }

@@ -54,8 +54,11 @@ class Trainer {
                                                          const std::string& model_dir);
   ~Trainer();
 
-  // One policy update on one rank: PlanUpdate for a world of 1, then TrainShare.
-  absl::StatusOr<UpdateStats> Update(const std::vector<v1::Group>& groups, uint64_t version);
+  // One policy update, producing version + 1. Without `comm`: PlanUpdate for a world of
+  // 1, then TrainShare. With `comm` (rank 0 of a data-parallel group): plans a share per
+  // rank, scatters them (the other ranks call TrainShare on theirs), trains on its own.
+  absl::StatusOr<UpdateStats> Update(const std::vector<v1::Group>& groups, uint64_t version,
+                                     Communicator* comm = nullptr);
 
   // Data parallel, rank 0: computes advantages and splits every mini-batch of the rollout
   // batch across `world_size` ranks, balanced by token count. Fills the batch-level

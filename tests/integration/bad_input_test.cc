@@ -10,6 +10,7 @@
 #include "common/auth.h"
 #include "common/rpc.h"
 #include "pmdrl/pmdrl.grpc.pb.h"
+#include "tests/free_port.h"
 #include "tests/integration/cluster_util.h"
 
 namespace pmdrl {
@@ -43,20 +44,6 @@ TEST(BadConfig, UnknownKeyAndBadValueNameTheKey) {
     EXPECT_NE(rc, 0) << bin;
     EXPECT_NE(out.find("actor.top_p"), std::string::npos) << bin << ": " << out;
   }
-}
-
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  int port = ntohs(a.sin_port);
-  close(fd);
-  return port;
 }
 
 class HostileRpc : public ::testing::Test {

@@ -1,7 +1,6 @@
 // Communicator (Gloo backend) and its rendezvous store, with every rank a thread of this
 // process talking over loopback.
-#include "learner/communicator.h"
-
+#include <ATen/ATen.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -15,33 +14,19 @@
 #include <thread>
 #include <vector>
 
-#include <ATen/ATen.h>
-
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "learner/communicator.h"
 #include "learner/communicator_internal.h"
 #include "learner/rendezvous_store.h"
+#include "tests/free_port.h"
 
 namespace pmdrl {
 namespace {
 
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
-
-// A port nobody listens on right now (the kernel's pick for an ephemeral bind).
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
 
 CommOptions BaseOptions(int world_size) {
   CommOptions o;
@@ -110,7 +95,8 @@ TEST_P(CommunicatorWorldTest, AllReduceSumsAndAveragesAcrossBuckets) {
   base.bucket_bytes = 128;  // several buckets per dtype, some fusing several tensors
   std::vector<comm_internal::Bucket> plan = comm_internal::PlanBuckets(MakeTensors(0), 128);
   ASSERT_GT(plan.size(), 3u);
-  ASSERT_TRUE(std::any_of(plan.begin(), plan.end(), [](const auto& b) { return b.indices.size() > 1; }));
+  ASSERT_TRUE(
+      std::any_of(plan.begin(), plan.end(), [](const auto& b) { return b.indices.size() > 1; }));
 
   RunRanks(base, [&](int r, Communicator& comm) {
     std::vector<at::Tensor> sum = MakeTensors(r);
@@ -119,7 +105,8 @@ TEST_P(CommunicatorWorldTest, AllReduceSumsAndAveragesAcrossBuckets) {
     ASSERT_TRUE(comm.AllReduce(avg, /*average=*/true).ok());
     for (size_t i = 0; i < sum.size(); ++i) {
       EXPECT_TRUE(at::equal(sum[i], expected_sum[i])) << "rank " << r << " tensor " << i;
-      EXPECT_TRUE(at::equal(avg[i], DivideEach(expected_sum[i], world))) << "rank " << r << " tensor " << i;
+      EXPECT_TRUE(at::equal(avg[i], DivideEach(expected_sum[i], world)))
+          << "rank " << r << " tensor " << i;
       EXPECT_EQ(sum[i].sizes(), expected_sum[i].sizes());
     }
     std::vector<at::Tensor> ints = {at::arange(10, at::kLong) * (r + 1),
@@ -272,12 +259,12 @@ TEST(CommunicatorTest, NcclWithoutGpuIsAFailedPrecondition) {
 }
 
 TEST(BucketPlanTest, GroupsByDtypeAndRespectsTheBound) {
-  std::vector<at::Tensor> t = {at::zeros({4}),                 // f32 16 B
-                               at::zeros({2}, at::kDouble),    // f64 16 B
-                               at::zeros({3}),                 // f32 12 B
-                               at::zeros({100}),               // f32 400 B: alone
-                               at::zeros({0}),                 // empty: left out
-                               at::zeros({2}, at::kDouble)};   // f64 16 B
+  std::vector<at::Tensor> t = {at::zeros({4}),                // f32 16 B
+                               at::zeros({2}, at::kDouble),   // f64 16 B
+                               at::zeros({3}),                // f32 12 B
+                               at::zeros({100}),              // f32 400 B: alone
+                               at::zeros({0}),                // empty: left out
+                               at::zeros({2}, at::kDouble)};  // f64 16 B
   std::vector<comm_internal::Bucket> plan = comm_internal::PlanBuckets(t, 32);
   ASSERT_EQ(plan.size(), 3u);
   EXPECT_EQ(plan[0].dtype, at::kFloat);

@@ -17,21 +17,10 @@
 #include "common/config.h"
 #include "learner/communicator.h"
 #include "learner/trainer.h"
+#include "tests/free_port.h"
 
 namespace pmdrl {
 namespace {
-
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
 
 Config TinyConfig() {
   absl::StatusOr<Config> c =
@@ -41,6 +30,25 @@ Config TinyConfig() {
                       "learner.grad_clip=1.0", "learner.tau=0.5", "task.digits=2"});
   EXPECT_TRUE(c.ok()) << c.status();
   return *c;
+}
+
+// Two Gloo ranks over loopback, one created on a helper thread (rendezvous needs both).
+void ConnectPair(std::unique_ptr<Communicator>* c0, std::unique_ptr<Communicator>* c1) {
+  CommOptions o0;
+  o0.world_size = 2;
+  o0.store_address = "127.0.0.1:" + std::to_string(FreePort());
+  o0.bucket_bytes = 16 << 10;  // several buckets
+  o0.timeout = std::chrono::milliseconds(30000);
+  CommOptions o1 = o0;
+  o1.rank = 1;
+  absl::StatusOr<std::unique_ptr<Communicator>> r0, r1;
+  std::thread t1([&] { r1 = CreateCommunicator(o1); });
+  r0 = CreateCommunicator(o0);
+  t1.join();
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  *c0 = *std::move(r0);
+  *c1 = *std::move(r1);
 }
 
 // Rollout batches of 6 groups x 4 completions with varied response lengths and rewards.
@@ -85,19 +93,9 @@ TEST(DataParallel, TwoRanksMatchOneRankAndEachOther) {
   auto rank1 = Trainer::Create(config, tok, base);
   ASSERT_TRUE(single.ok() && rank0.ok() && rank1.ok());
 
-  CommOptions o0;
-  o0.world_size = 2;
-  o0.store_address = "127.0.0.1:" + std::to_string(FreePort());
-  o0.bucket_bytes = 16 << 10;  // several buckets
-  o0.timeout = std::chrono::milliseconds(30000);
-  CommOptions o1 = o0;
-  o1.rank = 1;
-  absl::StatusOr<std::unique_ptr<Communicator>> c0, c1;
-  std::thread t1([&] { c1 = CreateCommunicator(o1); });
-  c0 = CreateCommunicator(o0);
-  t1.join();
-  ASSERT_TRUE(c0.ok()) << c0.status();
-  ASSERT_TRUE(c1.ok()) << c1.status();
+  std::unique_ptr<Communicator> c0, c1;
+  ConnectPair(&c0, &c1);
+  ASSERT_TRUE(c0 && c1);
 
   auto batches = MakeBatches(3, tok);
   for (size_t u = 0; u < batches.size(); ++u) {
@@ -112,8 +110,8 @@ TEST(DataParallel, TwoRanksMatchOneRankAndEachOther) {
       EXPECT_GT(s.mini_batches(0).rows_size(), 0);
     }
     absl::StatusOr<UpdateStats> s0, s1;
-    std::thread r1([&] { s1 = (*rank1)->TrainShare((*shares)[1], c1->get()); });
-    s0 = (*rank0)->TrainShare((*shares)[0], c0->get());
+    std::thread r1([&] { s1 = (*rank1)->TrainShare((*shares)[1], c1.get()); });
+    s0 = (*rank0)->TrainShare((*shares)[0], c0.get());
     r1.join();
     ASSERT_TRUE(s0.ok()) << s0.status();
     ASSERT_TRUE(s1.ok()) << s1.status();
@@ -166,21 +164,13 @@ TEST(DataParallel, DivergedReplicasAreReported) {
   auto t0 = Trainer::Create(config, tok, "");
   auto t1 = Trainer::Create(other, tok, "");
   ASSERT_TRUE(t0.ok() && t1.ok());
-  CommOptions o0;
-  o0.world_size = 2;
-  o0.store_address = "127.0.0.1:" + std::to_string(FreePort());
-  o0.timeout = std::chrono::milliseconds(30000);
-  CommOptions o1 = o0;
-  o1.rank = 1;
-  absl::StatusOr<std::unique_ptr<Communicator>> c0, c1;
-  std::thread th([&] { c1 = CreateCommunicator(o1); });
-  c0 = CreateCommunicator(o0);
-  th.join();
-  ASSERT_TRUE(c0.ok() && c1.ok());
+  std::unique_ptr<Communicator> c0, c1;
+  ConnectPair(&c0, &c1);
+  ASSERT_TRUE(c0 && c1);
 
   absl::Status s0, s1;
-  std::thread r1([&] { s1 = (*t1)->CheckReplicas(c1->get(), 7); });
-  s0 = (*t0)->CheckReplicas(c0->get(), 7);
+  std::thread r1([&] { s1 = (*t1)->CheckReplicas(c1.get(), 7); });
+  s0 = (*t0)->CheckReplicas(c0.get(), 7);
   r1.join();
   ASSERT_FALSE(s0.ok());
   EXPECT_NE(std::string(s0.message()).find("rank 1"), std::string::npos) << s0;
@@ -188,12 +178,12 @@ TEST(DataParallel, DivergedReplicasAreReported) {
   EXPECT_FALSE(s1.ok());
 
   // After a broadcast from rank 0 they agree.
-  std::thread b1([&] { s1 = (*t1)->BroadcastWeights(c1->get()); });
-  s0 = (*t0)->BroadcastWeights(c0->get());
+  std::thread b1([&] { s1 = (*t1)->BroadcastWeights(c1.get()); });
+  s0 = (*t0)->BroadcastWeights(c0.get());
   b1.join();
   ASSERT_TRUE(s0.ok() && s1.ok());
-  std::thread r2([&] { s1 = (*t1)->CheckReplicas(c1->get(), 8); });
-  s0 = (*t0)->CheckReplicas(c0->get(), 8);
+  std::thread r2([&] { s1 = (*t1)->CheckReplicas(c1.get(), 8); });
+  s0 = (*t0)->CheckReplicas(c0.get(), 8);
   r2.join();
   EXPECT_TRUE(s0.ok()) << s0;
   EXPECT_TRUE(s1.ok()) << s1;
