@@ -9,21 +9,18 @@
 //
 //   build/bench/allreduce_bench [--params N] [--large_mib M] [--bucket_mib B] [--seconds S]
 #include <ATen/ATen.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "learner/communicator.h"
+#include "tests/free_port.h"
 
 namespace pmdrl {
 namespace {
@@ -36,18 +33,6 @@ struct Flags {
   int64_t bucket_mib = 25;
   double seconds = 2.0;
 };
-
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
 
 // Splits n parameters into tensors shaped roughly like a small transformer's: a few
 // big matrices and many small vectors (biases, norms).

@@ -234,8 +234,15 @@ const std::vector<Field>& Fields() {
     f.push_back(Make("learner.rendezvous",
                      "host:port of the store rank 0 serves for the collectives", &C::learner,
                      &LearnerConfig::rendezvous));
-    f.push_back(Make("learner.backend", "collectives: gloo (CPU tensors) | nccl (CUDA tensors)",
-                     &C::learner, &LearnerConfig::backend));
+    f.push_back(Make("learner.device",
+                     "where the learner trains: cpu | cuda (GPU rank % visible GPUs) | cuda:N",
+                     &C::learner, &LearnerConfig::device));
+    f.push_back(Make("learner.backend",
+                     "collectives: auto (gloo on cpu, nccl on cuda) | gloo | nccl", &C::learner,
+                     &LearnerConfig::backend));
+    f.push_back(Make("learner.overlap_allreduce",
+                     "all-reduce gradient buckets while the backward pass still runs", &C::learner,
+                     &LearnerConfig::overlap_allreduce));
     f.push_back(Make("learner.bucket_mb", "all-reduce bucket size in MiB", &C::learner,
                      &LearnerConfig::bucket_mb));
     f.push_back(Make("learner.collective_timeout_seconds",
@@ -469,7 +476,14 @@ absl::Status ValidateConfig(const Config& c) {
             "in 1..64"),
       Check(c.learner.rank >= 0 && c.learner.rank < c.learner.world_size, "learner.rank",
             "in 0..learner.world_size-1"),
-      OneOf("learner.backend", c.learner.backend, {"gloo", "nccl"}),
+      OneOf("learner.backend", c.learner.backend, {"auto", "gloo", "nccl"}),
+      Check(c.learner.device == "cpu" || c.learner.device == "cuda" ||
+                (c.learner.device.rfind("cuda:", 0) == 0 && c.learner.device.size() > 5 &&
+                 c.learner.device.find_first_not_of("0123456789", 5) == std::string::npos),
+            "learner.device", "cpu, cuda or cuda:N"),
+      Check(!(c.learner.backend == "gloo" && c.learner.device != "cpu") &&
+                !(c.learner.backend == "nccl" && c.learner.device == "cpu"),
+            "learner.backend", "gloo with learner.device cpu, nccl with cuda (or auto)"),
       Check(c.learner.bucket_mb > 0, "learner.bucket_mb", "> 0"),
       Check(c.learner.collective_timeout_seconds > 0, "learner.collective_timeout_seconds", "> 0"),
       Check(c.learner.checksum_every >= 0, "learner.checksum_every", ">= 0"),

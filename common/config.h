@@ -107,7 +107,9 @@ struct LearnerConfig {
   int64_t rank = 0;
   int64_t world_size = 1;
   std::string rendezvous = "127.0.0.1:29500";  // store served by rank 0 for the collectives
-  std::string backend = "gloo";                // gloo (CPU) | nccl (CUDA)
+  std::string device = "cpu";                  // cpu | cuda (GPU rank % visible GPUs) | cuda:N
+  std::string backend = "auto";                // auto (gloo on cpu, nccl on cuda) | gloo | nccl
+  bool overlap_allreduce = true;               // reduce gradient buckets while backward still runs
   int64_t bucket_mb = 25;                      // fused all-reduce bucket size
   double collective_timeout_seconds = 60;      // a dead rank fails the others after this
   int64_t checksum_every = 10;                 // updates between cross-rank weight checks

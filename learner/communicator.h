@@ -27,6 +27,8 @@ struct CommOptions {
   // Rendezvous store served by rank 0 ("host:port"); rank 0 binds exactly this address.
   std::string store_address = "127.0.0.1:29500";
   std::string backend = "gloo";  // gloo | nccl
+  // nccl: the GPU this rank uses; -1: rank % visible GPUs (one process per GPU).
+  int cuda_device = -1;
   // Upper bound of one fused all-reduce bucket; a tensor bigger than this is reduced
   // on its own, in place.
   int64_t bucket_bytes = 25 << 20;

@@ -258,6 +258,10 @@ int Run(int argc, char** argv) {
     co.world_size = world;
     co.store_address = config.learner.rendezvous;
     co.backend = config.learner.backend;
+    if (co.backend == "auto") co.backend = config.learner.device == "cpu" ? "gloo" : "nccl";
+    if (config.learner.device.rfind("cuda:", 0) == 0) {
+      co.cuda_device = std::stoi(config.learner.device.substr(5));
+    }
     co.bucket_bytes = config.learner.bucket_mb << 20;
     co.timeout = std::chrono::milliseconds(
         static_cast<int64_t>(config.learner.collective_timeout_seconds * 1000));

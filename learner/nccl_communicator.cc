@@ -82,12 +82,13 @@ absl::Status AwaitComm(ncclComm_t comm, Clock::time_point deadline, absl::string
 class NcclCommunicator : public Communicator {
  public:
   NcclCommunicator(CommOptions options, StoreHandle store, int device, ncclComm_t comm,
-                   cudaStream_t stream)
+                   cudaStream_t stream, cudaEvent_t inputs_ready)
       : options_(std::move(options)),
         store_(std::move(store)),
         device_(device),
         comm_(comm),
-        stream_(stream) {}
+        stream_(stream),
+        inputs_ready_(inputs_ready) {}
 
   ~NcclCommunicator() override {
     cudaSetDevice(device_);
@@ -99,6 +100,7 @@ class NcclCommunicator : public Communicator {
       ncclCommAbort(comm_);
     }
     if (staging_ != nullptr) cudaFree(staging_);
+    cudaEventDestroy(inputs_ready_);
     cudaStreamDestroy(stream_);
   }
 
@@ -248,7 +250,16 @@ class NcclCommunicator : public Communicator {
   absl::Status Run(absl::string_view op, Fn&& enqueue) {
     deadline_ = Clock::now() + options_.timeout;
     cudaSetDevice(device_);
-    absl::Status s = enqueue();
+    // stream_ does not wait for the default stream by itself (so collectives can run
+    // beside the backward pass): order it after the work queued there so far, which
+    // includes whatever produced the tensors, whichever thread queued it.
+    absl::Status s;
+    if (cudaError_t e = cudaEventRecord(inputs_ready_, cudaStreamLegacy); e != cudaSuccess) {
+      s = CudaError("cudaEventRecord", e);
+    } else if (e = cudaStreamWaitEvent(stream_, inputs_ready_, 0); e != cudaSuccess) {
+      s = CudaError("cudaStreamWaitEvent", e);
+    }
+    if (s.ok()) s = enqueue();
     while (s.ok()) {
       cudaError_t q = cudaStreamQuery(stream_);
       if (q == cudaSuccess) return absl::OkStatus();
@@ -284,7 +295,8 @@ class NcclCommunicator : public Communicator {
   StoreHandle store_;
   int device_;
   ncclComm_t comm_;
-  cudaStream_t stream_;
+  cudaStream_t stream_;  // non-blocking: ordered by inputs_ready_, see Run
+  cudaEvent_t inputs_ready_;
   void* staging_ = nullptr;
   size_t staging_bytes_ = 0;
   Clock::time_point deadline_;
@@ -302,8 +314,14 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(const CommO
         "backend nccl on rank ", options.rank, ": no CUDA device (cudaGetDeviceCount: ",
         e == cudaSuccess ? "0 devices" : cudaGetErrorString(e), "); use backend gloo"));
   }
-  // One process per GPU with consecutive ranks per host: the local GPU is rank % count.
-  const int device = options.rank % count;
+  // One process per GPU with consecutive ranks per host: the local GPU is rank % count,
+  // unless the learner's config names one (learner.device cuda:N).
+  const int device = options.cuda_device >= 0 ? options.cuda_device : options.rank % count;
+  if (device >= count) {
+    return absl::InvalidArgumentError(absl::StrCat("backend nccl on rank ", options.rank,
+                                                   ": cuda:", device, " but only ", count,
+                                                   " CUDA devices are visible"));
+  }
   if (e = cudaSetDevice(device); e != cudaSuccess) {
     return Annotate(CudaError(absl::StrCat("cudaSetDevice(", device, ")"), e), "NCCL init",
                     options);
@@ -352,12 +370,18 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(const CommO
   }
 
   cudaStream_t stream = nullptr;
-  if (e = cudaStreamCreate(&stream); e != cudaSuccess) {
+  if (e = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking); e != cudaSuccess) {
     ncclCommDestroy(comm);
-    return Annotate(CudaError("cudaStreamCreate", e), "NCCL init", options);
+    return Annotate(CudaError("cudaStreamCreateWithFlags", e), "NCCL init", options);
+  }
+  cudaEvent_t inputs_ready = nullptr;
+  if (e = cudaEventCreateWithFlags(&inputs_ready, cudaEventDisableTiming); e != cudaSuccess) {
+    cudaStreamDestroy(stream);
+    ncclCommDestroy(comm);
+    return Annotate(CudaError("cudaEventCreateWithFlags", e), "NCCL init", options);
   }
   return std::unique_ptr<Communicator>(
-      new NcclCommunicator(options, *std::move(store), device, comm, stream));
+      new NcclCommunicator(options, *std::move(store), device, comm, stream, inputs_ready));
 }
 
 }  // namespace pmdrl::comm_internal

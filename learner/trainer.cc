@@ -13,6 +13,7 @@
 #include "common/nn/model_dir.h"
 #include "common/nn/sampler.h"
 #include "learner/communicator.h"
+#include "learner/gradient_reducer.h"
 #include "learner/pmd_mean_loss.h"
 #include "verifier/grader.h"
 
@@ -49,6 +50,13 @@ struct PackedRows {
   torch::Tensor valid;          // [N, T] bool
   torch::Tensor response_mask;  // [N, T-1] float
   int64_t tokens = 0;
+
+  void To(const torch::Device& device) {
+    input = input.to(device);
+    positions = positions.to(device);
+    valid = valid.to(device);
+    response_mask = response_mask.to(device);
+  }
 };
 
 PackedRows Pack(const std::vector<const std::vector<int32_t>*>& prompts,
@@ -92,10 +100,32 @@ torch::Tensor NextTokenLogProbs(const torch::Tensor& logp, const torch::Tensor& 
   return torch::where(response_mask > 0, token_lp, torch::zeros_like(token_lp));
 }
 
+// config.learner.device as a torch device: "cuda" is GPU rank % visible GPUs, the
+// NCCL backend's rule, so a rank's model and its collectives share one GPU.
+absl::StatusOr<torch::Device> LearnerDevice(const LearnerConfig& config) {
+  if (config.device == "cpu") return torch::Device(torch::kCPU);
+  const int64_t count = torch::cuda::is_available() ? torch::cuda::device_count() : 0;
+  if (count == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "learner.device=", config.device,
+        ": no CUDA device is visible to this LibTorch (a CPU-only build, or no GPU); use cpu"));
+  }
+  int64_t index = config.rank % count;
+  if (config.device != "cuda") {
+    index = std::stoll(config.device.substr(5));  // validated as cuda:N by the config
+    if (index >= count) {
+      return absl::InvalidArgumentError(absl::StrCat("learner.device=", config.device, ": only ",
+                                                     count, " CUDA devices are visible"));
+    }
+  }
+  return torch::Device(torch::kCUDA, static_cast<torch::DeviceIndex>(index));
+}
+
 }  // namespace
 
 struct Trainer::Impl {
   Config config;
+  torch::Device device{torch::kCPU};
   CausalLM model{nullptr};
   std::unique_ptr<torch::optim::AdamW> optimizer;
   int64_t steps = 0;
@@ -133,6 +163,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config,
                                                          const std::string& model_dir) {
   auto impl = std::make_unique<Impl>();
   impl->config = config;
+  absl::StatusOr<torch::Device> device = LearnerDevice(config.learner);
+  if (!device.ok()) return device.status();
+  impl->device = *device;
   torch::set_num_threads(static_cast<int>(config.learner.threads));
   if (!model_dir.empty()) {
     absl::StatusOr<CausalLM> m = LoadModelDir(model_dir);
@@ -149,6 +182,12 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config,
     if (!s.ok()) return s;
     torch::manual_seed(config.run.seed);
     impl->model = CausalLM(mc);
+  }
+  try {
+    impl->model->to(impl->device);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("moving the model to ", impl->device.str(), ": ", e.what_without_backtrace()));
   }
   impl->model->train();
   impl->optimizer = std::make_unique<torch::optim::AdamW>(
@@ -298,11 +337,14 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
       p.push_back(&(*prompts)[i]);
       r.push_back(&(*responses)[i]);
     }
-    return Pack(p, r, pad);
+    PackedRows packed = Pack(p, r, pad);
+    packed.To(m.device);
+    return packed;
   };
   // Mean |learner - actor| token log-prob over rows sampled by the current weights:
   // nonzero means the sampler and the learner disagree about the policy.
-  auto mismatch = [&](const v1::MiniBatchShare& mb, const torch::Tensor& token_lp) {
+  auto mismatch = [&](const v1::MiniBatchShare& mb, const torch::Tensor& token_lp_any) {
+    torch::Tensor token_lp = token_lp_any.to(torch::kCPU);
     auto lp = token_lp.accessor<float, 2>();
     for (int i = 0; i < mb.rows_size(); ++i) {
       const v1::TrainRow& row = mb.rows(i);
@@ -335,16 +377,22 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
             NextTokenLogProbs(SamplingLogProbs(logits, m.temperature, m.never_sampled),
                               packed.input, packed.response_mask);
         if (k == 0) mismatch(mb, token_lp);
-        torch::Tensor sums = token_lp.sum(1);
+        torch::Tensor sums = token_lp.sum(1).to(torch::kCPU);
         auto s = sums.accessor<float, 1>();
         for (int i = 0; i < mb.rows_size(); ++i) logp_old[k][i] = s[i];
       }
     }
 
     std::vector<torch::Tensor> params = m.model->parameters();
+    std::unique_ptr<GradientReducer> reducer;
+    if (comm != nullptr) {
+      reducer = std::make_unique<GradientReducer>(params, comm, m.config.learner.bucket_mb << 20,
+                                                  m.config.learner.overlap_allreduce);
+    }
     for (int k = 0; k < share.mini_batches_size(); ++k) {
       const v1::MiniBatchShare& mb = share.mini_batches(k);
       m.optimizer->zero_grad();
+      if (reducer != nullptr) reducer->Begin();
       double loss_value = 0;
       if (mb.rows_size() > 0) {
         std::vector<std::vector<int32_t>> p, r;
@@ -369,9 +417,9 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
         }
         PmdMeanInputs in;
         in.logp_new = logp_new;
-        in.logp_old = torch::tensor(logp_old[k]);
-        in.advantages = torch::tensor(adv_v);
-        in.lengths = torch::tensor(len_v);
+        in.logp_old = torch::tensor(logp_old[k]).to(m.device);
+        in.advantages = torch::tensor(adv_v).to(m.device);
+        in.lengths = torch::tensor(len_v).to(m.device);
         {
           torch::NoGradGuard no_grad;
           delta_sum += (logp_new.detach() - in.logp_old).abs().sum().item<double>();
@@ -382,14 +430,14 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
         loss.backward();
         loss_value = loss.item<double>();
       }
-      // A rank with no rows still joins the all-reduce, with zero gradients.
-      std::vector<torch::Tensor> grads;
-      for (torch::Tensor& t : params) {
-        if (!t.grad().defined()) t.mutable_grad() = torch::zeros_like(t);
-        grads.push_back(t.grad());
-      }
-      if (comm != nullptr) {
-        if (absl::Status s = comm->AllReduce(grads, /*average=*/false); !s.ok()) return s;
+      // The buckets went out during backward; a rank with no rows still joins every
+      // all-reduce, with zero gradients.
+      if (reducer != nullptr) {
+        if (absl::Status s = reducer->Finish(); !s.ok()) return s;
+      } else {
+        for (torch::Tensor& t : params) {
+          if (!t.grad().defined()) t.mutable_grad() = torch::zeros_like(t);
+        }
       }
       double norm = m.ClipAndNorm(m.config.learner.grad_clip);
       if (!std::isfinite(norm)) {
@@ -405,11 +453,13 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
     // Combine the per-rank metrics: the loss parts add up to the global mini-batch loss.
     torch::Tensor sums = torch::tensor({loss_sum, mismatch_sum, mismatch_tokens, delta_sum,
                                         delta_count, entropy_sum, entropy_tokens, trained_tokens},
-                                       torch::kFloat64);
+                                       torch::kFloat64)
+                             .to(m.device);
     if (comm != nullptr) {
       std::vector<torch::Tensor> v = {sums};
       if (absl::Status s = comm->AllReduce(v, /*average=*/false); !s.ok()) return s;
     }
+    sums = sums.to(torch::kCPU);
     auto a = sums.accessor<double, 1>();
     const double n_mini = std::max(1, share.mini_batches_size());
     stats.loss = a[0] / n_mini;
@@ -507,8 +557,10 @@ absl::Status Trainer::CheckReplicas(Communicator* comm, int64_t update) {
   torch::Tensor slots = torch::zeros({2 * world}, torch::kFloat64);
   slots[2 * rank] = static_cast<double>(h >> 32);
   slots[2 * rank + 1] = static_cast<double>(h & 0xffffffffULL);
+  slots = slots.to(impl_->device);
   std::vector<torch::Tensor> v = {slots};
   if (absl::Status s = comm->AllReduce(v, /*average=*/false); !s.ok()) return s;
+  slots = slots.to(torch::kCPU);
   auto a = slots.accessor<double, 1>();
   for (int r = 1; r < world; ++r) {
     if (a[2 * r] != a[0] || a[2 * r + 1] != a[1]) {
@@ -537,7 +589,7 @@ absl::Status Trainer::Save(const std::string& dir) {
 absl::Status Trainer::LoadOptimizer(const std::string& dir) {
   std::string path = (std::filesystem::path(dir) / "optimizer.pt").string();
   try {
-    torch::load(*impl_->optimizer, path);
+    torch::load(*impl_->optimizer, path, impl_->device);
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(
         absl::StrCat("loading optimizer state ", path, ": ", e.what_without_backtrace()));
@@ -561,6 +613,7 @@ absl::StatusOr<double> Trainer::SupervisedStep(const std::vector<std::vector<int
     }
     PackedRows packed =
         Pack(p, r, m.model->config().pad_token_id >= 0 ? m.model->config().pad_token_id : 0);
+    packed.To(m.device);
     torch::Tensor logits = m.model->forward(packed.input, packed.positions, packed.valid);
     torch::Tensor token_lp = NextTokenLogProbs(SamplingLogProbs(logits, 1.0, m.never_sampled),
                                                packed.input, packed.response_mask);

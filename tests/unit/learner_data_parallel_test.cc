@@ -1,14 +1,9 @@
 // Data parallel PMD-mean: the same global batches trained on 1 rank and on 2 ranks
 // (Gloo over loopback, one thread per rank) give the same parameters up to float
 // rounding, and the 2 ranks stay bit-identical to each other.
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 #include <random>
 #include <thread>
@@ -17,7 +12,7 @@
 #include "common/config.h"
 #include "learner/communicator.h"
 #include "learner/trainer.h"
-#include "tests/free_port.h"
+#include "tests/gloo_pair.h"
 
 namespace pmdrl {
 namespace {
@@ -30,25 +25,6 @@ Config TinyConfig() {
                       "learner.grad_clip=1.0", "learner.tau=0.5", "task.digits=2"});
   EXPECT_TRUE(c.ok()) << c.status();
   return *c;
-}
-
-// Two Gloo ranks over loopback, one created on a helper thread (rendezvous needs both).
-void ConnectPair(std::unique_ptr<Communicator>* c0, std::unique_ptr<Communicator>* c1) {
-  CommOptions o0;
-  o0.world_size = 2;
-  o0.store_address = "127.0.0.1:" + std::to_string(FreePort());
-  o0.bucket_bytes = 16 << 10;  // several buckets
-  o0.timeout = std::chrono::milliseconds(30000);
-  CommOptions o1 = o0;
-  o1.rank = 1;
-  absl::StatusOr<std::unique_ptr<Communicator>> r0, r1;
-  std::thread t1([&] { r1 = CreateCommunicator(o1); });
-  r0 = CreateCommunicator(o0);
-  t1.join();
-  ASSERT_TRUE(r0.ok()) << r0.status();
-  ASSERT_TRUE(r1.ok()) << r1.status();
-  *c0 = *std::move(r0);
-  *c1 = *std::move(r1);
 }
 
 // Rollout batches of 6 groups x 4 completions with varied response lengths and rewards.
@@ -94,7 +70,7 @@ TEST(DataParallel, TwoRanksMatchOneRankAndEachOther) {
   ASSERT_TRUE(single.ok() && rank0.ok() && rank1.ok());
 
   std::unique_ptr<Communicator> c0, c1;
-  ConnectPair(&c0, &c1);
+  ConnectGlooPair(&c0, &c1);
   ASSERT_TRUE(c0 && c1);
 
   auto batches = MakeBatches(3, tok);
@@ -165,7 +141,7 @@ TEST(DataParallel, DivergedReplicasAreReported) {
   auto t1 = Trainer::Create(other, tok, "");
   ASSERT_TRUE(t0.ok() && t1.ok());
   std::unique_ptr<Communicator> c0, c1;
-  ConnectPair(&c0, &c1);
+  ConnectGlooPair(&c0, &c1);
   ASSERT_TRUE(c0 && c1);
 
   absl::Status s0, s1;

@@ -3,6 +3,10 @@
 // gradient size and for one large buffer, next to a device-to-device copy of the same
 // bytes measured in the same run. With one GPU the in-place all-reduce moves no data, so
 // its "bandwidth" only shows the call overhead; real bandwidth needs two or more GPUs.
+// Needs a CUDA LibTorch and a GPU (scripts/gpu/run-gpu-check); elsewhere it says so and
+// exits 1.
+//
+//   build/bench/nccl_bench [STORE_HOST:PORT]
 #include <torch/torch.h>
 
 #include <chrono>
@@ -26,7 +30,7 @@ double TimeIt(const std::function<void()>& f, int iters) {
 
 int main(int argc, char** argv) {
   if (!torch::cuda::is_available()) {
-    std::printf("nccl_smoke: no CUDA device\n");
+    std::printf("nccl_bench: no CUDA device\n");
     return 1;
   }
   pmdrl::CommOptions o;
@@ -34,7 +38,7 @@ int main(int argc, char** argv) {
   o.store_address = argc > 1 ? argv[1] : "127.0.0.1:29533";
   auto comm = pmdrl::CreateCommunicator(o);
   if (!comm.ok()) {
-    std::printf("nccl_smoke: %s\n", std::string(comm.status().ToString()).c_str());
+    std::printf("nccl_bench: %s\n", std::string(comm.status().ToString()).c_str());
     return 1;
   }
   auto opts = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat32);
@@ -52,8 +56,9 @@ int main(int argc, char** argv) {
     double ar = TimeIt([&] { (void)(*comm)->AllReduce(g, false); }, 50);
     double cp = TimeIt([&] { dst.copy_(g[0]); }, 50);
     double bytes = 4.0 * n;
-    std::printf("%10.2f MB: all-reduce %8.3f ms (%7.1f GB/s)  vs device copy %8.3f ms (%7.1f GB/s)\n",
-                bytes / 1e6, ar * 1e3, bytes / ar / 1e9, cp * 1e3, bytes / cp / 1e9);
+    std::printf(
+        "%10.2f MB: all-reduce %8.3f ms (%7.1f GB/s)  vs device copy %8.3f ms (%7.1f GB/s)\n",
+        bytes / 1e6, ar * 1e3, bytes / ar / 1e9, cp * 1e3, bytes / cp / 1e9);
   }
   return ok ? 0 : 1;
 }
