@@ -4,8 +4,12 @@
 #include <cstring>
 #include <string>
 
+#include "cli/grade.h"
+#include "cli/init_model.h"
 #include "cli/local.h"
+#include "cli/logits.h"
 #include "cli/sft.h"
+#include "cli/tokenize.h"
 
 namespace {
 
@@ -18,6 +22,11 @@ struct SubCommand {
 constexpr SubCommand kSubCommands[] = {
     {"local", "run a whole cluster (learner, verifiers, actors) on this machine", pmdrl::RunLocal},
     {"sft", "train a base policy for the built-in task by supervised warm-up", pmdrl::RunSft},
+    {"init-model", "write a small random model directory (Hugging Face layout)",
+     pmdrl::RunInitModel},
+    {"logits", "one forward pass of a model directory, logits to safetensors", pmdrl::RunLogits},
+    {"grade", "grade one answer against a reference and show each stage", pmdrl::RunGrade},
+    {"tokenize", "text <-> token ids with a model directory's tokenizer", pmdrl::RunTokenize},
 };
 
 void PrintUsage(FILE* out) {

@@ -63,6 +63,118 @@ const char* ArchitectureClass(const std::string& arch) {
   return "LlamaForCausalLM";
 }
 
+// The dict that describes RoPE: transformers 4's "rope_scaling" or transformers 5's
+// "rope_parameters" (which may also be keyed by layer type, {"full_attention": {...}}).
+// Null when neither is present.
+absl::StatusOr<const json*> RopeDict(const json& j, const std::string& path, std::string* field) {
+  // As transformers 5 does, a non-null rope_scaling wins over rope_parameters.
+  for (const char* key : {"rope_scaling", "rope_parameters"}) {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) continue;
+    *field = key;
+    if (!it->is_object()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": field \"", key, "\": not an object (", it->dump(), ")"));
+    }
+    if (auto full = it->find("full_attention"); full != it->end()) {
+      for (auto e = it->begin(); e != it->end(); ++e) {
+        if (e.key() != "full_attention" && e.value() != *full) {
+          return absl::UnimplementedError(absl::StrCat(path, ": field \"", key,
+                                                       "\": per-layer-type RoPE is not supported (",
+                                                       it->dump(), ")"));
+        }
+      }
+      return &*full;
+    }
+    return &*it;
+  }
+  return nullptr;
+}
+
+// Reads rope_theta (also from inside the rope dict, where transformers 5 puts it) and the
+// Llama 3 scaling parameters; any scaling other than llama3 is refused.
+absl::Status ReadRope(const json& j, const std::string& path, ModelConfig* c) {
+  std::string field;
+  absl::StatusOr<const json*> dict = RopeDict(j, path, &field);
+  if (!dict.ok()) return dict.status();
+  if (*dict == nullptr) return absl::OkStatus();
+  const json& d = **dict;
+  const std::string where = path + " (" + field + ")";
+  absl::Status s;
+  if (s = Get(d, "rope_theta", where, &c->rope_theta); !s.ok()) return s;
+  double partial = 1.0;
+  if (s = Get(d, "partial_rotary_factor", where, &partial); !s.ok()) return s;
+  if (partial != 1.0) {
+    return absl::UnimplementedError(absl::StrCat(path, ": field \"", field,
+                                                 "\": partial_rotary_factor ", partial,
+                                                 " is not supported (only 1)"));
+  }
+  std::string type = "default";
+  if (s = Get(d, "type", where, &type); !s.ok()) return s;  // transformers < 4.43
+  if (s = Get(d, "rope_type", where, &type); !s.ok()) return s;
+  if (type == "default") return absl::OkStatus();
+  if (type != "llama3") {
+    return absl::UnimplementedError(
+        absl::StrCat(path, ": field \"", field, "\": rope type \"", type,
+                     "\" is not supported (only llama3 and default): ", d.dump()));
+  }
+  RopeScaling r;
+  r.rope_type = "llama3";
+  for (const char* key : {"factor", "low_freq_factor", "high_freq_factor"}) {
+    if (!d.contains(key)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": field \"", field, "\": llama3 needs \"", key, "\""));
+    }
+  }
+  if (s = Get(d, "factor", where, &r.factor); !s.ok()) return s;
+  if (s = Get(d, "low_freq_factor", where, &r.low_freq_factor); !s.ok()) return s;
+  if (s = Get(d, "high_freq_factor", where, &r.high_freq_factor); !s.ok()) return s;
+  // transformers 5 defaults it to max_position_embeddings; 0 here means the same.
+  if (s = Get(d, "original_max_position_embeddings", where, &r.original_max_position_embeddings);
+      !s.ok()) {
+    return s;
+  }
+  c->rope_scaling = r;
+  return absl::OkStatus();
+}
+
+// Fields that real checkpoints carry and that would change the computation if set: OK
+// when they have their harmless value, else Unimplemented naming the field.
+absl::Status CheckUnsupported(const json& j, const std::string& path) {
+  auto unsupported = [&path](const char* field, const std::string& why) {
+    return absl::UnimplementedError(absl::StrCat(path, ": field \"", field, "\": ", why));
+  };
+  // sliding_window and max_window_layers only matter when use_sliding_window is true
+  // (Qwen2.5 ships "sliding_window": 32768 with "use_sliding_window": false); transformers
+  // ignores them otherwise.
+  if (auto it = j.find("use_sliding_window");
+      it != j.end() && it->is_boolean() && it->get<bool>()) {
+    return unsupported("use_sliding_window", "sliding-window attention is not supported");
+  }
+  // transformers 5 writes layer_types; anything but full attention is a sliding window.
+  if (auto it = j.find("layer_types"); it != j.end() && !it->is_null()) {
+    if (!it->is_array()) return unsupported("layer_types", "not a list");
+    for (const json& t : *it) {
+      if (t != "full_attention") {
+        return unsupported("layer_types", absl::StrCat("layer type ", t.dump(),
+                                                       " is not supported (only "
+                                                       "full_attention)"));
+      }
+    }
+  }
+  if (auto it = j.find("mlp_bias"); it != j.end() && it->is_boolean() && it->get<bool>()) {
+    return unsupported("mlp_bias", "MLP biases are not supported");
+  }
+  if (auto it = j.find("use_mrope"); it != j.end() && it->is_boolean() && it->get<bool>()) {
+    return unsupported("use_mrope", "multimodal RoPE is not supported");
+  }
+  if (auto it = j.find("partial_rotary_factor");
+      it != j.end() && it->is_number() && it->get<double>() != 1.0) {
+    return unsupported("partial_rotary_factor", "only 1 is supported");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int64_t ModelConfig::HeadDim() const {
@@ -110,6 +222,26 @@ absl::Status ValidateModelConfig(const ModelConfig& c) {
   }
   if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta)) {
     return Invalid("rope_theta", absl::StrCat("must be finite and > 0, got ", c.rope_theta));
+  }
+  if (const RopeScaling& r = c.rope_scaling; !r.rope_type.empty()) {
+    if (r.rope_type != "llama3") {
+      return Invalid("rope_scaling",
+                     absl::StrCat("type \"", r.rope_type, "\" is not supported (only llama3)"));
+    }
+    if (!(r.factor > 0) || !std::isfinite(r.factor)) {
+      return Invalid("rope_scaling", absl::StrCat("factor must be finite and > 0, got ", r.factor));
+    }
+    if (!(r.low_freq_factor > 0) || !(r.high_freq_factor > r.low_freq_factor) ||
+        !std::isfinite(r.high_freq_factor)) {
+      return Invalid("rope_scaling",
+                     absl::StrCat("needs 0 < low_freq_factor < high_freq_factor, got ",
+                                  r.low_freq_factor, " and ", r.high_freq_factor));
+    }
+    if (r.original_max_position_embeddings < 0) {
+      return Invalid("rope_scaling",
+                     absl::StrCat("original_max_position_embeddings must be >= 0, got ",
+                                  r.original_max_position_embeddings));
+    }
   }
   if (c.architecture == "qwen2" && !c.attention_bias) {
     return Invalid("attention_bias", "must be true for qwen2 (Qwen2 always has q/k/v bias)");
@@ -176,17 +308,8 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path) {
   if (c.architecture == "qwen2") c.attention_bias = true;
   c.qk_norm = c.architecture == "qwen3";
 
-  // Features that would change the computation but that this model does not implement:
-  // refuse rather than load a checkpoint that silently computes something else.
-  if (auto it = j.find("rope_scaling"); it != j.end() && !it->is_null()) {
-    return absl::UnimplementedError(
-        absl::StrCat(path, ": field \"rope_scaling\" is not supported (", it->dump(), ")"));
-  }
-  if (auto it = j.find("use_sliding_window");
-      it != j.end() && it->is_boolean() && it->get<bool>()) {
-    return absl::UnimplementedError(absl::StrCat(
-        path, ": field \"use_sliding_window\": sliding-window attention is not supported"));
-  }
+  if (s = ReadRope(j, path, &c); !s.ok()) return s;
+  if (s = CheckUnsupported(j, path); !s.ok()) return s;
   std::string act = "silu";
   if (s = Get(j, "hidden_act", path, &act); !s.ok()) return s;
   if (act != "silu") {
@@ -215,7 +338,6 @@ absl::Status WriteModelConfig(const ModelConfig& c, const std::string& path) {
       {"max_position_embeddings", c.max_position_embeddings},
       {"rms_norm_eps", c.rms_norm_eps},
       {"rope_theta", c.rope_theta},
-      {"rope_scaling", nullptr},
       {"attention_bias", c.attention_bias},
       {"attention_dropout", 0.0},
       {"hidden_act", "silu"},
@@ -228,6 +350,21 @@ absl::Status WriteModelConfig(const ModelConfig& c, const std::string& path) {
       {"use_cache", true},
   };
   if (c.architecture != "llama") j["use_sliding_window"] = false;
+  if (c.rope_scaling.rope_type.empty()) {
+    j["rope_scaling"] = nullptr;
+  } else {
+    const RopeScaling& r = c.rope_scaling;
+    j["rope_scaling"] = {
+        {"rope_type", r.rope_type},
+        {"factor", r.factor},
+        {"low_freq_factor", r.low_freq_factor},
+        {"high_freq_factor", r.high_freq_factor},
+        // transformers 4 requires it: write the effective value.
+        {"original_max_position_embeddings", r.original_max_position_embeddings > 0
+                                                 ? r.original_max_position_embeddings
+                                                 : c.max_position_embeddings},
+    };
+  }
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);

@@ -13,6 +13,15 @@
 
 namespace pmdrl {
 
+// config.json "rope_scaling" (transformers 4) / "rope_parameters" (transformers 5). Only
+// Llama 3's scheme is implemented ("rope_type": "llama3", as Llama 3.1 / 3.2 / 3.3 use);
+// every other scaling type is refused when reading, since it changes the computation.
+struct RopeScaling {
+  std::string rope_type;  // "" (none: plain RoPE) or "llama3"
+  double factor = 1.0, low_freq_factor = 1.0, high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 0;  // 0: max_position_embeddings
+};
+
 // Field names and meanings follow Hugging Face transformers' LlamaConfig / Qwen2Config /
 // Qwen3Config. Architecture invariants (checked by ValidateModelConfig): qwen2 always has
 // q/k/v bias, qwen3 always has q/k norm, llama and qwen2 never have q/k norm -- because
@@ -24,8 +33,11 @@ struct ModelConfig {
   int64_t head_dim = 0;  // 0: hidden_size / num_attention_heads
   int64_t max_position_embeddings = 2048;
   double rms_norm_eps = 1e-6, rope_theta = 10000.0;
-  bool attention_bias = false;  // q/k/v bias (qwen2 has it)
-  bool qk_norm = false;         // per-head RMSNorm on q and k (qwen3)
+  RopeScaling rope_scaling;
+  // q/k/v bias (qwen2 always has it). As in transformers, llama and qwen3 also give o_proj a
+  // bias when it is set; qwen2 never does.
+  bool attention_bias = false;
+  bool qk_norm = false;  // per-head RMSNorm on q and k (qwen3)
   bool tie_word_embeddings = false;
   int64_t bos_token_id = -1, eos_token_id = -1, pad_token_id = -1;  // -1: none
   std::string torch_dtype = "float32";
@@ -43,13 +55,21 @@ absl::Status ValidateModelConfig(const ModelConfig& config);
 
 // Reads a Hugging Face config.json. Missing optional fields take transformers' defaults
 // (num_key_value_heads = num_attention_heads; qwen2 implies attention_bias, qwen3 qk_norm);
-// a list-valued eos_token_id (Llama 3) keeps its first entry. Unsupported features
-// (rope_scaling, sliding window, an activation other than silu) are errors, as is a
-// config that fails ValidateModelConfig.
+// a list-valued eos_token_id (Llama 3) keeps its first entry. "rope_scaling" (or
+// transformers 5's "rope_parameters", whose rope_theta wins over the top-level one) of type
+// llama3 is read, "default" means none. Fields real Qwen2.5 / Qwen3 / Llama 3 configs carry
+// that do not change the computation are accepted: sliding_window and max_window_layers
+// when use_sliding_window is false, layer_types when every layer is "full_attention",
+// mlp_bias false, pretraining_tp (it only slices the same matrix products), use_mrope
+// false. Whatever would change the computation and is not implemented is an error naming
+// the field: another rope type, sliding-window attention, mlp_bias true,
+// partial_rotary_factor != 1, an activation other than silu. So is a config that fails
+// ValidateModelConfig.
 absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& config_json_path);
 
 // Writes config.json with transformers' field names, including "architectures"
-// (["LlamaForCausalLM"] / ["Qwen2ForCausalLM"] / ["Qwen3ForCausalLM"]) and "model_type".
+// (["LlamaForCausalLM"] / ["Qwen2ForCausalLM"] / ["Qwen3ForCausalLM"]) and "model_type",
+// and "rope_scaling" in transformers 4's form (transformers 5 converts it on reading).
 // Validates first; writes path.tmp and renames.
 absl::Status WriteModelConfig(const ModelConfig& config, const std::string& config_json_path);
 

@@ -1,6 +1,7 @@
 #include "learner/gradient_reducer.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <unordered_set>
 
@@ -84,7 +85,7 @@ void GradientReducer::OnGradient(size_t slot, const at::Tensor& grad) {
   // collective, which the NCCL backend enqueues after the default stream's work.
   at::Tensor dst = buckets_[s.bucket].flat.narrow(0, s.offset, s.param.numel());
   {
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     dst.copy_(grad.reshape({-1}));
   }
   std::lock_guard<std::mutex> lock(mutex_);
@@ -123,7 +124,7 @@ void GradientReducer::Worker() {
 
 absl::Status GradientReducer::Finish() {
   {
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     std::lock_guard<std::mutex> lock(mutex_);
     for (size_t i = 0; i < slots_.size(); ++i) {
       if (slots_[i].arrived) continue;
@@ -142,7 +143,7 @@ absl::Status GradientReducer::Finish() {
     }
   }
   if (!status.ok()) return status;
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (Slot& s : slots_) {
     at::Tensor sum =
         buckets_[s.bucket].flat.narrow(0, s.offset, s.param.numel()).view(s.param.sizes());

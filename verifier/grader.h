@@ -1,18 +1,18 @@
 // Grading of one completion against a reference answer: the verifier's scoring core.
-// Graders are pure functions of their inputs and a deadline; they never throw, never
-// recurse on input structure and bound their work by the input length (capped at
+// Graders are pure functions of their inputs and a deadline; they never throw, recurse
+// only to a capped depth and bound their work by the input length (capped at
 // kMaxGradeInputBytes), so hostile completions fail cleanly instead of crashing or
 // hanging a verifier thread.
 #ifndef PMDRL_VERIFIER_GRADER_H_
 #define PMDRL_VERIFIER_GRADER_H_
 
-#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <string>
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "verifier/deadline.h"  // IWYU pragma: export (Deadline is part of this API)
 
 namespace pmdrl {
 
@@ -31,23 +31,6 @@ struct GradeResult {
 // Inputs longer than this (response or reference) are a parse error, unread.
 inline constexpr size_t kMaxGradeInputBytes = 64 * 1024;
 
-// A cooperative deadline on the monotonic clock: long-running checks poll Expired() and
-// give up. Works in any thread (no signals, no alarms). Copyable; holds no resources.
-class Deadline {
- public:
-  // Expires `budget` from now; a budget <= 0 is already expired.
-  explicit Deadline(std::chrono::milliseconds budget);
-  // A deadline that never expires (tools and tests).
-  static Deadline Infinite();
-
-  bool Expired() const;
-  std::chrono::steady_clock::time_point when() const { return when_; }
-
- private:
-  explicit Deadline(std::chrono::steady_clock::time_point when) : when_(when) {}
-  std::chrono::steady_clock::time_point when_;
-};
-
 // arith: the response (decoded, special tokens skipped) must be exactly an integer
 // (optional leading '-', then digits; nothing else, not even spaces), compared as an
 // integer of any length with the reference. Anything else is kParseError, and so is a
@@ -55,14 +38,21 @@ class Deadline {
 GradeResult GradeArith(std::string_view response, std::string_view reference,
                        const Deadline& deadline);
 
-// math: extracts the last balanced \boxed{...} (or \fbox{...}); else the rest of the
-// last "Answer:" line (case-insensitive); nothing found -> kParseError. A reference
-// containing \boxed{...} is reduced the same way. Both sides are normalised (whitespace,
-// $, \left/\right, thin spaces, \dfrac/\tfrac, \frac12, \text{} and trailing units,
-// thousands separators, degrees, percent, trailing period, a leading "x="), then
-// compared as strings, then as numbers (integers exactly; decimals, fractions a/b and
-// \frac{a}{b}, scientific notation with relative tolerance 1e-6), then element by
-// element for tuples / intervals with matching brackets.
+// math: the grader users know from Math-Verify and the MATH / GSM8K / DAPO graders.
+//  * Extraction (verifier/answer_extract.h): the last \boxed{...} / \fbox{...} (also
+//    "\boxed 5"); else the last of "#### 42", "Answer: ..." and "... answer is ...";
+//    nothing found -> kParseError. The reference is reduced the same way (a boxed
+//    answer, else the text after "####", else all of it).
+//  * Normalisation of both sides (verifier/latex_normalize.h).
+//  * Comparison, each step bounded by the deadline: equal strings; structures — unions
+//    "A\cup B" part by part, sets "\{1,2\}" and bare lists "1,2" / "1 and 2" in any
+//    order, tuples "(1,2)" and intervals "[1,3)" element by element with the same
+//    brackets (a bare list also matches a tuple in order), equations "x+y=1" side by
+//    side; scalars as numbers (integers exactly, at any length; decimals, fractions,
+//    scientific notation with relative tolerance 1e-6 or absolute 1e-9 near zero;
+//    "50\%" equals 50, and also 0.5 when only one side carried the percent sign), then
+//    symbolically (verifier/symbolic_equal.h: GiNaC, exact then numeric at 1e-6).
+//  * A deadline that passes at any step -> kTimeout; GiNaC failures -> not equal.
 GradeResult GradeMath(std::string_view response, std::string_view reference,
                       const Deadline& deadline);
 

@@ -4,6 +4,7 @@
 #include <torch/version.h>
 
 #include <cmath>
+#include <numbers>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -56,9 +57,9 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
 
 class ProjImpl : public torch::nn::Module {
  public:
-  ProjImpl(int64_t in, int64_t out, bool bias) {
-    weight = register_parameter("weight", torch::empty({out, in}));
-    if (bias) this->bias = register_parameter("bias", torch::zeros({out}));
+  ProjImpl(int64_t in, int64_t out, bool bias, const at::TensorOptions& opts) {
+    weight = register_parameter("weight", torch::empty({out, in}, opts));
+    if (bias) this->bias = register_parameter("bias", torch::zeros({out}, opts));
   }
   at::Tensor forward(const at::Tensor& x) { return at::linear(x, weight, bias); }
   at::Tensor weight, bias;
@@ -67,8 +68,8 @@ TORCH_MODULE(Proj);
 
 class RmsNormImpl : public torch::nn::Module {
  public:
-  RmsNormImpl(int64_t dim, double eps) : eps_(eps) {
-    weight = register_parameter("weight", torch::ones({dim}));
+  RmsNormImpl(int64_t dim, double eps, const at::TensorOptions& opts) : eps_(eps) {
+    weight = register_parameter("weight", torch::ones({dim}, opts));
   }
   // As HF LlamaRMSNorm: normalise in float32, cast back, then scale.
   at::Tensor forward(const at::Tensor& x) {
@@ -86,8 +87,8 @@ TORCH_MODULE(RmsNorm);
 
 class EmbeddingImpl : public torch::nn::Module {
  public:
-  EmbeddingImpl(int64_t vocab, int64_t dim) {
-    weight = register_parameter("weight", torch::empty({vocab, dim}));
+  EmbeddingImpl(int64_t vocab, int64_t dim, const at::TensorOptions& opts) {
+    weight = register_parameter("weight", torch::empty({vocab, dim}, opts));
   }
   at::Tensor forward(const at::Tensor& ids) { return at::embedding(weight, ids); }
   at::Tensor weight;
@@ -96,18 +97,19 @@ TORCH_MODULE(Embedding);
 
 class SelfAttentionImpl : public torch::nn::Module {
  public:
-  explicit SelfAttentionImpl(const ModelConfig& c)
+  SelfAttentionImpl(const ModelConfig& c, const at::TensorOptions& o)
       : heads_(c.num_attention_heads), kv_heads_(c.num_key_value_heads), head_dim_(c.HeadDim()) {
     // Registration order = HF's __init__ order, so named_parameters() matches HF's.
-    q_proj = register_module("q_proj", Proj(c.hidden_size, heads_ * head_dim_, c.attention_bias));
-    k_proj =
-        register_module("k_proj", Proj(c.hidden_size, kv_heads_ * head_dim_, c.attention_bias));
-    v_proj =
-        register_module("v_proj", Proj(c.hidden_size, kv_heads_ * head_dim_, c.attention_bias));
-    o_proj = register_module("o_proj", Proj(heads_ * head_dim_, c.hidden_size, false));
+    const bool bias = c.attention_bias;
+    q_proj = register_module("q_proj", Proj(c.hidden_size, heads_ * head_dim_, bias, o));
+    k_proj = register_module("k_proj", Proj(c.hidden_size, kv_heads_ * head_dim_, bias, o));
+    v_proj = register_module("v_proj", Proj(c.hidden_size, kv_heads_ * head_dim_, bias, o));
+    // transformers' Qwen2 hard-codes o_proj without bias; Llama and Qwen3 follow the flag.
+    o_proj = register_module(
+        "o_proj", Proj(heads_ * head_dim_, c.hidden_size, bias && c.architecture != "qwen2", o));
     if (c.qk_norm) {
-      q_norm = register_module("q_norm", RmsNorm(head_dim_, c.rms_norm_eps));
-      k_norm = register_module("k_norm", RmsNorm(head_dim_, c.rms_norm_eps));
+      q_norm = register_module("q_norm", RmsNorm(head_dim_, c.rms_norm_eps, o));
+      k_norm = register_module("k_norm", RmsNorm(head_dim_, c.rms_norm_eps, o));
     }
   }
 
@@ -158,10 +160,10 @@ TORCH_MODULE(SelfAttention);
 
 class MlpImpl : public torch::nn::Module {
  public:
-  explicit MlpImpl(const ModelConfig& c) {
-    gate_proj = register_module("gate_proj", Proj(c.hidden_size, c.intermediate_size, false));
-    up_proj = register_module("up_proj", Proj(c.hidden_size, c.intermediate_size, false));
-    down_proj = register_module("down_proj", Proj(c.intermediate_size, c.hidden_size, false));
+  MlpImpl(const ModelConfig& c, const at::TensorOptions& o) {
+    gate_proj = register_module("gate_proj", Proj(c.hidden_size, c.intermediate_size, false, o));
+    up_proj = register_module("up_proj", Proj(c.hidden_size, c.intermediate_size, false, o));
+    down_proj = register_module("down_proj", Proj(c.intermediate_size, c.hidden_size, false, o));
   }
   at::Tensor forward(const at::Tensor& x) { return down_proj(at::silu(gate_proj(x)) * up_proj(x)); }
   Proj gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
@@ -170,12 +172,12 @@ TORCH_MODULE(Mlp);
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  explicit DecoderLayerImpl(const ModelConfig& c) {
-    self_attn = register_module("self_attn", SelfAttention(c));
-    mlp = register_module("mlp", Mlp(c));
-    input_layernorm = register_module("input_layernorm", RmsNorm(c.hidden_size, c.rms_norm_eps));
+  DecoderLayerImpl(const ModelConfig& c, const at::TensorOptions& o) {
+    self_attn = register_module("self_attn", SelfAttention(c, o));
+    mlp = register_module("mlp", Mlp(c, o));
+    input_layernorm = register_module("input_layernorm", RmsNorm(c.hidden_size, c.rms_norm_eps, o));
     post_attention_layernorm =
-        register_module("post_attention_layernorm", RmsNorm(c.hidden_size, c.rms_norm_eps));
+        register_module("post_attention_layernorm", RmsNorm(c.hidden_size, c.rms_norm_eps, o));
   }
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                      const at::Tensor& mask, at::Tensor* cache_k, at::Tensor* cache_v) {
@@ -190,15 +192,15 @@ TORCH_MODULE(DecoderLayer);
 
 class DecoderStackImpl : public torch::nn::Module {
  public:
-  explicit DecoderStackImpl(const ModelConfig& c) {
-    embed_tokens = register_module("embed_tokens", Embedding(c.vocab_size, c.hidden_size));
+  DecoderStackImpl(const ModelConfig& c, const at::TensorOptions& o) {
+    embed_tokens = register_module("embed_tokens", Embedding(c.vocab_size, c.hidden_size, o));
     layers = register_module("layers", torch::nn::ModuleList());
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-      DecoderLayer layer(c);
+      DecoderLayer layer(c, o);
       layers->push_back(layer);
       typed_layers.push_back(layer);
     }
-    norm = register_module("norm", RmsNorm(c.hidden_size, c.rms_norm_eps));
+    norm = register_module("norm", RmsNorm(c.hidden_size, c.rms_norm_eps, o));
   }
   Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
@@ -210,14 +212,48 @@ class DecoderStackImpl : public torch::nn::Module {
 
 int64_t KvCache::Length() const { return valid.defined() ? valid.size(1) : 0; }
 
-CausalLMImpl::CausalLMImpl(const ModelConfig& config) : config_(config) {
+at::Tensor RopeInverseFrequencies(const ModelConfig& c) {
+  // Each line mirrors transformers' Python expression; a Python scalar meeting a float32
+  // tensor becomes a float32 operand, as the ATen Scalar overloads do here.
+  const int64_t dim = c.HeadDim();
+  // `1.0 / (base ** x)` is Tensor.__rtruediv__ too.
+  at::Tensor inv_freq =
+      at::pow(c.rope_theta, at::arange(0, dim, 2, at::kLong).to(at::kFloat) / dim).reciprocal();
+  const RopeScaling& r = c.rope_scaling;
+  if (r.rope_type != "llama3") return inv_freq;
+  const double factor = r.factor, low = r.low_freq_factor, high = r.high_freq_factor;
+  const double old_context_len = static_cast<double>(r.original_max_position_embeddings > 0
+                                                         ? r.original_max_position_embeddings
+                                                         : c.max_position_embeddings);
+  const double low_freq_wavelen = old_context_len / low;
+  const double high_freq_wavelen = old_context_len / high;
+  // `2 * math.pi / inv_freq` is Tensor.__rtruediv__: reciprocal() * scalar.
+  at::Tensor wavelen = inv_freq.reciprocal() * (2 * std::numbers::pi);
+  at::Tensor inv_freq_llama = at::where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq);
+  at::Tensor smooth_factor = (wavelen.reciprocal() * old_context_len - low) / (high - low);
+  at::Tensor smoothed_inv_freq =
+      (1 - smooth_factor) * inv_freq_llama / factor + smooth_factor * inv_freq_llama;
+  at::Tensor is_medium_freq =
+      (wavelen < high_freq_wavelen).logical_not() * (wavelen > low_freq_wavelen).logical_not();
+  return at::where(is_medium_freq, smoothed_inv_freq, inv_freq_llama);
+}
+
+CausalLMImpl::CausalLMImpl(const ModelConfig& config) : CausalLMImpl(config, CausalLMOptions{}) {}
+
+CausalLMImpl::CausalLMImpl(const ModelConfig& config, const CausalLMOptions& options)
+    : config_(config) {
   absl::Status s = ValidateModelConfig(config);
   TORCH_CHECK(s.ok(), "CausalLM: ", std::string(s.message()));
-  model_ = register_module("model", std::make_shared<internal::DecoderStackImpl>(config));
+  TORCH_CHECK(at::isFloatingType(options.dtype), "CausalLM: dtype ", c10::toString(options.dtype),
+              " is not a floating-point type");
+  const auto opts = at::TensorOptions().dtype(options.dtype).device(options.device);
+  model_ = register_module("model", std::make_shared<internal::DecoderStackImpl>(config, opts));
   if (!config.tie_word_embeddings) {
     lm_head_ = register_module("lm_head", std::make_shared<internal::ProjImpl>(
-                                              config.hidden_size, config.vocab_size, false));
+                                              config.hidden_size, config.vocab_size, false, opts));
   }
+  inv_freq_ = RopeInverseFrequencies(config);
+  if (!options.random_init) return;
   torch::NoGradGuard no_grad;
   for (auto& item : named_parameters(/*recurse=*/true)) {
     const std::string& name = item.key();
@@ -264,13 +300,15 @@ at::Tensor CausalLMImpl::forward(const at::Tensor& input_ids, const at::Tensor& 
   at::Tensor mask = (kj.le(qi).unsqueeze(0) & key_valid.unsqueeze(1)) | kj.eq(qi).unsqueeze(0);
   mask = mask.unsqueeze(1);  // [B,1,T,S]
 
-  // RoPE tables in float32 as HF computes them, cast to the activation dtype.
-  const int64_t hd = config_.HeadDim();
+  // RoPE tables in float32 as HF computes them, cast to the activation dtype. The
+  // frequencies are computed once on the CPU, as transformers does at construction, so
+  // CPU and CUDA runs use the same bits.
   auto float_opts = at::TensorOptions().dtype(at::kFloat).device(device);
-  at::Tensor inv_freq =
-      1.0 / at::pow(config_.rope_theta, at::arange(0, hd, 2, long_opts).to(at::kFloat) / hd);
-  at::Tensor freqs = positions.to(float_opts).unsqueeze(-1) * inv_freq;  // [B,T,hd/2]
-  at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);             // [B,1,T,hd]
+  if (!inv_freq_on_device_.defined() || inv_freq_on_device_.device() != device) {
+    inv_freq_on_device_ = inv_freq_.to(device);
+  }
+  at::Tensor freqs = positions.to(float_opts).unsqueeze(-1) * inv_freq_on_device_;  // [B,T,hd/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);                        // [B,1,T,hd]
   const auto act_dtype = model_->embed_tokens->weight.scalar_type();
   at::Tensor cos = emb.cos().to(act_dtype), sin = emb.sin().to(act_dtype);
 

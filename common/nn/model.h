@@ -32,23 +32,39 @@ struct KvCache {
   int64_t Length() const;                // T_cached (0 for an empty cache)
 };
 
+// How CausalLM allocates its parameters. random_init = false leaves them uninitialised
+// (for a caller that overwrites every one, such as LoadModelDir: it saves the time and
+// never touches memory twice).
+struct CausalLMOptions {
+  at::ScalarType dtype = at::kFloat;  // kFloat, kBFloat16 or kHalf
+  at::Device device = at::kCPU;
+  bool random_init = true;
+};
+
 // Parameter names: model.embed_tokens.weight, model.layers.{i}.{input_layernorm,
 // self_attn.{q,k,v,o}_proj, [self_attn.{q,k}_norm], post_attention_layernorm,
 // mlp.{gate,up,down}_proj}.weight (+ q/k/v .bias), model.norm.weight, lm_head.weight
-// (absent when tied). Initialised with normal(0, 0.02) for linears and embeddings, ones for
-// norms and zeros for biases, from Torch's global RNG (deterministic after manual_seed).
+// (absent when tied), and model.layers.{i}.self_attn.o_proj.bias when attention_bias is set
+// for llama / qwen3 (as transformers does). Initialised with normal(0, 0.02) for linears
+// and embeddings, ones for norms and zeros for biases, from Torch's global RNG
+// (deterministic after manual_seed).
 // Not thread-safe: callers serialise forward calls and weight updates.
 class CausalLMImpl : public torch::nn::Module {
  public:
   // `config` must pass ValidateModelConfig (checked: throws c10::Error otherwise, so
   // construct through LoadModelDir or after validating).
   explicit CausalLMImpl(const ModelConfig& config);
+  // Parameters of options.dtype on options.device, allocated there directly (no float32
+  // CPU copy first). With random_init the values are drawn as above, in that dtype.
+  CausalLMImpl(const ModelConfig& config, const CausalLMOptions& options);
 
   // input_ids [B,T] int64; positions [B,T] int64 (RoPE positions); valid [B,T] bool (false
   // for padding tokens). Attention is causal over (cached positions + this input),
   // restricted to valid keys; a padding query attends to itself only, so its (meaningless)
   // row stays finite. If cache != nullptr, this input's keys/values/valid are appended.
-  // Returns float32 logits [B,T,vocab].
+  // Computes in the parameters' dtype, except as transformers does: RMSNorm statistics,
+  // RoPE tables and attention softmax in float32. Returns float32 logits [B,T,vocab]
+  // (the lm_head product in the parameters' dtype, then cast, as transformers does).
   at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& positions,
                      const at::Tensor& valid, KvCache* cache = nullptr);
 
@@ -58,8 +74,15 @@ class CausalLMImpl : public torch::nn::Module {
   ModelConfig config_;
   std::shared_ptr<internal::DecoderStackImpl> model_;  // "model": embed_tokens, layers, norm
   std::shared_ptr<internal::ProjImpl> lm_head_;        // "lm_head"; null when tied
+  at::Tensor inv_freq_;            // RoPE inverse frequencies, float32 on the CPU (never cast)
+  at::Tensor inv_freq_on_device_;  // inv_freq_ copied to the device of the last forward
 };
 TORCH_MODULE(CausalLM);
+
+// RoPE inverse frequencies [head_dim / 2], float32 on the CPU, computed with the same
+// float32 tensor operations as transformers' _compute_default_rope_parameters and (for
+// rope_scaling llama3) _compute_llama3_parameters, so they agree bit for bit.
+at::Tensor RopeInverseFrequencies(const ModelConfig& config);
 
 // HF-named parameters in a stable order (named_parameters order), tied lm_head omitted.
 // The tensors are the parameters themselves (not copies).

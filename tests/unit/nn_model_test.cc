@@ -1,8 +1,10 @@
-// The policy model, its file formats (config.json, safetensors, model directories) and
-// the sampling log-prob definition.
+// The policy model (names, init, RoPE, KV cache, dtypes), the safetensors format and
+// the sampling log-prob definition. Model directories: nn_model_dir_test.cc.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -13,7 +15,6 @@
 #include "common/model_config.h"
 #include "common/nn/logprobs.h"
 #include "common/nn/model.h"
-#include "common/nn/model_dir.h"
 #include "common/nn/safetensors.h"
 #include "nlohmann/json.hpp"
 
@@ -64,6 +65,7 @@ std::vector<std::string> ExpectedNames(const ModelConfig& c) {
       if (c.attention_bias) out.push_back(p + "self_attn." + proj + "_proj.bias");
     }
     out.push_back(p + "self_attn.o_proj.weight");
+    if (c.attention_bias && c.architecture != "qwen2") out.push_back(p + "self_attn.o_proj.bias");
     if (c.qk_norm) {
       out.push_back(p + "self_attn.q_norm.weight");
       out.push_back(p + "self_attn.k_norm.weight");
@@ -156,6 +158,148 @@ TEST(ModelTest, ConstructorRejectsInvalidConfig) {
   ModelConfig c = TinyConfig("llama");
   c.num_key_value_heads = 3;
   EXPECT_THROW(CausalLM model(c), c10::Error);
+}
+
+TEST(ModelTest, AttentionBiasFollowsTransformersPerArchitecture) {
+  // transformers: Llama and Qwen3 put attention_bias on q/k/v and o_proj; Qwen2 always
+  // has q/k/v bias and never an o_proj bias.
+  for (const char* arch : {"llama", "qwen2", "qwen3"}) {
+    SCOPED_TRACE(arch);
+    ModelConfig c = TinyConfig(arch);
+    c.attention_bias = true;
+    CausalLM model(c);
+    std::vector<std::string> names = Names(model);
+    EXPECT_EQ(names, ExpectedNames(c));
+    const bool o_bias = std::find(names.begin(), names.end(),
+                                  "model.layers.0.self_attn.o_proj.bias") != names.end();
+    EXPECT_EQ(o_bias, std::string(arch) != "qwen2");
+  }
+}
+
+TEST(ModelTest, BuildsInTheRequestedDtype) {
+  ModelConfig c = TinyConfig("qwen3");
+  torch::manual_seed(14);
+  CausalLM model(c, CausalLMOptions{at::kBFloat16});
+  for (auto& [n, t] : NamedWeights(model)) EXPECT_EQ(t.scalar_type(), at::kBFloat16) << n;
+  EXPECT_TRUE(torch::equal(Param(model, "model.norm.weight"), torch::ones({32}, torch::kBFloat16)));
+  CausalLM raw(c, CausalLMOptions{at::kFloat, at::kCPU, /*random_init=*/false});
+  EXPECT_EQ(Names(raw), ExpectedNames(c));
+  EXPECT_THROW(CausalLM(c, CausalLMOptions{at::kLong}), c10::Error);
+}
+
+// A bf16 model computes in bf16 with norms / softmax / RoPE in float32, so it stays close
+// to the fp32 model it was cast from, and stays finite.
+TEST(ModelTest, Bf16ForwardTracksFloat32) {
+  for (const char* arch : {"llama", "qwen2", "qwen3"}) {
+    SCOPED_TRACE(arch);
+    ModelConfig c = TinyConfig(arch);
+    torch::manual_seed(15);
+    CausalLM model(c);
+    {
+      torch::NoGradGuard g;  // larger weights than the init, so that errors would show
+      for (auto& [n, t] : NamedWeights(model)) {
+        if (n.find("norm") == std::string::npos) t.mul_(10);
+      }
+    }
+    torch::NoGradGuard no_grad;
+    at::Tensor ids = torch::tensor({{3, 4, 5, 6, 7, 8, 9, 10}});
+    at::Tensor pos = torch::arange(8).view({1, 8});
+    at::Tensor valid = torch::ones({1, 8}, torch::kBool);
+    at::Tensor f32 = model->forward(ids, pos, valid);
+    model->to(at::kBFloat16);
+    at::Tensor bf16 = model->forward(ids, pos, valid);
+    EXPECT_EQ(bf16.scalar_type(), at::kFloat);
+    EXPECT_TRUE(torch::isfinite(bf16).all().item<bool>());
+    const float scale = f32.abs().max().item<float>();
+    EXPECT_GT(scale, 0.5);
+    EXPECT_LT((bf16 - f32).abs().max().item<float>(), 0.05 * scale);
+    // The same top token nearly everywhere.
+    EXPECT_GE(bf16.argmax(-1).eq(f32.argmax(-1)).sum().item<int64_t>(), 6);
+    // Incremental decoding in bf16 agrees with the full bf16 forward.
+    KvCache cache;
+    model->forward(ids.narrow(1, 0, 7), pos.narrow(1, 0, 7), valid.narrow(1, 0, 7), &cache);
+    at::Tensor last =
+        model->forward(ids.narrow(1, 7, 1), pos.narrow(1, 7, 1), valid.narrow(1, 7, 1), &cache);
+    EXPECT_LT((last - bf16.narrow(1, 7, 1)).abs().max().item<float>(), 0.05 * scale);
+  }
+}
+
+// ---------------------------------------------------------------- RoPE
+
+TEST(RopeTest, DefaultFrequencies) {
+  ModelConfig c = TinyConfig("qwen3");  // head_dim 16
+  c.rope_theta = 1e6;
+  at::Tensor f = RopeInverseFrequencies(c);
+  ASSERT_EQ(f.sizes(), (at::IntArrayRef{8}));
+  EXPECT_EQ(f.scalar_type(), at::kFloat);
+  for (int i = 0; i < 8; ++i) {
+    const double want = std::pow(1e6, -2.0 * i / 16);
+    EXPECT_NEAR(f[i].item<double>(), want, 1e-6 * want);
+  }
+}
+
+// Llama 3.2's rope_scaling (factor 32, low 1, high 4, original context 8192, theta 5e5,
+// head_dim 64): high frequencies untouched, low ones divided by the factor, the band in
+// between interpolated -- against a float64 evaluation of transformers' formula.
+TEST(RopeTest, Llama3ScalingMatchesTransformersFormula) {
+  ModelConfig c = TinyConfig("llama");
+  c.hidden_size = 128;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 1;
+  c.max_position_embeddings = 131072;
+  c.rope_theta = 500000.0;
+  c.rope_scaling.rope_type = "llama3";
+  c.rope_scaling.factor = 32.0;
+  c.rope_scaling.low_freq_factor = 1.0;
+  c.rope_scaling.high_freq_factor = 4.0;
+  c.rope_scaling.original_max_position_embeddings = 8192;
+  ASSERT_EQ(c.HeadDim(), 64);
+  at::Tensor scaled = RopeInverseFrequencies(c);
+  ModelConfig plain = c;
+  plain.rope_scaling = RopeScaling{};
+  at::Tensor base = RopeInverseFrequencies(plain);
+  ASSERT_EQ(scaled.sizes(), (at::IntArrayRef{32}));
+  int high = 0, low = 0, mid = 0;
+  for (int i = 0; i < 32; ++i) {
+    const double inv = std::pow(500000.0, -2.0 * i / 64);
+    const double wavelen = 2 * M_PI / inv;
+    double want = inv;
+    if (wavelen > 8192.0) {
+      want = inv / 32;
+      ++low;
+      EXPECT_EQ(scaled[i].item<float>(), base[i].item<float>() / 32.0f) << i;
+    } else if (wavelen >= 2048.0) {
+      const double smooth = (8192.0 / wavelen - 1.0) / 3.0;
+      want = (1 - smooth) * inv / 32 + smooth * inv;
+      ++mid;
+    } else {
+      ++high;
+      EXPECT_EQ(scaled[i].item<float>(), base[i].item<float>()) << i;
+    }
+    EXPECT_NEAR(scaled[i].item<double>(), want, 1e-5 * want) << i;
+  }
+  EXPECT_GT(high, 0);
+  EXPECT_GT(low, 0);
+  EXPECT_GT(mid, 0);
+
+  // And the model uses them: the same weights give other logits than plain RoPE.
+  c.hidden_size = 32;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.rope_scaling.original_max_position_embeddings = 4;  // so that tiny heads scale
+  plain = c;
+  plain.rope_scaling = RopeScaling{};
+  torch::manual_seed(16);
+  CausalLM a(c);
+  CausalLM b(plain);
+  {
+    torch::NoGradGuard g;
+    for (auto& [n, t] : NamedWeights(b)) t.copy_(Param(a, n));
+  }
+  at::Tensor ids = torch::tensor({{3, 4, 5, 6, 7, 8}});
+  at::Tensor pos = torch::arange(6).view({1, 6}) * 7;
+  at::Tensor valid = torch::ones({1, 6}, torch::kBool);
+  EXPECT_FALSE(torch::allclose(a->forward(ids, pos, valid), b->forward(ids, pos, valid), 0, 1e-5));
 }
 
 // ---------------------------------------------------------------- KV cache
@@ -405,236 +549,55 @@ TEST(SafetensorsTest, MalformedFilesGiveErrors) {
   fs::remove_all(dir);
 }
 
-// ---------------------------------------------------------------- model directories
+TEST(SafetensorsTest, FileReadsOneTensorAtATime) {
+  const std::string dir = TempDir("st_file");
+  torch::manual_seed(17);
+  at::Tensor w = torch::randn({4, 6}).to(torch::kBFloat16);
+  at::Tensor ids = torch::arange(5);
+  SafetensorsWriteOptions opts;
+  opts.metadata["note"] = "hi";
+  ASSERT_TRUE(SaveSafetensors({{"w", w}, {"ids", ids}}, dir + "/a.safetensors", opts).ok());
+  auto file = SafetensorsFile::Open(dir + "/a.safetensors");
+  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_EQ(file->entries().size(), 2u);
+  EXPECT_EQ(file->entries()[0].name, "w");  // file order
+  EXPECT_EQ(file->entries()[0].dtype, at::kBFloat16);
+  EXPECT_EQ(file->metadata().at("note"), "hi");
+  EXPECT_EQ(file->metadata().at("format"), "pt");
+  const auto& we = file->entries()[0];
+  at::Tensor direct = torch::empty({4, 6}, torch::kBFloat16);
+  ASSERT_TRUE(file->ReadInto(we, direct).ok());
+  EXPECT_TRUE(torch::equal(direct, w));
+  at::Tensor widened = torch::empty({4, 6});
+  ASSERT_TRUE(file->ReadInto(we, widened).ok());
+  EXPECT_TRUE(torch::equal(widened, w.to(torch::kFloat)));
+  at::Tensor strided = torch::empty({6, 4}, torch::kBFloat16).t();  // not contiguous
+  ASSERT_TRUE(file->ReadInto(we, strided).ok());
+  EXPECT_TRUE(torch::equal(strided, w));
+  at::Tensor wrong = torch::empty({4, 5}, torch::kBFloat16);
+  absl::Status s = file->ReadInto(we, wrong);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("w"), std::string::npos);
+  at::Tensor as_float = torch::empty({5});
+  EXPECT_FALSE(file->ReadInto(file->entries()[1], as_float).ok());  // integer into float
+  auto read = file->Read(file->entries()[1]);
+  ASSERT_TRUE(read.ok());
+  EXPECT_TRUE(torch::equal(*read, ids));
+  // Moving keeps the file readable.
+  SafetensorsFile moved = *std::move(file);
+  EXPECT_TRUE(moved.ReadInto(moved.entries()[0], direct).ok());
 
-at::Tensor Logits(CausalLM& m) {
-  at::Tensor ids = torch::tensor({{0, 3, 4, 5, 6, 7}, {2, 8, 9, 10, 11, 16}});
-  at::Tensor pos = torch::tensor({{0, 0, 1, 2, 3, 4}, {0, 1, 2, 3, 4, 5}});
-  at::Tensor valid =
-      torch::tensor({{false, true, true, true, true, true}, {true, true, true, true, true, true}});
-  return m->forward(ids, pos, valid);
-}
-
-TEST(ModelDirTest, RoundTripGivesIdenticalLogits) {
-  for (const char* arch : {"llama", "qwen2", "qwen3"}) {
-    for (bool tied : {false, true}) {
-      SCOPED_TRACE(std::string(arch) + (tied ? " tied" : ""));
-      const std::string dir = TempDir(std::string("dir_") + arch + (tied ? "_tied" : "")) + "/sub";
-      ModelConfig c = TinyConfig(arch, tied);
-      torch::manual_seed(9);
-      CausalLM model(c);
-      ASSERT_TRUE(SaveModelDir(model, dir).ok());
-      EXPECT_TRUE(fs::exists(dir + "/config.json"));
-      torch::manual_seed(10);  // a different init, to be overwritten
-      auto loaded = LoadModelDir(dir);
-      ASSERT_TRUE(loaded.ok()) << loaded.status();
-      EXPECT_EQ(Names(*loaded), ExpectedNames(c));
-      EXPECT_TRUE(torch::equal(Logits(model), Logits(*loaded)));
-      auto saved = LoadSafetensors(dir + "/model.safetensors");
-      ASSERT_TRUE(saved.ok());
-      for (auto& [n, t] : *saved) EXPECT_EQ(t.scalar_type(), at::kFloat) << n;
-      EXPECT_EQ(saved->size(), ExpectedNames(c).size());
-      fs::remove_all(fs::path(dir).parent_path());
-    }
-  }
-}
-
-TEST(ModelDirTest, LoadsShardedBf16Checkpoint) {
-  const std::string dir = TempDir("sharded");
-  ModelConfig c = TinyConfig("qwen2");
-  c.torch_dtype = "bfloat16";
-  torch::manual_seed(11);
-  CausalLM model(c);
-  ASSERT_TRUE(WriteModelConfig(c, dir + "/config.json").ok());
-  auto weights = NamedWeights(model);
-  NamedTensors shard1, shard2;
-  nlohmann::json map = nlohmann::json::object();
-  for (size_t i = 0; i < weights.size(); ++i) {
-    const bool first = i < weights.size() / 2;
-    const std::string file =
-        first ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
-    (first ? shard1 : shard2)
-        .emplace_back(weights[i].first, weights[i].second.to(torch::kBFloat16));
-    map[weights[i].first] = file;
-  }
-  ASSERT_TRUE(SaveSafetensors(shard1, dir + "/model-00001-of-00002.safetensors").ok());
-  ASSERT_TRUE(SaveSafetensors(shard2, dir + "/model-00002-of-00002.safetensors").ok());
-  std::ofstream(dir + "/model.safetensors.index.json")
-      << nlohmann::json{{"metadata", {{"total_size", 0}}}, {"weight_map", map}}.dump();
-  auto loaded = LoadModelDir(dir);
-  ASSERT_TRUE(loaded.ok()) << loaded.status();
-  for (auto& [n, t] : NamedWeights(*loaded)) {
-    EXPECT_EQ(t.scalar_type(), at::kFloat);
-    EXPECT_TRUE(torch::equal(t, Param(model, n).to(torch::kBFloat16).to(torch::kFloat))) << n;
-  }
-  // A shard missing from disk is an error that names it.
-  fs::remove(dir + "/model-00002-of-00002.safetensors");
-  auto broken = LoadModelDir(dir);
-  ASSERT_FALSE(broken.ok());
-  EXPECT_NE(broken.status().message().find("model-00002-of-00002"), std::string::npos);
+  // Write-time conversion of floating tensors only.
+  SafetensorsWriteOptions half;
+  half.float_dtype = at::kHalf;
+  ASSERT_TRUE(SaveSafetensors({{"w", w}, {"ids", ids}}, dir + "/b.safetensors", half).ok());
+  auto b = LoadSafetensors(dir + "/b.safetensors");
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ((*b)[0].second.scalar_type(), at::kHalf);
+  EXPECT_TRUE(torch::equal((*b)[0].second, w.to(at::kHalf)));
+  EXPECT_EQ((*b)[1].second.scalar_type(), at::kLong);
+  EXPECT_EQ(SafetensorsBytes(w, at::kFloat), 96u);
   fs::remove_all(dir);
-}
-
-TEST(ModelDirTest, ArchitectureMismatchIsAnError) {
-  const std::string dir = TempDir("mismatch");
-  torch::manual_seed(12);
-  CausalLM qwen2(TinyConfig("qwen2"));
-  ASSERT_TRUE(SaveModelDir(qwen2, dir).ok());
-  ASSERT_TRUE(WriteModelConfig(TinyConfig("llama"), dir + "/config.json").ok());
-  auto loaded = LoadModelDir(dir);
-  ASSERT_FALSE(loaded.ok());
-  EXPECT_NE(loaded.status().message().find("bias"), std::string::npos) << loaded.status();
-  fs::remove_all(dir);
-}
-
-// ---------------------------------------------------------------- ModelConfig
-
-TEST(ModelConfigTest, JsonRoundTrip) {
-  const std::string dir = TempDir("config");
-  ModelConfig c = TinyConfig("qwen3", /*tied=*/true);
-  c.rms_norm_eps = 1e-5;
-  c.rope_theta = 1e6;
-  c.max_position_embeddings = 40960;
-  c.torch_dtype = "bfloat16";
-  c.pad_token_id = -1;
-  ASSERT_TRUE(WriteModelConfig(c, dir + "/config.json").ok());
-  auto r = ReadModelConfig(dir + "/config.json");
-  ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->architecture, "qwen3");
-  EXPECT_EQ(r->vocab_size, 17);
-  EXPECT_EQ(r->hidden_size, 32);
-  EXPECT_EQ(r->intermediate_size, 48);
-  EXPECT_EQ(r->num_hidden_layers, 2);
-  EXPECT_EQ(r->num_attention_heads, 4);
-  EXPECT_EQ(r->num_key_value_heads, 2);
-  EXPECT_EQ(r->head_dim, 16);
-  EXPECT_EQ(r->max_position_embeddings, 40960);
-  EXPECT_EQ(r->rms_norm_eps, 1e-5);
-  EXPECT_EQ(r->rope_theta, 1e6);
-  EXPECT_FALSE(r->attention_bias);
-  EXPECT_TRUE(r->qk_norm);
-  EXPECT_TRUE(r->tie_word_embeddings);
-  EXPECT_EQ(r->bos_token_id, 1);
-  EXPECT_EQ(r->eos_token_id, 2);
-  EXPECT_EQ(r->pad_token_id, -1);
-  EXPECT_EQ(r->torch_dtype, "bfloat16");
-  std::ifstream in(dir + "/config.json");
-  auto j = nlohmann::json::parse(in);
-  EXPECT_EQ(j["architectures"], nlohmann::json::array({"Qwen3ForCausalLM"}));
-  EXPECT_EQ(j["model_type"], "qwen3");
-  EXPECT_TRUE(j["pad_token_id"].is_null());
-
-  for (const char* arch : {"llama", "qwen2"}) {
-    ModelConfig d = TinyConfig(arch);
-    ASSERT_TRUE(WriteModelConfig(d, dir + "/config.json").ok());
-    auto rd = ReadModelConfig(dir + "/config.json");
-    ASSERT_TRUE(rd.ok());
-    EXPECT_EQ(rd->architecture, arch);
-    EXPECT_EQ(rd->attention_bias, std::string(arch) == "qwen2");
-    EXPECT_FALSE(rd->qk_norm);
-    std::ifstream in2(dir + "/config.json");
-    auto j2 = nlohmann::json::parse(in2);
-    EXPECT_EQ(j2["architectures"][0],
-              std::string(arch) == "llama" ? "LlamaForCausalLM" : "Qwen2ForCausalLM");
-  }
-  fs::remove_all(dir);
-}
-
-TEST(ModelConfigTest, ReadsRealWorldConfigs) {
-  const std::string dir = TempDir("config_real");
-  // Abridged Qwen2.5-0.5B-Instruct config: no attention_bias field (Qwen2 implies it).
-  std::ofstream(dir + "/qwen.json") << R"({
-    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
-    "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
-    "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 21,
-    "model_type": "qwen2", "num_attention_heads": 14, "num_hidden_layers": 24,
-    "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
-    "sliding_window": 32768, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
-    "transformers_version": "4.43.1", "use_cache": true, "use_sliding_window": false,
-    "vocab_size": 151936})";
-  auto q = ReadModelConfig(dir + "/qwen.json");
-  ASSERT_TRUE(q.ok()) << q.status();
-  EXPECT_TRUE(q->attention_bias);
-  EXPECT_EQ(q->HeadDim(), 64);
-  EXPECT_EQ(q->pad_token_id, -1);
-  EXPECT_TRUE(q->tie_word_embeddings);
-  // Llama 3 style: eos list, no num_key_value_heads -> defaults to the head count.
-  std::ofstream(dir + "/llama.json") << R"({"model_type": "llama", "vocab_size": 300,
-    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "bos_token_id": 1, "eos_token_id": [2, 3], "rope_scaling": null})";
-  auto l = ReadModelConfig(dir + "/llama.json");
-  ASSERT_TRUE(l.ok()) << l.status();
-  EXPECT_EQ(l->eos_token_id, 2);
-  EXPECT_EQ(l->num_key_value_heads, 4);
-  EXPECT_FALSE(l->tie_word_embeddings);
-
-  auto expect_error = [&](const std::string& text, const std::string& field) {
-    std::ofstream(dir + "/bad.json") << text;
-    auto r = ReadModelConfig(dir + "/bad.json");
-    ASSERT_FALSE(r.ok()) << text;
-    EXPECT_NE(r.status().message().find(field), std::string::npos) << r.status();
-  };
-  const std::string base = R"("model_type": "llama", "vocab_size": 300, "hidden_size": 64,
-    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4)";
-  expect_error("{" + base + R"(, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})",
-               "rope_scaling");
-  expect_error("{" + base + R"(, "hidden_act": "gelu"})", "hidden_act");
-  expect_error("{" + base + R"(, "num_key_value_heads": 3})", "num_key_value_heads");
-  expect_error("{" + base + R"(, "vocab_size": "many"})", "vocab_size");
-  expect_error("{" + base + R"(, "pad_token_id": 300})", "pad_token_id");
-  expect_error(R"({"model_type": "gpt2", "vocab_size": 3})", "model_type");
-  expect_error("{" + base, "JSON");
-  EXPECT_EQ(ReadModelConfig(dir + "/none.json").status().code(), absl::StatusCode::kNotFound);
-  fs::remove_all(dir);
-}
-
-TEST(ModelConfigTest, ValidationNamesTheField) {
-  auto expect_field = [](ModelConfig c, const std::string& field) {
-    absl::Status s = ValidateModelConfig(c);
-    ASSERT_FALSE(s.ok()) << field;
-    EXPECT_NE(s.message().find(field), std::string::npos) << s;
-  };
-  ModelConfig ok = TinyConfig("llama");
-  EXPECT_TRUE(ValidateModelConfig(ok).ok());
-  ModelConfig c = ok;
-  c.vocab_size = 0;
-  expect_field(c, "vocab_size");
-  c = ok;
-  c.hidden_size = 30;
-  expect_field(c, "hidden_size");  // 30 % 4 heads
-  c = ok;
-  c.head_dim = 7;
-  expect_field(c, "head_dim");
-  c = ok;
-  c.rms_norm_eps = 0;
-  expect_field(c, "rms_norm_eps");
-  c = ok;
-  c.architecture = "qwen2";
-  expect_field(c, "attention_bias");
-  c = ok;
-  c.qk_norm = true;
-  expect_field(c, "qk_norm");
-  c = ok;
-  c.architecture = "qwen3";
-  expect_field(c, "qk_norm");
-  c = ok;
-  c.eos_token_id = -5;
-  expect_field(c, "eos_token_id");
-  c = ok;
-  c.torch_dtype = "int8";
-  expect_field(c, "torch_dtype");
-}
-
-TEST(ModelConfigTest, NeverSampledTokens) {
-  ModelConfig c = TinyConfig("llama");  // pad 0, bos 1, eos 2
-  EXPECT_EQ(NeverSampledTokens(c), (std::vector<int64_t>{0, 1}));
-  c.bos_token_id = 2;  // bos == eos (Qwen): only pad
-  EXPECT_EQ(NeverSampledTokens(c), (std::vector<int64_t>{0}));
-  c.pad_token_id = 2;  // pad == eos: masking it would make stopping impossible
-  EXPECT_TRUE(NeverSampledTokens(c).empty());
-  c.pad_token_id = -1;
-  c.bos_token_id = -1;
-  EXPECT_TRUE(NeverSampledTokens(c).empty());
 }
 
 // ---------------------------------------------------------------- SamplingLogProbs

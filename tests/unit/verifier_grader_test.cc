@@ -4,7 +4,10 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "verifier/answer_extract.h"
 #include "verifier/grader.h"
+#include "verifier/latex_normalize.h"
+#include "verifier/symbolic_equal.h"
 
 namespace pmdrl {
 namespace {
@@ -62,7 +65,9 @@ std::vector<Case> Cases() {
       {"math", "answer: 1\nANSWER: 2", "2", Verdict::kCorrect},
       {"math", "Answer:\n\n  -3", "-3", Verdict::kCorrect},
       {"math", "Answer: 42 \\boxed{41}", "42", Verdict::kIncorrect},  // boxed wins
-      {"math", "The answer is 42.", "42", Verdict::kParseError},
+      {"math", "The answer is 42.", "42", Verdict::kCorrect},
+      {"math", "The answer is 42. Because 6*7.", "42", Verdict::kCorrect},
+      {"math", "I think so.", "42", Verdict::kParseError},
       {"math", "\\boxed{}", "42", Verdict::kParseError},
       {"math", "", "42", Verdict::kParseError},
       // normalisation
@@ -88,7 +93,9 @@ std::vector<Case> Cases() {
       {"math", "\\boxed{1.5E3}", "1500", Verdict::kCorrect},
       {"math", "\\boxed{\\frac{2}{0}}", "1", Verdict::kIncorrect},
       {"math", "\\boxed{\\pi}", "\\pi", Verdict::kCorrect},
-      {"math", "\\boxed{3.14159}", "\\pi", Verdict::kIncorrect},  // symbolic: not yet
+      {"math", "\\boxed{3.1416}", "\\pi", Verdict::kIncorrect},  // 2e-6 relative: too far
+      {"math", "\\boxed{3.14159265}", "\\pi", Verdict::kCorrect},
+      {"math", "\\boxed{2\\sqrt{2}}", "\\sqrt{8}", Verdict::kCorrect},
       // a reference that is a whole solution
       {"math", "\\boxed{6}", "so the total is $\\boxed{6}$.", Verdict::kCorrect},
   };
@@ -215,6 +222,75 @@ TEST(GraderTest, ExpiredDeadlineIsTimeout) {
   // A generous deadline does not change the result.
   EXPECT_EQ(GradeMath("\\boxed{1}", "1", Deadline(std::chrono::hours(1))).verdict,
             Verdict::kCorrect);
+}
+
+TEST(AnswerExtractTest, Forms) {
+  Deadline forever = Deadline::Infinite();
+  DeadlinePoll poll(forever);
+  EXPECT_EQ(ExtractAnswer("a \\boxed{x^{2}} b", poll), "x^{2}");
+  EXPECT_EQ(ExtractAnswer("so \\boxed 12 done", poll), "12");
+  EXPECT_EQ(ExtractAnswer("blah\n#### 1,234\n", poll), "1,234");
+  EXPECT_EQ(ExtractAnswer("#### 5\nThe answer is 6.", poll), "6");  // the later one
+  EXPECT_EQ(ExtractAnswer("Answer: 5\n#### 6", poll), "6");
+  EXPECT_EQ(ExtractAnswer("nothing here", poll), std::nullopt);
+  EXPECT_EQ(ReduceReference("step\n#### 72", poll), "72");
+  EXPECT_EQ(ReduceReference("\\frac{1}{2}", poll), "\\frac{1}{2}");
+}
+
+TEST(LatexNormalizeTest, Forms) {
+  Deadline forever = Deadline::Infinite();
+  DeadlinePoll poll(forever);
+  EXPECT_EQ(NormalizeLatex("\\left( \\dfrac12, \\sqrt2 \\right)", poll).text,
+            "(\\frac{1}{2},\\sqrt{2})");
+  EXPECT_EQ(NormalizeLatex("\\$1,234.50", poll).text, "1234.50");
+  EXPECT_EQ(NormalizeLatex("12 \\text{ cm}^2", poll).text, "12");
+  EXPECT_EQ(NormalizeLatex("5 dollars", poll).text, "5");
+  EXPECT_EQ(NormalizeLatex("2x", poll).text, "2x");  // a variable is no unit
+  EXPECT_EQ(NormalizeLatex("\\pi r^2", poll).text, "\\pi r^2");
+  EXPECT_EQ(NormalizeLatex("1 \\text{ and } 2", poll).text, "1,2");
+  EXPECT_EQ(NormalizeLatex("y = 2x + 1", poll).text, "2x+1");
+  EXPECT_EQ(NormalizeLatex("x + y = 1", poll).text, "x+y=1");  // no single variable
+  NormalizedAnswer pct = NormalizeLatex("50\\%", poll);
+  EXPECT_EQ(pct.text, "50");
+  EXPECT_TRUE(pct.percent);
+  EXPECT_FALSE(NormalizeLatex("50", poll).percent);
+}
+
+TEST(SymbolicTest, Translation) {
+  EXPECT_EQ(*LatexToGinac("\\frac{1}{2}"), "(((1))/((2)))");
+  EXPECT_EQ(*LatexToGinac("2\\sqrt{3}"), "(2)*(sqrt((3)))");
+  EXPECT_EQ(*LatexToGinac("0.25"), "(25/100)");
+  EXPECT_EQ(*LatexToGinac("007"), "7");
+  EXPECT_EQ(*LatexToGinac("x_1"), "s_x_1");
+  EXPECT_EQ(*LatexToGinac("\\pi"), "Pi");
+  for (const char* bad : {"\\infty", "yes", "2^{10^{10}}", "10^{999999}", "100000!",
+                          "(x+1)^{100000}", "\\frac{1}", "1+", "x^", "\\unknown{2}"}) {
+    absl::StatusOr<std::string> r = LatexToGinac(bad);
+    EXPECT_FALSE(r.ok()) << bad << " -> " << *r;
+    if (!r.ok()) {
+      EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    }
+  }
+  std::string deep = std::string(100, '(') + "1" + std::string(100, ')');
+  EXPECT_FALSE(LatexToGinac(deep).ok());
+  std::string ok_depth = std::string(20, '(') + "1" + std::string(20, ')');
+  EXPECT_TRUE(LatexToGinac(ok_depth).ok());
+  EXPECT_FALSE(LatexToGinac(std::string(kMaxSymbolicBytes + 1, '1')).ok());
+}
+
+TEST(SymbolicTest, Verdicts) {
+  Deadline forever = Deadline::Infinite();
+  EXPECT_EQ(SymbolicEqual("\\sqrt{8}", "2\\sqrt{2}", forever), SymbolicVerdict::kEqual);
+  EXPECT_EQ(SymbolicEqual("(x+1)^2", "x^2+2x+1", forever), SymbolicVerdict::kEqual);
+  EXPECT_EQ(SymbolicEqual("(x+1)^2", "x^2+1", forever), SymbolicVerdict::kNotEqual);
+  EXPECT_EQ(SymbolicEqual("\\frac{1}{0}", "1", forever), SymbolicVerdict::kUnsupported);
+  EXPECT_EQ(SymbolicEqual("\\infty", "\\infty", forever), SymbolicVerdict::kUnsupported);
+  // Too large to expand: decided numerically instead, still correct.
+  std::string big = "(a+b+c+d)^{40}";
+  EXPECT_EQ(SymbolicEqual(big, big + "+0", forever), SymbolicVerdict::kEqual);
+  EXPECT_EQ(SymbolicEqual(big, "2" + big, forever), SymbolicVerdict::kNotEqual);
+  EXPECT_EQ(SymbolicEqual("x", "x", Deadline(std::chrono::milliseconds(0))),
+            SymbolicVerdict::kTimeout);
 }
 
 }  // namespace
