@@ -18,10 +18,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "actor/rollout_engine.h"
 #include "actor/verifier_pool.h"
 #include "actor/weight_receiver.h"
 #include "common/auth.h"
+#include "common/bpe_tokenizer.h"
 #include "common/model_config.h"
 #include "common/rpc.h"
 #include "common/tokenizer.h"
@@ -274,27 +276,46 @@ absl::Status Actor::Impl::Setup() {
   model_config_ = *std::move(config);
   if (registration_.tokenizer() == "char") {
     tokenizer_ = std::make_unique<CharTokenizer>();
+  } else if (registration_.tokenizer() == "hf") {
+    // The coordinator sends tokenizer.json itself: actors need no model files.
+    absl::StatusOr<std::unique_ptr<BpeTokenizer>> bpe = BpeTokenizer::FromJson(
+        registration_.tokenizer_json(), "tokenizer.json from the coordinator");
+    if (!bpe.ok()) return bpe.status();
+    tokenizer_ = *std::move(bpe);
   } else {
     return absl::UnimplementedError(absl::StrCat("tokenizer '", registration_.tokenizer(),
                                                  "' named by the coordinator is not supported "
-                                                 "by this actor (supported: char)"));
+                                                 "by this actor (supported: char, hf)"));
   }
   if (tokenizer_->VocabSize() > model_config_.vocab_size) {
     return absl::InvalidArgumentError(
         absl::StrCat("tokenizer '", registration_.tokenizer(), "' has ", tokenizer_->VocabSize(),
                      " tokens but the model's vocab_size is ", model_config_.vocab_size));
   }
-  const int64_t eos =
-      model_config_.eos_token_id >= 0 ? model_config_.eos_token_id : tokenizer_->EosId();
-  if (eos != tokenizer_->EosId()) {
-    spdlog::warn("model eos_token_id {} differs from the tokenizer's EOS {}; stopping on {}", eos,
-                 tokenizer_->EosId(), eos);
+  std::vector<int64_t> stop_tokens;
+  if (registration_.stop_ids_size() > 0) {
+    for (int32_t id : registration_.stop_ids()) {
+      if (id < 0 || id >= model_config_.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("stop id ", id, " from the coordinator is ",
+                                                       "outside the model's vocabulary [0, ",
+                                                       model_config_.vocab_size, ")"));
+      }
+      stop_tokens.push_back(id);
+    }
+  } else {
+    const int64_t eos =
+        model_config_.eos_token_id >= 0 ? model_config_.eos_token_id : tokenizer_->EosId();
+    if (eos != tokenizer_->EosId()) {
+      spdlog::warn("model eos_token_id {} differs from the tokenizer's EOS {}; stopping on {}", eos,
+                   tokenizer_->EosId(), eos);
+    }
+    stop_tokens = {eos};
   }
   RolloutOptions rollout;
   rollout.temperature = options_.config.temperature;
   rollout.top_p = options_.config.top_p;
   rollout.max_new_tokens = options_.config.max_new_tokens;
-  rollout.stop_tokens = {eos};
+  rollout.stop_tokens = stop_tokens;
   rollout.seed = options_.config.seed != 0
                      ? options_.config.seed
                      : DeriveActorSeed(options_.run_seed, options_.config.name);
@@ -303,10 +324,11 @@ absl::Status Actor::Impl::Setup() {
   if (!engine.ok()) return engine.status();
   engine_ = *std::move(engine);
   spdlog::info(
-      "model: {} layers, hidden {}, vocab {}; sampling T={} top_p={} max_new_tokens={} "
-      "seed={}",
+      "model: {} layers, hidden {}, vocab {}; tokenizer {} ({} tokens); sampling T={} top_p={} "
+      "max_new_tokens={} seed={}; stop ids {}",
       model_config_.num_hidden_layers, model_config_.hidden_size, model_config_.vocab_size,
-      rollout.temperature, rollout.top_p, rollout.max_new_tokens, rollout.seed);
+      registration_.tokenizer(), tokenizer_->VocabSize(), rollout.temperature, rollout.top_p,
+      rollout.max_new_tokens, rollout.seed, absl::StrJoin(rollout.stop_tokens, ","));
   return absl::OkStatus();
 }
 

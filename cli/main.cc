@@ -4,6 +4,7 @@
 #include <cstring>
 #include <string>
 
+#include "cli/generate.h"
 #include "cli/grade.h"
 #include "cli/init_model.h"
 #include "cli/local.h"
@@ -27,6 +28,7 @@ constexpr SubCommand kSubCommands[] = {
     {"logits", "one forward pass of a model directory, logits to safetensors", pmdrl::RunLogits},
     {"grade", "grade one answer against a reference and show each stage", pmdrl::RunGrade},
     {"tokenize", "text <-> token ids with a model directory's tokenizer", pmdrl::RunTokenize},
+    {"generate", "sample completions of stdin prompts from a model directory", pmdrl::RunGenerate},
 };
 
 void PrintUsage(FILE* out) {

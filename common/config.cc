@@ -128,12 +128,30 @@ const std::vector<Field>& Fields() {
     f.push_back(Make("model.tie_embeddings", "share input and output embeddings (random init only)",
                      &C::model, &ModelSection::tie_embeddings));
     // task
-    f.push_back(Make("task.name", "arith", &C::task, &TaskConfig::name));
+    f.push_back(Make("task.name", "arith (built-in generator) | math (JSONL files)", &C::task,
+                     &TaskConfig::name));
     f.push_back(Make("task.digits", "operand digits, 1..6", &C::task, &TaskConfig::digits));
     f.push_back(Make("task.ops", "operators drawn from, any of +-*", &C::task, &TaskConfig::ops));
     f.push_back(Make("task.eval_size", "held-out problems", &C::task, &TaskConfig::eval_size));
     f.push_back(
         Make("task.eval_seed", "seed fixing the held-out split", &C::task, &TaskConfig::eval_seed));
+    f.push_back(Make("task.train_file", "math: training problems, JSONL (one object a line)",
+                     &C::task, &TaskConfig::train_file));
+    f.push_back(Make("task.eval_file",
+                     "math: held-out problems, JSONL ('': hold out task.eval_size of train_file)",
+                     &C::task, &TaskConfig::eval_file));
+    f.push_back(Make("task.prompt_field", "math: JSON field of the problem (GSM8K: question)",
+                     &C::task, &TaskConfig::prompt_field));
+    f.push_back(Make("task.answer_field",
+                     "math: JSON field of the reference answer (MATH: solution)", &C::task,
+                     &TaskConfig::answer_field));
+    f.push_back(Make("task.prompt_template", "math: the user turn; {problem} is the problem",
+                     &C::task, &TaskConfig::prompt_template));
+    f.push_back(Make("task.system_prompt", "math: system turn ('': none)", &C::task,
+                     &TaskConfig::system_prompt));
+    f.push_back(Make("task.chat",
+                     "math: auto (the model's chat format if it has one) | on | off (plain text)",
+                     &C::task, &TaskConfig::chat));
     // sft
     f.push_back(Make("sft.output", "where `pmdrl sft` writes the base policy", &C::sft,
                      &SftConfig::output));
@@ -219,6 +237,10 @@ const std::vector<Field>& Fields() {
                      &LearnerConfig::eval_every));
     f.push_back(Make("learner.eval_last", "final accuracy = mean of the last this-many evaluations",
                      &C::learner, &LearnerConfig::eval_last));
+    f.push_back(Make("learner.eval_k",
+                     "samples per held-out problem at actor temperature/top_p for avg@k and "
+                     "pass@k (0: greedy only)",
+                     &C::learner, &LearnerConfig::eval_k));
     f.push_back(Make("learner.checkpoint_every", "updates between checkpoints (0: only at the end)",
                      &C::learner, &LearnerConfig::checkpoint_every));
     f.push_back(Make("learner.resume",
@@ -425,7 +447,18 @@ absl::Status ValidateConfig(const Config& c) {
             "model.num_kv_heads", "> 0 and divide model.num_heads"),
       Check(c.model.max_position > 0, "model.max_position", "> 0"),
       Check(c.model.rope_theta > 0, "model.rope_theta", "> 0"),
-      OneOf("task.name", c.task.name, {"arith"}),
+      OneOf("task.name", c.task.name, {"arith", "math"}),
+      Check(c.task.name != "math" || !c.task.train_file.empty(), "task.train_file",
+            "a JSONL file when task.name is math"),
+      Check(c.task.name != "math" || !c.model.path.empty(), "model.path",
+            "a Hugging Face model directory (with tokenizer.json) when task.name is math"),
+      Check(c.task.name != "math" || !c.task.prompt_field.empty(), "task.prompt_field",
+            "non-empty"),
+      Check(c.task.name != "math" || !c.task.answer_field.empty(), "task.answer_field",
+            "non-empty"),
+      Check(c.task.prompt_template.find("{problem}") != std::string::npos, "task.prompt_template",
+            "a text containing {problem}"),
+      OneOf("task.chat", c.task.chat, {"auto", "on", "off"}),
       Check(c.task.digits >= 1 && c.task.digits <= 6, "task.digits", "in 1..6"),
       Check(!c.task.ops.empty() && c.task.ops.find_first_not_of("+-*") == std::string::npos,
             "task.ops", "a non-empty string of + - *"),
@@ -470,6 +503,7 @@ absl::Status ValidateConfig(const Config& c) {
       Check(c.learner.max_seconds >= 0, "learner.max_seconds", ">= 0"),
       Check(c.learner.eval_every > 0, "learner.eval_every", "> 0"),
       Check(c.learner.eval_last > 0, "learner.eval_last", "> 0"),
+      Check(c.learner.eval_k >= 0, "learner.eval_k", ">= 0"),
       Check(c.learner.checkpoint_every >= 0, "learner.checkpoint_every", ">= 0"),
       Check(c.learner.lease_ttl_seconds > 0, "learner.lease_ttl_seconds", "> 0"),
       Check(c.learner.world_size >= 1 && c.learner.world_size <= 64, "learner.world_size",

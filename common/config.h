@@ -33,11 +33,22 @@ struct ModelSection {
 };
 
 struct TaskConfig {
-  std::string name = "arith";  // arith
-  int64_t digits = 3;          // operand digits (zero-padded)
-  std::string ops = "+";       // operators drawn from: any of "+-*"
-  int64_t eval_size = 500;     // held-out problems
-  uint64_t eval_seed = 777;    // the held-out split is fixed by this seed
+  std::string name = "arith";  // arith | math
+  // arith.
+  int64_t digits = 3;     // operand digits (zero-padded)
+  std::string ops = "+";  // operators drawn from: any of "+-*"
+  // Both.
+  int64_t eval_size = 500;   // held-out problems (math: at most this many)
+  uint64_t eval_seed = 777;  // the held-out split is fixed by this seed
+  // math: JSONL problems, one JSON object a line; the tokenizer is model.path's.
+  std::string train_file;
+  std::string eval_file;  // "": hold out task.eval_size problems of train_file instead
+  std::string prompt_field = "prompt";  // GSM8K: question, MATH: problem
+  std::string answer_field = "answer";  // MATH: solution (its last \boxed{} is the answer)
+  std::string prompt_template =
+      "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}.";
+  std::string system_prompt;
+  std::string chat = "auto";  // auto (the model's chat format when it has one) | on | off
 };
 
 struct SftConfig {
@@ -100,6 +111,7 @@ struct LearnerConfig {
   double max_seconds = 0;  // 0: no time limit
   int64_t eval_every = 5;
   int64_t eval_last = 3;  // final accuracy = mean of the last this-many evaluations
+  int64_t eval_k = 0;     // samples per held-out problem for avg@k / pass@k (0: greedy only)
   int64_t checkpoint_every = 10;
   std::string resume;  // "" | "auto" (latest in run.dir) | a checkpoint directory
   double lease_ttl_seconds = 30;

@@ -75,6 +75,8 @@ v1::RegisterActorResponse Coordinator::RegisterActor(const v1::RegisterActorRequ
   r.set_model_config_json(options_.model_config_json);
   r.set_tokenizer(source_->tokenizer_name());
   r.set_task(source_->task());
+  r.set_tokenizer_json(source_->tokenizer_json());
+  for (int32_t id : source_->stop_ids()) r.add_stop_ids(id);
   return r;
 }
 

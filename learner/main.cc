@@ -29,12 +29,60 @@
 #include "learner/prompt_source.h"
 #include "learner/trainer.h"
 #include "learner/weight_publisher.h"
+#include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
 
 namespace pmdrl {
 namespace {
 
 namespace fs = std::filesystem;
+
+// The tokenizer side of a Hugging Face model directory, copied next to a checkpoint's
+// weights so that the checkpoint is a complete model directory (pmdrl generate,
+// transformers, a later run's model.path).
+void CopyTokenizerFiles(const std::string& model_dir, const std::string& checkpoint) {
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                           "special_tokens_map.json", "chat_template.jinja"}) {
+    const fs::path from = fs::path(model_dir) / name;
+    if (!fs::exists(from)) continue;
+    std::error_code ec;
+    fs::copy_file(from, fs::path(checkpoint) / name, fs::copy_options::overwrite_existing, ec);
+    if (ec) spdlog::warn("cannot copy {} into {}: {}", from.string(), checkpoint, ec.message());
+  }
+}
+
+// <run.dir>/samples.jsonl: one scored group per update (prompt, reference, every
+// completion's text, tokens, reward and outcome), to see what the policy writes.
+class SampleLog {
+ public:
+  void Open(const std::string& path, bool append) {
+    out_.open(path, append ? std::ios::app : std::ios::trunc);
+  }
+  void Write(int64_t update, uint64_t version, const v1::Group& g) {
+    if (!out_) return;
+    nlohmann::json j;
+    j["update"] = update;
+    j["version"] = version;
+    j["policy_version"] = g.policy_version();
+    j["prompt"] = g.prompt_text();
+    j["reference"] = g.reference();
+    nlohmann::json completions = nlohmann::json::array();
+    for (const v1::Completion& c : g.completions()) {
+      completions.push_back({{"text", c.text()},
+                             {"tokens", std::vector<int32_t>(c.tokens().begin(), c.tokens().end())},
+                             {"reward", c.reward()},
+                             {"stopped", c.stopped()},
+                             {"outcome", v1::Outcome_Name(c.outcome())}});
+    }
+    j["completions"] = std::move(completions);
+    // Model text may hold invalid UTF-8 (a character split by the length limit).
+    out_ << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
+    out_.flush();
+  }
+
+ private:
+  std::ofstream out_;
+};
 
 // What GetStatus reports of the training side.
 struct Progress {
@@ -71,23 +119,26 @@ class MetricsCsv {
       out_ << "update,version,elapsed_seconds,mean_reward,eval_accuracy,loss,grad_norm,"
               "mixed_groups_fraction,trained_tokens_per_second,sampled_tokens_per_second,"
               "staleness_mean,logprob_mismatch,groups_accepted,groups_dropped_stale,"
-              "mean_abs_delta,entropy\n";
+              "mean_abs_delta,entropy,eval_avg_at_k,eval_pass_at_k\n";
     }
     out_.flush();
     return absl::OkStatus();
   }
-  void Row(int64_t update, uint64_t version, double elapsed, const UpdateStats* s, double eval,
-           const Coordinator::Counts& c, double sampled_tps) {
-    std::string e = eval >= 0 ? absl::StrFormat("%.4f", eval) : "";
+  void Row(int64_t update, uint64_t version, double elapsed, const UpdateStats* s,
+           const EvalResult* eval, const Coordinator::Counts& c, double sampled_tps) {
+    auto cell = [](double v) { return v >= 0 ? absl::StrFormat("%.4f", v) : std::string(); };
+    const std::string e = eval != nullptr ? cell(eval->greedy_accuracy) : "";
+    const std::string avg = eval != nullptr ? cell(eval->avg_at_k) : "";
+    const std::string pass = eval != nullptr ? cell(eval->pass_at_k) : "";
     if (s == nullptr) {
-      out_ << absl::StrFormat("%d,%d,%.2f,,%s,,,,,,,,%d,%d,,\n", update, version, elapsed, e,
-                              c.accepted, c.stale);
+      out_ << absl::StrFormat("%d,%d,%.2f,,%s,,,,,,,,%d,%d,,,%s,%s\n", update, version, elapsed, e,
+                              c.accepted, c.stale, avg, pass);
     } else {
       out_ << absl::StrFormat(
-          "%d,%d,%.2f,%.4f,%s,%.6g,%.6g,%.4f,%.1f,%.1f,%.3f,%.6g,%d,%d,%.6g,%.6g\n", update,
+          "%d,%d,%.2f,%.4f,%s,%.6g,%.6g,%.4f,%.1f,%.1f,%.3f,%.6g,%d,%d,%.6g,%.6g,%s,%s\n", update,
           version, elapsed, s->mean_reward, e, s->loss, s->grad_norm, s->mixed_fraction,
           s->seconds > 0 ? s->trained_tokens / s->seconds : 0.0, sampled_tps, s->staleness_mean,
-          s->logprob_mismatch, c.accepted, c.stale, s->mean_abs_delta, s->entropy);
+          s->logprob_mismatch, c.accepted, c.stale, s->mean_abs_delta, s->entropy, avg, pass);
     }
     out_.flush();
   }
@@ -369,6 +420,10 @@ int Run(int argc, char** argv) {
   auto& m_equal = metrics.Counter("pmdrl_learner_equal_reward_groups_total",
                                   "groups whose rewards were all equal (no signal)");
   auto& m_eval = metrics.Gauge("pmdrl_learner_eval_accuracy", "held-out greedy accuracy");
+  auto& m_eval_avg = metrics.Gauge("pmdrl_learner_eval_avg_at_k",
+                                   "held-out mean correctness of learner.eval_k samples");
+  auto& m_eval_pass = metrics.Gauge("pmdrl_learner_eval_pass_at_k",
+                                    "held-out fraction of problems with a correct sample of k");
   auto& m_trained = metrics.Counter("pmdrl_learner_groups_trained_total", "groups trained on");
   auto& m_wait = metrics.Counter("pmdrl_learner_wait_seconds_total",
                                  "seconds the learner waited for rollout data");
@@ -380,13 +435,32 @@ int Run(int argc, char** argv) {
     spdlog::error("{}", s.message());
     return 1;
   }
+  SampleLog samples;
+  samples.Open((fs::path(config.run.dir) / "samples.jsonl").string(), !checkpoint.empty());
   const auto& held_out = (*source)->HeldOut();
+  EvalResult last_eval;
+  auto describe = [&](const EvalResult& r) {
+    std::string d = absl::StrFormat("greedy %.1f%%", 100 * r.greedy_accuracy);
+    if (r.k > 0) {
+      absl::StrAppendFormat(&d, ", avg@%d %.1f%%, pass@%d %.1f%%", r.k, 100 * r.avg_at_k, r.k,
+                            100 * r.pass_at_k);
+    }
+    absl::StrAppendFormat(&d, " (%d problems, %.0f%% unparsable)", held_out.size(),
+                          100 * r.greedy_parse_errors);
+    return d;
+  };
   auto evaluate = [&]() {
-    EvalResult r = trainer.Evaluate(held_out, config.actor.max_new_tokens);
+    EvalResult r =
+        trainer.Evaluate(**source, held_out, config.actor.max_new_tokens, config.learner.eval_k);
+    last_eval = r;
     std::lock_guard<std::mutex> lock(progress.mu);
     progress.evaluations.push_back(r.greedy_accuracy);
     progress.eval_accuracy = r.greedy_accuracy;
     m_eval.Set(r.greedy_accuracy);
+    if (r.k > 0) {
+      m_eval_avg.Set(r.avg_at_k);
+      m_eval_pass.Set(r.pass_at_k);
+    }
     return r.greedy_accuracy;
   };
 
@@ -398,8 +472,9 @@ int Run(int argc, char** argv) {
       std::lock_guard<std::mutex> lock(progress.mu);
       progress.base_accuracy = base;
     }
-    spdlog::info("base policy: held-out greedy accuracy {:.1f}%", 100 * base);
-    csv.Row(0, version, progress.Elapsed(), nullptr, base, coordinator.counts(), 0);
+    spdlog::info("base policy: held-out greedy accuracy {:.1f}%; {}", 100 * base,
+                 describe(last_eval));
+    csv.Row(0, version, progress.Elapsed(), nullptr, &last_eval, coordinator.counts(), 0);
   }
   m_version.Set(static_cast<double>(version));
   m_update.Set(static_cast<double>(update));
@@ -421,6 +496,7 @@ int Run(int argc, char** argv) {
     if (!dir.ok()) {
       spdlog::error("checkpoint failed: {}", dir.status().message());
     } else {
+      if ((*source)->tokenizer_name() == "hf") CopyTokenizerFiles(config.model.path, *dir);
       spdlog::info("checkpoint {}", *dir);
     }
   };
@@ -489,6 +565,7 @@ int Run(int argc, char** argv) {
       eval = evaluate();
       last_eval_update = update;
     }
+    if (!batch->empty()) samples.Write(update, version, batch->front());
     {
       std::lock_guard<std::mutex> lock(progress.mu);
       progress.update = static_cast<uint64_t>(update);
@@ -514,14 +591,15 @@ int Run(int argc, char** argv) {
     m_mixed.Set(stats->mixed_fraction);
     m_equal.Increment(static_cast<double>(stats->equal_reward_groups));
     m_trained.Increment(static_cast<double>(batch->size()));
-    csv.Row(update, version, progress.Elapsed(), &*stats, eval, coordinator.counts(), sampled_tps);
+    csv.Row(update, version, progress.Elapsed(), &*stats, eval >= 0 ? &last_eval : nullptr,
+            coordinator.counts(), sampled_tps);
     spdlog::info(
         "update {} version {}: loss {:.4g} reward {:.3f} mixed {:.2f} grad {:.3g} |delta| {:.3g} "
         "mismatch {:.2g} {:.0f} tok/s{}",
         update, version, stats->loss, stats->mean_reward, stats->mixed_fraction, stats->grad_norm,
         stats->mean_abs_delta, stats->logprob_mismatch,
         stats->trained_tokens / std::max(stats->seconds, 1e-9),
-        eval >= 0 ? absl::StrFormat(" eval %.1f%%", 100 * eval) : "");
+        eval >= 0 ? absl::StrCat(" eval ", describe(last_eval)) : "");
     best_reward = std::max(best_reward, stats->mean_reward);
     // A policy that had signal and lost it: sampled reward near the floor and almost no
     // group with mixed rewards left to learn from (DESIGN.md: lr 1e-3 did this).

@@ -15,6 +15,7 @@
 #include "learner/communicator.h"
 #include "learner/gradient_reducer.h"
 #include "learner/pmd_mean_loss.h"
+#include "spdlog/spdlog.h"
 #include "verifier/grader.h"
 
 namespace pmdrl {
@@ -171,10 +172,12 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config,
     absl::StatusOr<CausalLM> m = LoadModelDir(model_dir);
     if (!m.ok()) return m.status();
     impl->model = *std::move(m);
-    if (impl->model->config().vocab_size != tokenizer.VocabSize()) {
+    // Checkpoints often pad the embedding table past the tokenizer (Qwen3: 151936 rows
+    // for 151669 tokens); the extra rows are never produced by encoding.
+    if (impl->model->config().vocab_size < tokenizer.VocabSize()) {
       return absl::InvalidArgumentError(
           absl::StrCat("model ", model_dir, " has vocab_size ", impl->model->config().vocab_size,
-                       " but the task's tokenizer has ", tokenizer.VocabSize()));
+                       " but the task's tokenizer has ", tokenizer.VocabSize(), " tokens"));
     }
   } else {
     ModelConfig mc = ModelConfigFromConfig(config, tokenizer);
@@ -475,47 +478,99 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
   return stats;
 }
 
+namespace {
+
+// The arith task as Evaluate needs it: grader, character tokenizer and the model's EOS.
+// Only the three accessors Evaluate calls carry meaning.
+class ArithEvalView final : public PromptSource {
+ public:
+  explicit ArithEvalView(int32_t eos) : stop_ids_{eos} {}
+  PromptItem Get(int64_t, int64_t) const override { return {}; }
+  int64_t ItemsPerEpoch() const override { return 0; }
+  const std::vector<PromptItem>& HeldOut() const override { return none_; }
+  const Tokenizer& tokenizer() const override { return tokenizer_; }
+  std::string task() const override { return "arith"; }
+  std::string tokenizer_name() const override { return "char"; }
+  const std::string& tokenizer_json() const override { return empty_; }
+  const std::vector<int32_t>& stop_ids() const override { return stop_ids_; }
+
+ private:
+  CharTokenizer tokenizer_;
+  const std::vector<PromptItem> none_;
+  const std::string empty_;
+  const std::vector<int32_t> stop_ids_;
+};
+
+}  // namespace
+
 EvalResult Trainer::Evaluate(const std::vector<PromptItem>& items, int64_t max_new_tokens,
                              int64_t pass_k) {
+  return Evaluate(ArithEvalView(static_cast<int32_t>(impl_->model->config().eos_token_id)), items,
+                  max_new_tokens, pass_k);
+}
+
+EvalResult Trainer::Evaluate(const PromptSource& source, const std::vector<PromptItem>& items,
+                             int64_t max_new_tokens, int64_t k) {
   Impl& m = *impl_;
   EvalResult result;
-  auto grader = GraderForTask("arith");
-  std::vector<std::vector<int32_t>> prompts;
-  for (const PromptItem& it : items) prompts.push_back(it.tokens);
+  result.k = std::max<int64_t>(k, 0);
+  if (items.empty()) return result;
+  absl::StatusOr<Grader> grader = GraderForTask(source.task());
+  if (!grader.ok()) {
+    // The prompt source only names tasks that have a grader; a mismatch is a bug.
+    spdlog::error("evaluation skipped: {}", std::string(grader.status().message()));
+    return result;
+  }
+  const Tokenizer& tokenizer = source.tokenizer();
   SamplingParams params;
   params.max_new_tokens = max_new_tokens;
-  params.stop_tokens = {m.model->config().eos_token_id};
+  for (int32_t id : source.stop_ids()) params.stop_tokens.push_back(id);
+  if (params.stop_tokens.empty()) params.stop_tokens = {m.model->config().eos_token_id};
   params.temperature = 0;
-  CharTokenizer tokenizer;
-  auto correct = [&](const Sample& s, const PromptItem& it) {
+  auto grade = [&](const Sample& s, const PromptItem& it) {
     std::string text = tokenizer.Decode(s.tokens, /*skip_special=*/true);
-    Deadline deadline(std::chrono::milliseconds(1000));
-    return (*grader)(text, it.reference, deadline).verdict == Verdict::kCorrect;
+    Deadline deadline(std::chrono::milliseconds(m.config.verifier.timeout_ms));
+    return (*grader)(text, it.reference, deadline).verdict;
   };
-  // Chunks keep the KV cache small.
-  constexpr size_t kChunk = 256;
-  int64_t greedy_ok = 0, pass_ok = 0;
-  for (size_t lo = 0; lo < prompts.size(); lo += kChunk) {
-    size_t hi = std::min(prompts.size(), lo + kChunk);
-    std::vector<std::vector<int32_t>> chunk(prompts.begin() + lo, prompts.begin() + hi);
-    auto greedy = m.eval_sampler.Generate(m.model, chunk, 1, params);
-    for (size_t i = 0; i < chunk.size(); ++i) greedy_ok += correct(greedy[i][0], items[lo + i]);
-    if (pass_k > 0) {
-      SamplingParams sp = params;
-      sp.temperature = m.temperature;
-      sp.top_p = m.config.actor.top_p;
-      auto samples = m.eval_sampler.Generate(m.model, chunk, pass_k, sp);
-      for (size_t i = 0; i < chunk.size(); ++i) {
-        bool any = false;
-        for (const Sample& s : samples[i]) any = any || correct(s, items[lo + i]);
-        pass_ok += any;
-      }
+  // Chunks bound the KV cache: at most ~256 sequences at once.
+  constexpr int64_t kRows = 256;
+  const size_t n = items.size();
+  int64_t greedy_ok = 0, parse_errors = 0, samples_ok = 0, pass_ok = 0;
+  auto prompts_of = [&](size_t lo, size_t hi) {
+    std::vector<std::vector<int32_t>> chunk;
+    for (size_t i = lo; i < hi; ++i) chunk.push_back(items[i].tokens);
+    return chunk;
+  };
+  for (size_t lo = 0; lo < n; lo += kRows) {
+    const size_t hi = std::min(n, lo + kRows);
+    auto greedy = m.eval_sampler.Generate(m.model, prompts_of(lo, hi), 1, params);
+    for (size_t i = lo; i < hi; ++i) {
+      const Verdict v = grade(greedy[i - lo][0], items[i]);
+      greedy_ok += v == Verdict::kCorrect;
+      parse_errors += v == Verdict::kParseError;
     }
   }
+  if (result.k > 0) {
+    SamplingParams sp = params;
+    sp.temperature = m.temperature;
+    sp.top_p = m.config.actor.top_p;
+    const size_t per_chunk = static_cast<size_t>(std::max<int64_t>(1, kRows / result.k));
+    for (size_t lo = 0; lo < n; lo += per_chunk) {
+      const size_t hi = std::min(n, lo + per_chunk);
+      auto samples = m.eval_sampler.Generate(m.model, prompts_of(lo, hi), result.k, sp);
+      for (size_t i = lo; i < hi; ++i) {
+        int64_t ok = 0;
+        for (const Sample& s : samples[i - lo]) ok += grade(s, items[i]) == Verdict::kCorrect;
+        samples_ok += ok;
+        pass_ok += ok > 0;
+      }
+    }
+    result.avg_at_k = static_cast<double>(samples_ok) / static_cast<double>(n * result.k);
+    result.pass_at_k = static_cast<double>(pass_ok) / static_cast<double>(n);
+  }
   m.model->train();
-  result.greedy_accuracy = static_cast<double>(greedy_ok) / static_cast<double>(items.size());
-  if (pass_k > 0)
-    result.pass_at_k = static_cast<double>(pass_ok) / static_cast<double>(items.size());
+  result.greedy_accuracy = static_cast<double>(greedy_ok) / static_cast<double>(n);
+  result.greedy_parse_errors = static_cast<double>(parse_errors) / static_cast<double>(n);
   return result;
 }
 

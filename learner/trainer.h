@@ -40,7 +40,10 @@ struct UpdateStats {
 
 struct EvalResult {
   double greedy_accuracy = 0;
-  double pass_at_k = -1;  // -1 unless asked for
+  int64_t k = 0;                   // samples per problem behind avg_at_k / pass_at_k
+  double avg_at_k = -1;            // mean correctness over all k samples; -1 unless k > 0
+  double pass_at_k = -1;           // problems with >= 1 correct sample; -1 unless k > 0
+  double greedy_parse_errors = 0;  // fraction of greedy answers the grader could not parse
 };
 
 // The random-init architecture of config.model for this tokenizer.
@@ -74,7 +77,12 @@ class Trainer {
   // combined across ranks.
   absl::StatusOr<UpdateStats> TrainShare(const v1::RankShare& share, Communicator* comm);
 
-  // Greedy accuracy on `items` (and pass@k at the actor's temperature when k > 0).
+  // Held-out evaluation of `items` with `source`'s grader (its task), tokenizer (to
+  // decode, special tokens skipped) and stop ids: greedy accuracy, and with k > 0 also
+  // avg@k and pass@k over k samples per problem at the actor's temperature and top_p.
+  EvalResult Evaluate(const PromptSource& source, const std::vector<PromptItem>& items,
+                      int64_t max_new_tokens, int64_t k = 0);
+  // The same for the built-in arith task (character tokenizer, the model's EOS).
   EvalResult Evaluate(const std::vector<PromptItem>& items, int64_t max_new_tokens,
                       int64_t pass_k = 0);
 
