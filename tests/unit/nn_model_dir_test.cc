@@ -20,6 +20,7 @@
 #include "common/nn/model_dir.h"
 #include "common/nn/safetensors.h"
 #include "nlohmann/json.hpp"
+#include "tests/tiny_model_config.h"
 
 extern char** environ;
 
@@ -30,31 +31,10 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 ModelConfig TinyConfig(const std::string& arch, bool tied = false) {
-  ModelConfig c;
-  c.architecture = arch;
-  c.vocab_size = 17;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  if (arch == "qwen3") c.head_dim = 16;
-  c.max_position_embeddings = 64;
-  c.tie_word_embeddings = tied;
-  c.pad_token_id = 0;
-  c.bos_token_id = 1;
-  c.eos_token_id = 2;
-  ApplyArchitectureDefaults(&c);
-  return c;
+  return TinyModelConfig(arch, tied);
 }
 
-std::string TempDir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() /
-               ("pmdrl_nn_model_dir_test_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
+std::string TempDir(const std::string& name) { return FreshTempDir("nn_model_dir_test", name); }
 
 std::vector<std::string> Names(CausalLM& model) {
   std::vector<std::string> out;
