@@ -506,7 +506,16 @@ absl::Status Actor::Impl::Run() {
   if (options_.config.verifiers.empty()) {
     return absl::InvalidArgumentError("actor.verifiers is empty: nowhere to send groups");
   }
+  for (const std::string& target : options_.config.verifiers) {
+    if (target.empty()) {
+      return absl::InvalidArgumentError("actor.verifiers has an empty entry (a stray comma?)");
+    }
+  }
+  // host:port entries are one verifier each; a dns:/// entry stands for every replica
+  // its name resolves to (one round_robin channel, re-resolved as replicas change).
   verifiers_ = std::make_unique<VerifierPool>(options_.config.verifiers, options_.token);
+  spdlog::info("verifiers: {} ({} streams)", absl::StrJoin(options_.config.verifiers, ", "),
+               verifiers_->size());
 
   if (absl::Status s = Register(); !s.ok() || Done()) return s;
   if (absl::Status s = Setup(); !s.ok()) return s;

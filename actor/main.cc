@@ -59,8 +59,8 @@ int main(int argc, char** argv) {
   pmdrl::MetricsRegistry metrics("actor");
   std::unique_ptr<pmdrl::MetricsServer> metrics_server;
   if (ac.metrics_port > 0) {
-    auto server =
-        pmdrl::MetricsServer::Start(metrics, "127.0.0.1", static_cast<int>(ac.metrics_port));
+    auto server = pmdrl::MetricsServer::Start(metrics, config->run.metrics_host,
+                                              static_cast<int>(ac.metrics_port));
     if (!server.ok()) {
       spdlog::error("{}", std::string(server.status().message()));
       return 1;

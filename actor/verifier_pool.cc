@@ -2,10 +2,12 @@
 
 #include <grpcpp/client_context.h>
 
+#include <algorithm>
 #include <optional>
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/auth.h"
 #include "common/rpc.h"
@@ -14,9 +16,35 @@
 
 namespace pmdrl {
 
+// One configured target and its channel. A `dns:` target's channel is replaced once
+// it is older than Options::dns_refresh, so that the name is resolved again.
+struct VerifierPool::Target {
+  std::string address;
+  bool dns = false;
+
+  std::mutex mu;
+  std::shared_ptr<v1::Verifier::Stub> stub;  // guarded by mu
+  std::chrono::steady_clock::time_point created;
+
+  // The stub a new stream should use.
+  std::shared_ptr<v1::Verifier::Stub> Stub(std::chrono::milliseconds refresh) {
+    std::lock_guard<std::mutex> lock(mu);
+    const auto now = std::chrono::steady_clock::now();
+    if (stub == nullptr || (dns && now - created >= refresh)) {
+      // MakeChannel sets the round_robin policy: over every address the name resolves
+      // to. Streams still open on the old channel keep it alive until they close.
+      stub = v1::Verifier::NewStub(MakeChannel(address));
+      created = now;
+    }
+    return stub;
+  }
+};
+
 struct VerifierPool::Verifier {
   std::string address;
-  std::unique_ptr<v1::Verifier::Stub> stub;
+  Target* target = nullptr;                      // owned by the pool's targets_
+  std::shared_ptr<v1::Verifier::Stub> stub;      // of the open stream's channel
+  std::chrono::steady_clock::time_point opened;  // of the open stream
 
   std::mutex mu;                             // serialises use of the stream: one group at a time
   std::unique_ptr<grpc::ClientContext> ctx;  // of the open stream; null when closed
@@ -31,10 +59,18 @@ struct VerifierPool::Verifier {
 VerifierPool::VerifierPool(std::vector<std::string> addresses, std::string token, Options options)
     : token_(std::move(token)), options_(options) {
   for (std::string& address : addresses) {
-    auto v = std::make_unique<Verifier>();
-    v->stub = v1::Verifier::NewStub(MakeChannel(address));
-    v->address = std::move(address);
-    verifiers_.push_back(std::move(v));
+    auto t = std::make_unique<Target>();
+    t->dns = IsDnsTarget(address);
+    t->address = std::move(address);
+    t->Stub(options_.dns_refresh);  // the channel; it connects on its first stream
+    const int slots = t->dns ? std::max(1, options_.dns_streams) : 1;
+    for (int i = 0; i < slots; ++i) {
+      auto v = std::make_unique<Verifier>();
+      v->address = t->address;
+      v->target = t.get();
+      verifiers_.push_back(std::move(v));
+    }
+    targets_.push_back(std::move(t));
   }
   watchdog_ = std::thread([this] { Watchdog(); });
 }
@@ -56,6 +92,10 @@ VerifierPool::~VerifierPool() {
 }
 
 const std::string& VerifierPool::address(size_t i) const { return verifiers_.at(i)->address; }
+
+bool VerifierPool::IsDnsTarget(const std::string& target) {
+  return absl::StartsWith(target, "dns:");
+}
 
 void VerifierPool::Watchdog() {
   std::unique_lock<std::mutex> lock(watchdog_mu_);
@@ -87,7 +127,9 @@ absl::StatusOr<v1::GroupAck> VerifierPool::SendTo(Verifier& v, const v1::Group& 
   if (v.stream == nullptr) {
     v.ctx = std::make_unique<grpc::ClientContext>();
     AddBearer(v.ctx.get(), token_);
+    v.stub = v.target->Stub(options_.dns_refresh);
     v.stream = v.stub->ScoreGroups(v.ctx.get());
+    v.opened = std::chrono::steady_clock::now();
   }
   {
     std::lock_guard<std::mutex> wlock(watchdog_mu_);
@@ -113,6 +155,10 @@ absl::StatusOr<v1::GroupAck> VerifierPool::SendTo(Verifier& v, const v1::Group& 
   auto close = [&](std::string why, bool cancel) {
     if (cancel) v.ctx->TryCancel();
     const grpc::Status status = v.stream->Finish();
+    // Which replica of a DNS target it was (peer() is known once the call started).
+    const std::string peer = v.target->dns ? v.ctx->peer() : "";
+    const std::string where =
+        peer.empty() || peer == v.address ? v.address : absl::StrCat(v.address, " (", peer, ")");
     v.stream.reset();
     v.ctx.reset();
     if (timed_out) {
@@ -120,7 +166,7 @@ absl::StatusOr<v1::GroupAck> VerifierPool::SendTo(Verifier& v, const v1::Group& 
     } else if (why.empty()) {
       why = absl::StrCat("stream broken (", ToAbsl(status).ToString(), ")");
     }
-    return absl::UnavailableError(absl::StrCat(v.address, ": ", why));
+    return absl::UnavailableError(absl::StrCat(where, ": ", why));
   };
 
   if (!read || timed_out) return close("", timed_out);
@@ -131,6 +177,14 @@ absl::StatusOr<v1::GroupAck> VerifierPool::SendTo(Verifier& v, const v1::Group& 
   }
   if (ack.status() == v1::ACK_UNKNOWN) {
     return absl::UnavailableError(absl::StrCat(v.address, ": ACK_UNKNOWN (", ack.message(), ")"));
+  }
+  if (v.target->dns && std::chrono::steady_clock::now() - v.opened >= options_.dns_refresh) {
+    // Its ack is in: nothing is lost by ending the stream here. The next group opens a
+    // new one, which round_robin may place on a replica that appeared since.
+    v.ctx->TryCancel();
+    v.stream->Finish().IgnoreError();
+    v.stream.reset();
+    v.ctx.reset();
   }
   return ack;
 }

@@ -18,9 +18,17 @@
 
 namespace pmdrl {
 
-// Sends groups round-robin over a fixed list of verifier addresses, keeping one open
-// ScoreGroups stream (with the bearer token) per verifier and reading the ack of each
-// group before returning it. A verifier whose stream is broken, that answers
+// Sends groups round-robin over a list of verifier targets, keeping open ScoreGroups
+// streams (with the bearer token) and reading the ack of each group before returning it.
+// A target is either host:port (one verifier: one channel, one stream) or a DNS name,
+// `dns:///verifier:50052`, that stands for every replica it resolves to (scaled
+// verifiers behind one name). A DNS target gets ONE channel with the round_robin
+// policy and `Options::dns_streams` streams over it; each stream is pinned to the
+// replica round_robin picked when it opened, so the streams spread over the replicas.
+// To follow replicas that come and go, a DNS target's streams are closed after
+// `dns_refresh` (between groups) and its channel is rebuilt after that long, which
+// resolves the name again; a stream to a replica that went away breaks and is
+// reopened on a live one. A verifier whose stream is broken, that answers
 // ACK_UNKNOWN, or that does not ack within `ack_timeout` is skipped for this group and
 // the next one is tried (each at most once per Send); a broken stream is reopened on
 // its verifier's next turn. Thread-safe: concurrent Sends use different verifiers when
@@ -31,6 +39,11 @@ class VerifierPool {
     // A verifier acks once the learner has answered; a stream silent for this long is
     // treated as broken (cancelled and reopened).
     std::chrono::milliseconds ack_timeout{60000};
+    // Streams per `dns:` target (>= 1): how many replicas one actor can use at once.
+    int dns_streams = 4;
+    // How long a `dns:` target's stream and channel live before they are replaced
+    // (new replicas are found no later than this).
+    std::chrono::milliseconds dns_refresh{30000};
   };
 
   VerifierPool(std::vector<std::string> addresses, std::string token, Options options);
@@ -45,10 +58,16 @@ class VerifierPool {
   // whose lease_id is not the group's breaks that stream (it is out of step).
   absl::StatusOr<v1::GroupAck> Send(const v1::Group& group);
 
+  // Stream slots: one per host:port target, Options::dns_streams per `dns:` target.
   size_t size() const { return verifiers_.size(); }
+  // The target slot `i` was made for (a `dns:` target appears once per slot).
   const std::string& address(size_t i) const;
 
+  // True for a target that names replicas through DNS (`dns:///name:port`, `dns:name:port`).
+  static bool IsDnsTarget(const std::string& target);
+
  private:
+  struct Target;
   struct Verifier;
 
   // One attempt on one verifier: its ack, or why it gave none.
@@ -57,6 +76,7 @@ class VerifierPool {
 
   const std::string token_;
   const Options options_;
+  std::vector<std::unique_ptr<Target>> targets_;  // each slot points at one; outlives them
   std::vector<std::unique_ptr<Verifier>> verifiers_;
   std::atomic<size_t> next_{0};
 

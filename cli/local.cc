@@ -66,6 +66,12 @@ constexpr const char* kUsage =
     "  --learners N    data-parallel learner ranks (same as local.learners; default 1)\n"
     "  --help          this text and every configuration key\n"
     "\n"
+    "Elastic actors: while the run goes on, `kill -USR1 <pid of pmdrl local>` starts one\n"
+    "more actor and `kill -USR2 <pid>` stops the newest one (SIGTERM; its leases expire\n"
+    "and are re-issued). cluster.json is rewritten after every change (launcher_pid is\n"
+    "the pid to signal) and the progress line counts the actor processes. A verifier\n"
+    "is removed by killing its pid from cluster.json: actors fail over to the others.\n"
+    "\n"
     "Exit codes: 0 finished run, 1 failure, 2 usage or configuration error,\n"
     "130 stopped by SIGINT (Ctrl-C), 143 stopped by SIGTERM.\n";
 
@@ -76,6 +82,20 @@ constexpr const char* kUsage =
 std::atomic<int> g_signal{0};        // the first signal received, 0 if none
 std::atomic<int> g_signal_count{0};  // every signal received
 int g_wake_pipe[2] = {-1, -1};
+
+// SIGUSR1 / SIGUSR2: requests to add / remove an actor, served by the supervise loop.
+std::atomic<int> g_add_actor{0};
+std::atomic<int> g_remove_actor{0};
+
+void OnScaleSignal(int signo) {
+  int saved = errno;
+  (signo == SIGUSR1 ? g_add_actor : g_remove_actor).fetch_add(1);
+  if (g_wake_pipe[1] >= 0) {
+    char c = 1;
+    [[maybe_unused]] ssize_t n = write(g_wake_pipe[1], &c, 1);
+  }
+  errno = saved;
+}
 
 void OnSignal(int signo) {
   int saved = errno;
@@ -105,6 +125,15 @@ class SignalGuard {
     sa.sa_flags = SA_RESTART;
     sigaction(SIGINT, &sa, &old_int_);
     sigaction(SIGTERM, &sa, &old_term_);
+    g_add_actor.store(0);
+    g_remove_actor.store(0);
+    struct sigaction scale;
+    std::memset(&scale, 0, sizeof(scale));
+    scale.sa_handler = OnScaleSignal;
+    sigemptyset(&scale.sa_mask);
+    scale.sa_flags = SA_RESTART;
+    sigaction(SIGUSR1, &scale, &old_usr1_);
+    sigaction(SIGUSR2, &scale, &old_usr2_);
     // A closed stderr pipe (`pmdrl local ... | head`) must not kill the launcher
     // before it has stopped its children.
     struct sigaction ign;
@@ -116,6 +145,8 @@ class SignalGuard {
     sigaction(SIGINT, &old_int_, nullptr);
     sigaction(SIGTERM, &old_term_, nullptr);
     sigaction(SIGPIPE, &old_pipe_, nullptr);
+    sigaction(SIGUSR1, &old_usr1_, nullptr);
+    sigaction(SIGUSR2, &old_usr2_, nullptr);
     for (int& fd : g_wake_pipe) {
       if (fd >= 0) close(fd);
       fd = -1;
@@ -123,7 +154,7 @@ class SignalGuard {
   }
 
  private:
-  struct sigaction old_int_, old_term_, old_pipe_;
+  struct sigaction old_int_, old_term_, old_pipe_, old_usr1_, old_usr2_;
 };
 
 // Sleeps up to `ms` milliseconds or until a signal arrives.
@@ -285,7 +316,9 @@ absl::StatusOr<pid_t> Spawn(std::vector<std::string> argv, std::vector<std::stri
     struct sigaction dfl;
     std::memset(&dfl, 0, sizeof(dfl));
     dfl.sa_handler = SIG_DFL;
-    for (int s : {SIGINT, SIGTERM, SIGPIPE, SIGCHLD, SIGHUP, SIGQUIT}) sigaction(s, &dfl, nullptr);
+    for (int s : {SIGINT, SIGTERM, SIGPIPE, SIGCHLD, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2}) {
+      sigaction(s, &dfl, nullptr);
+    }
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -388,6 +421,13 @@ class Launcher {
   // end of training); any other exit is reported with its log's tail and returns false.
   bool CheckLearnerRanks();
   void WriteClusterJson();
+  // Serves pending SIGUSR1 / SIGUSR2 requests: starts actors / stops the newest ones.
+  void ScaleActors();
+  void AddActor();
+  void RemoveNewestActor();
+  // Reaps removed actors; SIGKILLs one still running `grace` after its SIGTERM.
+  void ReapRetired(std::chrono::seconds grace);
+  int RunningActors() const;
   // SIGTERM, wait up to `grace`, then SIGKILL; reaps every member.
   void StopGroup(std::vector<Child*> group, std::chrono::seconds grace);
   void StopAll();
@@ -403,6 +443,12 @@ class Launcher {
   Child learner_;                     // rank 0
   std::vector<Child> learner_ranks_;  // ranks 1..N-1, [r - 1] for rank r
   std::vector<Child> verifiers_, actors_;
+  // Actors removed by SIGUSR2: SIGTERMed at `since`, reaped in the supervise loop.
+  struct Retired {
+    Child child;
+    Clock::time_point since;
+  };
+  std::vector<Retired> retired_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Coordinator::Stub> stub_;
   v1::StatusResponse last_status_;
@@ -524,14 +570,18 @@ Launcher::Outcome Launcher::WaitForLearner() {
 }
 
 bool Launcher::CheckChildren() {
+  bool changed = false;
   for (std::vector<Child>* group : {&verifiers_, &actors_}) {
     for (Child& c : *group) {
       if (Reap(c)) {
         console_.Warn("{} exited ({}); training continues", c.name,
                       DescribeWaitStatus(c.wait_status));
+        changed = true;
       }
     }
   }
+  ReapRetired(std::chrono::seconds(15));
+  if (changed) WriteClusterJson();
   auto all_dead = [](const std::vector<Child>& g) {
     for (const Child& c : g) {
       if (c.alive) return false;
@@ -579,12 +629,16 @@ Launcher::Outcome Launcher::Supervise() {
                      LogTail(learner_.log_path, 20));
       return Outcome::kFailed;
     }
+    ScaleActors();
     absl::StatusOr<v1::StatusResponse> status = GetStatus(2000, /*wait_for_ready=*/false);
     if (status.ok()) {
       if (failures >= 5) console_.Info("learner answers GetStatus again");
       failures = 0;
       last_status_ = *status;
-      console_.Progress(FormatProgress(last_status_, config_.learner.updates));
+      // "actors a" is what the coordinator counts (registered, heartbeating); the
+      // processes count is what SIGUSR1 / SIGUSR2 change.
+      console_.Progress(absl::StrCat(FormatProgress(last_status_, config_.learner.updates),
+                                     "  actor processes ", RunningActors()));
       if (last_status_.finished()) {
         console_.Info("training finished at update {}", last_status_.update());
         return Outcome::kFinished;
@@ -621,12 +675,18 @@ void Launcher::WriteClusterJson() {
                               {"pid", c.pid},
                               {"port", c.port},
                               {"metrics_port", c.metrics_port},
-                              {"log", c.log_path}});
+                              {"log", c.log_path},
+                              {"alive", c.alive}});
   }
+  // The current actors, oldest first (SIGUSR2 removes the last); removed ones leave
+  // the list, ones that exited by themselves stay with alive false.
   j["actors"] = nlohmann::json::array();
   for (const Child& c : actors_) {
-    j["actors"].push_back(
-        {{"name", c.name}, {"pid", c.pid}, {"metrics_port", c.metrics_port}, {"log", c.log_path}});
+    j["actors"].push_back({{"name", c.name},
+                           {"pid", c.pid},
+                           {"metrics_port", c.metrics_port},
+                           {"log", c.log_path},
+                           {"alive", c.alive}});
   }
   j["token_file"] = plan_.token_file;
   // Written whole under a temporary name and renamed: a reader never sees half a file.
@@ -643,6 +703,88 @@ void Launcher::WriteClusterJson() {
   std::error_code ec;
   fs::rename(tmp, path, ec);
   if (ec) console_.Warn("cannot write {}: {}", path.string(), ec.message());
+}
+
+int Launcher::RunningActors() const {
+  int n = 0;
+  for (const Child& c : actors_) n += c.alive ? 1 : 0;
+  return n;
+}
+
+void Launcher::ScaleActors() {
+  // One request at a time, each fully served (started, or SIGTERMed) before the next.
+  while (g_add_actor.load() > 0 || g_remove_actor.load() > 0) {
+    if (g_add_actor.load() > 0) {
+      g_add_actor.fetch_sub(1);
+      AddActor();
+    }
+    if (g_remove_actor.load() > 0) {
+      g_remove_actor.fetch_sub(1);
+      RemoveNewestActor();
+    }
+  }
+}
+
+void Launcher::AddActor() {
+  // A fresh loopback port from the kernel, also with local.base_port: the ports after
+  // the cluster's own block may belong to anyone.
+  absl::StatusOr<ClusterPorts> port = PickPorts(0, 0, 1);
+  if (!port.ok()) {
+    console_.Error("cannot add an actor: {}", std::string(port.status().message()));
+    return;
+  }
+  // Names never repeat (actor-<n>, n = its metrics-port slot), so each log and
+  // actor_id stays one process's.
+  plan_.ports.actor_metrics.push_back(port->actor_metrics.at(0));
+  const int index = static_cast<int>(plan_.ports.actor_metrics.size()) - 1;
+  absl::StatusOr<Child> c = Start(absl::StrCat("actor-", index), ActorCommand(plan_, index), 0,
+                                  plan_.ports.actor_metrics[index]);
+  if (!c.ok()) {
+    console_.Error("cannot add an actor: {}", std::string(c.status().message()));
+    return;
+  }
+  actors_.push_back(*c);
+  warned_no_actors_ = false;
+  console_.Info("SIGUSR1: added {}; {} actor processes", c->name, RunningActors());
+  WriteClusterJson();
+}
+
+void Launcher::RemoveNewestActor() {
+  for (size_t i = actors_.size(); i-- > 0;) {
+    Child& c = actors_[i];
+    Reap(c);
+    if (!c.alive) continue;
+    kill(c.pid, SIGTERM);
+    retired_.push_back({c, Clock::now()});
+    actors_.erase(actors_.begin() + static_cast<std::ptrdiff_t>(i));
+    console_.Info("SIGUSR2: stopping {} (pid {}); {} actor processes", retired_.back().child.name,
+                  retired_.back().child.pid, RunningActors());
+    WriteClusterJson();
+    return;
+  }
+  console_.Warn("SIGUSR2: no running actor to remove");
+}
+
+void Launcher::ReapRetired(std::chrono::seconds grace) {
+  for (auto it = retired_.begin(); it != retired_.end();) {
+    Child& c = it->child;
+    if (!Reap(c) && c.alive && Clock::now() - it->since >= grace) {
+      console_.Warn("{} did not stop within {} s of SIGTERM; killing it", c.name, grace.count());
+      kill(c.pid, SIGKILL);
+      int status = 0;
+      pid_t r;
+      while ((r = waitpid(c.pid, &status, 0)) < 0 && errno == EINTR) {
+      }
+      c.alive = false;
+      c.wait_status = r == c.pid ? status : 0;
+    }
+    if (c.alive) {
+      ++it;
+      continue;
+    }
+    console_.Info("{} stopped ({})", c.name, DescribeWaitStatus(c.wait_status));
+    it = retired_.erase(it);
+  }
 }
 
 void Launcher::StopGroup(std::vector<Child*> group, std::chrono::seconds grace) {
@@ -693,6 +835,7 @@ void Launcher::StopGroup(std::vector<Child*> group, std::chrono::seconds grace) 
 void Launcher::StopAll() {
   std::vector<Child*> actors, verifiers;
   for (Child& c : actors_) actors.push_back(&c);
+  for (Retired& r : retired_) actors.push_back(&r.child);
   for (Child& c : verifiers_) verifiers.push_back(&c);
   console_.Break();
   if (!actors.empty()) StopGroup(actors, std::chrono::seconds(10));
@@ -711,6 +854,7 @@ void Launcher::StopAll() {
 void Launcher::KillAll() {
   std::vector<Child*> all;
   for (Child& c : actors_) all.push_back(&c);
+  for (Retired& r : retired_) all.push_back(&r.child);
   for (Child& c : verifiers_) all.push_back(&c);
   all.push_back(&learner_);
   for (Child& c : learner_ranks_) all.push_back(&c);

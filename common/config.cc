@@ -105,6 +105,9 @@ const std::vector<Field>& Fields() {
                      &RunConfig::seed));
     f.push_back(Make("run.token_file", "file holding the bearer token (else $PMDRL_TOKEN)", &C::run,
                      &RunConfig::token_file));
+    f.push_back(Make("run.metrics_host",
+                     "address the /metrics and /healthz servers bind (0.0.0.0 in containers)",
+                     &C::run, &RunConfig::metrics_host));
     // model
     f.push_back(Make("model.path",
                      "Hugging Face model directory to start from (empty: random init)", &C::model,

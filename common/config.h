@@ -17,6 +17,9 @@ struct RunConfig {
   std::string dir = "runs/arith";  // run directory: checkpoints, metrics CSV, logs
   uint64_t seed = 1;
   std::string token_file;  // bearer token file; else $PMDRL_TOKEN
+  // Address the /metrics and /healthz servers bind: loopback by default (they carry no
+  // auth); 0.0.0.0 in containers so Prometheus and probes can reach them.
+  std::string metrics_host = "127.0.0.1";
 };
 
 struct ModelSection {

@@ -154,8 +154,8 @@ int RunFollower(const Config& config, Trainer& trainer, Communicator& comm,
   const int rank = comm.rank();
   std::unique_ptr<MetricsServer> http;
   if (config.learner.metrics_port > 0) {
-    absl::StatusOr<std::unique_ptr<MetricsServer>> h =
-        MetricsServer::Start(metrics, "127.0.0.1", static_cast<int>(config.learner.metrics_port));
+    absl::StatusOr<std::unique_ptr<MetricsServer>> h = MetricsServer::Start(
+        metrics, config.run.metrics_host, static_cast<int>(config.learner.metrics_port));
     if (h.ok()) http = *std::move(h);
   }
   auto& m_update = metrics.Gauge("pmdrl_learner_update", "policy updates done");
@@ -396,8 +396,8 @@ int Run(int argc, char** argv) {
   }
   std::unique_ptr<MetricsServer> http;
   if (config.learner.metrics_port > 0) {
-    absl::StatusOr<std::unique_ptr<MetricsServer>> h =
-        MetricsServer::Start(metrics, "127.0.0.1", static_cast<int>(config.learner.metrics_port));
+    absl::StatusOr<std::unique_ptr<MetricsServer>> h = MetricsServer::Start(
+        metrics, config.run.metrics_host, static_cast<int>(config.learner.metrics_port));
     if (!h.ok()) {
       spdlog::error("{}", h.status().message());
       return 1;

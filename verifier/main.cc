@@ -80,8 +80,8 @@ int Run(int argc, char** argv) {
   std::atomic<bool> serving{false};
   std::unique_ptr<MetricsServer> metrics_server;
   if (vc.metrics_port > 0) {
-    absl::StatusOr<std::unique_ptr<MetricsServer>> started =
-        MetricsServer::Start(metrics, "127.0.0.1", static_cast<int>(vc.metrics_port), [&serving] {
+    absl::StatusOr<std::unique_ptr<MetricsServer>> started = MetricsServer::Start(
+        metrics, config->run.metrics_host, static_cast<int>(vc.metrics_port), [&serving] {
           return serving.load() ? absl::OkStatus()
                                 : absl::UnavailableError("verifier is not serving");
         });

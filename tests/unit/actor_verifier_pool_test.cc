@@ -217,5 +217,110 @@ TEST(VerifierPoolTest, WrongTokenIsAFailure) {
   EXPECT_TRUE(journal.Get().empty());
 }
 
+// ---- dns:/// targets: one round_robin channel standing for every replica.
+
+std::string Port(const std::string& address) { return address.substr(address.rfind(':') + 1); }
+
+TEST(VerifierPoolTest, DnsTargetIsRecognised) {
+  EXPECT_TRUE(VerifierPool::IsDnsTarget("dns:///verifier:50052"));
+  EXPECT_TRUE(VerifierPool::IsDnsTarget("dns:verifier:50052"));
+  EXPECT_FALSE(VerifierPool::IsDnsTarget("verifier:50052"));
+  EXPECT_FALSE(VerifierPool::IsDnsTarget("127.0.0.1:50052"));
+}
+
+TEST(VerifierPoolTest, DnsTargetReachesTheVerifierItResolvesTo) {
+  Journal journal;
+  FakeVerifier a("a", &journal);
+  Server sa = Serve(&a);
+  VerifierPool::Options options;
+  options.dns_streams = 2;
+  // localhost resolves to 127.0.0.1 (and maybe ::1, where nothing listens: round_robin
+  // skips an address it cannot connect to).
+  VerifierPool pool({"dns:///localhost:" + Port(sa.address)}, kToken, options);
+  ASSERT_EQ(pool.size(), 2u);
+  EXPECT_EQ(pool.address(1), "dns:///localhost:" + Port(sa.address));
+  for (int i = 0; i < 4; ++i) {
+    absl::StatusOr<v1::GroupAck> ack = pool.Send(MakeGroup(i));
+    ASSERT_TRUE(ack.ok()) << ack.status();
+    EXPECT_EQ(ack->lease_id(), "lease-" + std::to_string(i));
+    EXPECT_EQ(ack->status(), v1::ACK_ACCEPTED);
+  }
+  EXPECT_EQ(journal.Get(),
+            (std::vector<std::string>{"a:lease-0", "a:lease-1", "a:lease-2", "a:lease-3"}));
+  // Both slots opened a stream over the one channel and kept it.
+  EXPECT_EQ(a.streams(), 2);
+}
+
+TEST(VerifierPoolTest, DnsStreamsAreRenewedAfterTheRefreshInterval) {
+  Journal journal;
+  FakeVerifier a("a", &journal);
+  Server sa = Serve(&a);
+  VerifierPool::Options options;
+  options.dns_streams = 1;
+  options.dns_refresh = std::chrono::milliseconds(0);  // every stream lives for one group
+  VerifierPool pool({"dns:///localhost:" + Port(sa.address)}, kToken, options);
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<v1::GroupAck> ack = pool.Send(MakeGroup(i));
+    ASSERT_TRUE(ack.ok()) << ack.status();
+  }
+  EXPECT_EQ(a.streams(), 3);
+  // A static host:port target keeps its stream however old it is.
+  FakeVerifier b("b", &journal);
+  Server sb = Serve(&b);
+  VerifierPool fixed({sb.address}, kToken, options);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(fixed.Send(MakeGroup(i)).ok());
+  EXPECT_EQ(b.streams(), 1);
+}
+
+TEST(VerifierPoolTest, DnsTargetFailsOverToAStaticAddress) {
+  Journal journal;
+  FakeVerifier a("a", &journal);
+  Server sa = Serve(&a);
+  const std::string dead = "dns:///localhost:" + Port(DeadAddress());
+  VerifierPool pool({dead, sa.address}, kToken);
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<v1::GroupAck> ack = pool.Send(MakeGroup(i));
+    ASSERT_TRUE(ack.ok()) << ack.status();
+  }
+  EXPECT_EQ(journal.Get(), (std::vector<std::string>{"a:lease-0", "a:lease-1", "a:lease-2"}));
+}
+
+// A replica goes away and another comes up behind the same name (a restarted
+// container): the pool reports the gap and then reaches the new one by itself.
+TEST(VerifierPoolTest, DnsTargetReachesAReplacementReplica) {
+  Journal journal;
+  FakeVerifier a("a", &journal), b("b", &journal);
+  Server sa = Serve(&a);
+  const std::string port = Port(sa.address);
+  VerifierPool::Options options;
+  options.dns_streams = 2;
+  VerifierPool pool({"dns:///localhost:" + port}, kToken, options);
+  ASSERT_TRUE(pool.Send(MakeGroup(0)).ok());
+  // A deadline of now cancels the open stream (else Shutdown waits for the client).
+  sa.server->Shutdown(std::chrono::system_clock::now());
+  sa.server->Wait();
+  absl::StatusOr<v1::GroupAck> gone = pool.Send(MakeGroup(1));
+  ASSERT_FALSE(gone.ok());
+  EXPECT_EQ(gone.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(std::string(gone.status().message()).find("dns:///localhost:" + port),
+            std::string::npos)
+      << gone.status();
+
+  int bound = 0;
+  auto replacement = StartServer("127.0.0.1:" + port, {&b}, &bound);
+  ASSERT_TRUE(replacement.ok()) << replacement.status();
+  // Reconnecting follows gRPC's backoff (MakeChannel: at most 5 s between tries).
+  bool reached = false;
+  for (int i = 2; i < 200 && !reached; ++i) {
+    reached = pool.Send(MakeGroup(i)).ok();
+    if (!reached) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(reached) << "the replacement replica was never used";
+  std::vector<std::string> entries = journal.Get();
+  ASSERT_FALSE(entries.empty());
+  EXPECT_EQ(entries.back().substr(0, 2), "b:");
+  (*replacement)->Shutdown(std::chrono::system_clock::now());
+}
+
 }  // namespace
 }  // namespace pmdrl
