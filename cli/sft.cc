@@ -53,6 +53,14 @@ int RunSft(int argc, char** argv) {
     std::cerr << "pmdrl sft: " << trainer.status().message() << "\n";
     return 2;
   }
+  // The arith prompt source supplies what evaluation needs: grader, tokenizer, stop ids.
+  Config arith = config;
+  arith.task.name = "arith";
+  absl::StatusOr<std::unique_ptr<PromptSource>> source = MakePromptSource(arith);
+  if (!source.ok()) {
+    std::cerr << "pmdrl sft: " << source.status().message() << "\n";
+    return 2;
+  }
   std::vector<PromptItem> val_items;
   for (const ArithProblem& p : validation.HeldOut()) {
     if (train.IsHeldOut(p.prompt)) continue;
@@ -76,7 +84,8 @@ int RunSft(int argc, char** argv) {
       return 1;
     }
     if ((step + 1) % config.sft.eval_every == 0) {
-      last = (*trainer)->Evaluate(val_items, config.actor.max_new_tokens, config.sft.pass_k);
+      last =
+          (*trainer)->Evaluate(**source, val_items, config.actor.max_new_tokens, config.sft.pass_k);
       double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       spdlog::info("step {} loss {:.4f} greedy {:.1f}% pass@{} {:.1f}% ({:.0f} s)", step + 1, *loss,
                    100 * last.greedy_accuracy, config.sft.pass_k, 100 * last.pass_at_k, secs);

@@ -478,37 +478,6 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
   return stats;
 }
 
-namespace {
-
-// The arith task as Evaluate needs it: grader, character tokenizer and the model's EOS.
-// Only the three accessors Evaluate calls carry meaning.
-class ArithEvalView final : public PromptSource {
- public:
-  explicit ArithEvalView(int32_t eos) : stop_ids_{eos} {}
-  PromptItem Get(int64_t, int64_t) const override { return {}; }
-  int64_t ItemsPerEpoch() const override { return 0; }
-  const std::vector<PromptItem>& HeldOut() const override { return none_; }
-  const Tokenizer& tokenizer() const override { return tokenizer_; }
-  std::string task() const override { return "arith"; }
-  std::string tokenizer_name() const override { return "char"; }
-  const std::string& tokenizer_json() const override { return empty_; }
-  const std::vector<int32_t>& stop_ids() const override { return stop_ids_; }
-
- private:
-  CharTokenizer tokenizer_;
-  const std::vector<PromptItem> none_;
-  const std::string empty_;
-  const std::vector<int32_t> stop_ids_;
-};
-
-}  // namespace
-
-EvalResult Trainer::Evaluate(const std::vector<PromptItem>& items, int64_t max_new_tokens,
-                             int64_t pass_k) {
-  return Evaluate(ArithEvalView(static_cast<int32_t>(impl_->model->config().eos_token_id)), items,
-                  max_new_tokens, pass_k);
-}
-
 EvalResult Trainer::Evaluate(const PromptSource& source, const std::vector<PromptItem>& items,
                              int64_t max_new_tokens, int64_t k) {
   Impl& m = *impl_;

@@ -82,9 +82,6 @@ class Trainer {
   // avg@k and pass@k over k samples per problem at the actor's temperature and top_p.
   EvalResult Evaluate(const PromptSource& source, const std::vector<PromptItem>& items,
                       int64_t max_new_tokens, int64_t k = 0);
-  // The same for the built-in arith task (character tokenizer, the model's EOS).
-  EvalResult Evaluate(const std::vector<PromptItem>& items, int64_t max_new_tokens,
-                      int64_t pass_k = 0);
 
   std::shared_ptr<const WeightSnapshot> Snapshot(uint64_t version);
 

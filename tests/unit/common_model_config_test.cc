@@ -17,10 +17,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-ModelConfig TinyConfig(const std::string& arch, bool tied = false) {
-  return TinyModelConfig(arch, tied);
-}
-
 std::string TempDir(const std::string& name) { return FreshTempDir("model_config_test", name); }
 
 absl::StatusOr<ModelConfig> ReadText(const std::string& dir, const std::string& text) {
@@ -31,7 +27,7 @@ absl::StatusOr<ModelConfig> ReadText(const std::string& dir, const std::string& 
 
 TEST(ModelConfigTest, JsonRoundTrip) {
   const std::string dir = TempDir("config");
-  ModelConfig c = TinyConfig("qwen3", /*tied=*/true);
+  ModelConfig c = TinyModelConfig("qwen3", /*tied=*/true);
   c.rms_norm_eps = 1e-5;
   c.rope_theta = 1e6;
   c.max_position_embeddings = 40960;
@@ -65,7 +61,7 @@ TEST(ModelConfigTest, JsonRoundTrip) {
   EXPECT_TRUE(j["pad_token_id"].is_null());
 
   for (const char* arch : {"llama", "qwen2"}) {
-    ModelConfig d = TinyConfig(arch);
+    ModelConfig d = TinyModelConfig(arch);
     ASSERT_TRUE(WriteModelConfig(d, dir + "/config.json").ok());
     auto rd = ReadModelConfig(dir + "/config.json");
     ASSERT_TRUE(rd.ok());
@@ -150,7 +146,7 @@ TEST(ModelConfigTest, ValidationNamesTheField) {
     ASSERT_FALSE(s.ok()) << field;
     EXPECT_NE(s.message().find(field), std::string::npos) << s;
   };
-  ModelConfig ok = TinyConfig("llama");
+  ModelConfig ok = TinyModelConfig("llama");
   EXPECT_TRUE(ValidateModelConfig(ok).ok());
   ModelConfig c = ok;
   c.vocab_size = 0;
@@ -182,7 +178,7 @@ TEST(ModelConfigTest, ValidationNamesTheField) {
 }
 
 TEST(ModelConfigTest, NeverSampledTokens) {
-  ModelConfig c = TinyConfig("llama");  // pad 0, bos 1, eos 2
+  ModelConfig c = TinyModelConfig("llama");  // pad 0, bos 1, eos 2
   EXPECT_EQ(NeverSampledTokens(c), (std::vector<int64_t>{0, 1}));
   c.bos_token_id = 2;  // bos == eos (Qwen): only pad
   EXPECT_EQ(NeverSampledTokens(c), (std::vector<int64_t>{0}));
@@ -288,7 +284,7 @@ TEST(ModelConfigTest, ReadsTransformers5Layout) {
 
 TEST(ModelConfigTest, RopeScalingRoundTripsAndValidates) {
   const std::string dir = TempDir("rope");
-  ModelConfig c = TinyConfig("llama");
+  ModelConfig c = TinyModelConfig("llama");
   c.rope_theta = 500000.0;
   c.rope_scaling.rope_type = "llama3";
   c.rope_scaling.factor = 32.0;
@@ -311,7 +307,7 @@ TEST(ModelConfigTest, RopeScalingRoundTripsAndValidates) {
   EXPECT_EQ(r->rope_scaling.original_max_position_embeddings, 16);
 
   // Without scaling, rope_scaling is written as null (transformers' default).
-  ASSERT_TRUE(WriteModelConfig(TinyConfig("qwen2"), dir + "/config.json").ok());
+  ASSERT_TRUE(WriteModelConfig(TinyModelConfig("qwen2"), dir + "/config.json").ok());
   {
     std::ifstream in(dir + "/config.json");
     auto j = nlohmann::json::parse(in);

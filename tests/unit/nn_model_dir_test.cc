@@ -30,10 +30,6 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-ModelConfig TinyConfig(const std::string& arch, bool tied = false) {
-  return TinyModelConfig(arch, tied);
-}
-
 std::string TempDir(const std::string& name) { return FreshTempDir("nn_model_dir_test", name); }
 
 std::vector<std::string> Names(CausalLM& model) {
@@ -80,7 +76,7 @@ TEST(ModelDirTest, RoundTripIsBitIdenticalInEveryDtype) {
     for (bool tied : {false, true}) {
       SCOPED_TRACE(std::string(arch) + (tied ? " tied" : ""));
       const std::string root = TempDir(std::string("rt_") + arch + (tied ? "_tied" : ""));
-      ModelConfig c = TinyConfig(arch, tied);
+      ModelConfig c = TinyModelConfig(arch, tied);
       if (std::string(arch) == "llama") {  // exercise llama3 RoPE through the files too
         c.rope_scaling.rope_type = "llama3";
         c.rope_scaling.factor = 8.0;
@@ -139,7 +135,7 @@ TEST(ModelDirTest, RoundTripIsBitIdenticalInEveryDtype) {
 
 TEST(ModelDirTest, ShardsPastTheLimitWithAnIndex) {
   const std::string dir = TempDir("shards");
-  ModelConfig c = TinyConfig("qwen3");
+  ModelConfig c = TinyModelConfig("qwen3");
   torch::manual_seed(21);
   CausalLM model(c);
   // embed_tokens is 17*32*2 = 1088 bf16 bytes: over the limit, so a shard of its own.
@@ -203,7 +199,7 @@ TEST(ModelDirTest, ShardsPastTheLimitWithAnIndex) {
 
 TEST(ModelDirTest, LoadsShardedBf16CheckpointIntoEveryDtype) {
   const std::string dir = TempDir("sharded");
-  ModelConfig c = TinyConfig("qwen2", /*tied=*/true);
+  ModelConfig c = TinyModelConfig("qwen2", /*tied=*/true);
   c.torch_dtype = "bfloat16";
   torch::manual_seed(11);
   CausalLM model(c);
@@ -249,24 +245,24 @@ TEST(ModelDirTest, LoadsShardedBf16CheckpointIntoEveryDtype) {
 TEST(ModelDirTest, MismatchesAreErrorsThatNameTheTensor) {
   const std::string dir = TempDir("mismatch");
   torch::manual_seed(12);
-  CausalLM qwen2(TinyConfig("qwen2"));
+  CausalLM qwen2(TinyModelConfig("qwen2"));
   ASSERT_TRUE(SaveModelDir(qwen2, dir).ok());
-  ASSERT_TRUE(WriteModelConfig(TinyConfig("llama"), dir + "/config.json").ok());
+  ASSERT_TRUE(WriteModelConfig(TinyModelConfig("llama"), dir + "/config.json").ok());
   auto loaded = LoadModelDir(dir, LoadOptions{at::kBFloat16});
   ASSERT_FALSE(loaded.ok());
   EXPECT_NE(loaded.status().message().find("bias"), std::string::npos) << loaded.status();
 
   // Untied config, tied checkpoint: lm_head.weight is missing.
-  CausalLM tied(TinyConfig("llama", /*tied=*/true));
+  CausalLM tied(TinyModelConfig("llama", /*tied=*/true));
   ASSERT_TRUE(SaveModelDir(tied, dir).ok());
-  ASSERT_TRUE(WriteModelConfig(TinyConfig("llama"), dir + "/config.json").ok());
+  ASSERT_TRUE(WriteModelConfig(TinyModelConfig("llama"), dir + "/config.json").ok());
   loaded = LoadModelDir(dir);
   ASSERT_FALSE(loaded.ok());
   EXPECT_NE(loaded.status().message().find("missing tensor lm_head.weight"), std::string::npos)
       << loaded.status();
 
   // A shape mismatch.
-  ModelConfig wide = TinyConfig("llama", /*tied=*/true);
+  ModelConfig wide = TinyModelConfig("llama", /*tied=*/true);
   wide.intermediate_size = 64;
   ASSERT_TRUE(WriteModelConfig(wide, dir + "/config.json").ok());
   loaded = LoadModelDir(dir);

@@ -24,10 +24,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-ModelConfig TinyConfig(const std::string& arch, bool tied = false) {
-  return TinyModelConfig(arch, tied);
-}
-
 std::string TempDir(const std::string& name) { return FreshTempDir("nn_model_test", name); }
 
 std::vector<std::string> Names(CausalLM& model) {
@@ -75,7 +71,7 @@ TEST(ModelTest, ParameterNamesMatchHuggingFace) {
   for (const char* arch : {"llama", "qwen2", "qwen3"}) {
     for (bool tied : {false, true}) {
       SCOPED_TRACE(std::string(arch) + (tied ? " tied" : ""));
-      ModelConfig c = TinyConfig(arch, tied);
+      ModelConfig c = TinyModelConfig(arch, tied);
       CausalLM model(c);
       EXPECT_EQ(Names(model), ExpectedNames(c));
     }
@@ -83,7 +79,7 @@ TEST(ModelTest, ParameterNamesMatchHuggingFace) {
 }
 
 TEST(ModelTest, ShapesFollowConfig) {
-  ModelConfig c = TinyConfig("qwen3");
+  ModelConfig c = TinyModelConfig("qwen3");
   CausalLM model(c);
   EXPECT_EQ(Param(model, "model.layers.0.self_attn.q_proj.weight").sizes(),
             (at::IntArrayRef{4 * 16, 32}));
@@ -97,7 +93,7 @@ TEST(ModelTest, ShapesFollowConfig) {
 }
 
 TEST(ModelTest, InitIsDeterministicAndFollowsHfConventions) {
-  ModelConfig c = TinyConfig("qwen2");
+  ModelConfig c = TinyModelConfig("qwen2");
   torch::manual_seed(7);
   CausalLM a(c);
   torch::manual_seed(7);
@@ -113,7 +109,7 @@ TEST(ModelTest, InitIsDeterministicAndFollowsHfConventions) {
 }
 
 TEST(ModelTest, TiedHeadUsesEmbedding) {
-  ModelConfig c = TinyConfig("llama", /*tied=*/true);
+  ModelConfig c = TinyModelConfig("llama", /*tied=*/true);
   torch::manual_seed(1);
   CausalLM model(c);
   at::Tensor ids = torch::tensor({{3, 4, 5}}, torch::kLong);
@@ -135,7 +131,7 @@ TEST(ModelTest, TiedHeadUsesEmbedding) {
 }
 
 TEST(ModelTest, ConstructorRejectsInvalidConfig) {
-  ModelConfig c = TinyConfig("llama");
+  ModelConfig c = TinyModelConfig("llama");
   c.num_key_value_heads = 3;
   EXPECT_THROW(CausalLM model(c), c10::Error);
 }
@@ -145,7 +141,7 @@ TEST(ModelTest, AttentionBiasFollowsTransformersPerArchitecture) {
   // has q/k/v bias and never an o_proj bias.
   for (const char* arch : {"llama", "qwen2", "qwen3"}) {
     SCOPED_TRACE(arch);
-    ModelConfig c = TinyConfig(arch);
+    ModelConfig c = TinyModelConfig(arch);
     c.attention_bias = true;
     CausalLM model(c);
     std::vector<std::string> names = Names(model);
@@ -157,7 +153,7 @@ TEST(ModelTest, AttentionBiasFollowsTransformersPerArchitecture) {
 }
 
 TEST(ModelTest, BuildsInTheRequestedDtype) {
-  ModelConfig c = TinyConfig("qwen3");
+  ModelConfig c = TinyModelConfig("qwen3");
   torch::manual_seed(14);
   CausalLM model(c, CausalLMOptions{at::kBFloat16});
   for (auto& [n, t] : NamedWeights(model)) EXPECT_EQ(t.scalar_type(), at::kBFloat16) << n;
@@ -172,7 +168,7 @@ TEST(ModelTest, BuildsInTheRequestedDtype) {
 TEST(ModelTest, Bf16ForwardTracksFloat32) {
   for (const char* arch : {"llama", "qwen2", "qwen3"}) {
     SCOPED_TRACE(arch);
-    ModelConfig c = TinyConfig(arch);
+    ModelConfig c = TinyModelConfig(arch);
     torch::manual_seed(15);
     CausalLM model(c);
     {
@@ -207,7 +203,7 @@ TEST(ModelTest, Bf16ForwardTracksFloat32) {
 // ---------------------------------------------------------------- RoPE
 
 TEST(RopeTest, DefaultFrequencies) {
-  ModelConfig c = TinyConfig("qwen3");  // head_dim 16
+  ModelConfig c = TinyModelConfig("qwen3");  // head_dim 16
   c.rope_theta = 1e6;
   at::Tensor f = RopeInverseFrequencies(c);
   ASSERT_EQ(f.sizes(), (at::IntArrayRef{8}));
@@ -222,7 +218,7 @@ TEST(RopeTest, DefaultFrequencies) {
 // head_dim 64): high frequencies untouched, low ones divided by the factor, the band in
 // between interpolated -- against a float64 evaluation of transformers' formula.
 TEST(RopeTest, Llama3ScalingMatchesTransformersFormula) {
-  ModelConfig c = TinyConfig("llama");
+  ModelConfig c = TinyModelConfig("llama");
   c.hidden_size = 128;
   c.num_attention_heads = 2;
   c.num_key_value_heads = 1;
@@ -289,7 +285,7 @@ TEST(RopeTest, Llama3ScalingMatchesTransformersFormula) {
 // row's logits.
 void CheckIncrementalMatchesFull(const std::string& arch) {
   SCOPED_TRACE(arch);
-  ModelConfig c = TinyConfig(arch);
+  ModelConfig c = TinyModelConfig(arch);
   torch::manual_seed(3);
   CausalLM model(c);
   model->eval();
@@ -356,7 +352,7 @@ TEST(ModelTest, IncrementalDecodingMatchesFullForwardQwen3) {
 }
 
 TEST(ModelTest, CausalAndPositionSensitive) {
-  ModelConfig c = TinyConfig("llama");
+  ModelConfig c = TinyModelConfig("llama");
   torch::manual_seed(4);
   CausalLM model(c);
   at::Tensor valid = torch::ones({1, 4}, torch::kBool);
@@ -377,7 +373,7 @@ TEST(ModelTest, CausalAndPositionSensitive) {
 // ---------------------------------------------------------------- LoadWeights
 
 TEST(ModelTest, LoadWeightsChecksNamesAndShapes) {
-  ModelConfig c = TinyConfig("qwen2");
+  ModelConfig c = TinyModelConfig("qwen2");
   torch::manual_seed(5);
   CausalLM src(c);
   torch::manual_seed(6);
