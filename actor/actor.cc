@@ -316,6 +316,7 @@ absl::Status Actor::Impl::Setup() {
   rollout.top_p = options_.config.top_p;
   rollout.max_new_tokens = options_.config.max_new_tokens;
   rollout.stop_tokens = stop_tokens;
+  rollout.device = options_.config.device;
   rollout.seed = options_.config.seed != 0
                      ? options_.config.seed
                      : DeriveActorSeed(options_.run_seed, options_.config.name);
@@ -325,10 +326,11 @@ absl::Status Actor::Impl::Setup() {
   engine_ = *std::move(engine);
   spdlog::info(
       "model: {} layers, hidden {}, vocab {}; tokenizer {} ({} tokens); sampling T={} top_p={} "
-      "max_new_tokens={} seed={}; stop ids {}",
+      "max_new_tokens={} seed={} device={}; stop ids {}",
       model_config_.num_hidden_layers, model_config_.hidden_size, model_config_.vocab_size,
       registration_.tokenizer(), tokenizer_->VocabSize(), rollout.temperature, rollout.top_p,
-      rollout.max_new_tokens, rollout.seed, absl::StrJoin(rollout.stop_tokens, ","));
+      rollout.max_new_tokens, rollout.seed, rollout.device,
+      absl::StrJoin(rollout.stop_tokens, ","));
   return absl::OkStatus();
 }
 

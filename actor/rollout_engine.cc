@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
+#include <torch/cuda.h>
 
 #include <exception>
 #include <string>
@@ -14,8 +15,9 @@
 namespace pmdrl {
 
 struct RolloutEngine::Impl {
-  Impl(const ModelConfig& config, const RolloutOptions& options)
+  Impl(const ModelConfig& config, const RolloutOptions& options, const c10::Device& device)
       : model(config), sampler(options.seed), vocab_size(config.vocab_size) {
+    model->to(device);
     params.temperature = options.temperature;
     params.top_p = options.top_p;
     params.max_new_tokens = options.max_new_tokens;
@@ -31,6 +33,41 @@ struct RolloutEngine::Impl {
   bool has_weights = false;
 };
 
+namespace {
+
+// actor.device as a Torch device. Weights arrive as float32 on the CPU and LoadWeights
+// copies them onto this device; the sampler follows the model's device.
+absl::StatusOr<c10::Device> SamplingDevice(const std::string& name) {
+  if (name == "cpu") return c10::Device(c10::kCPU);
+  if (name != "cuda" && name.rfind("cuda:", 0) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("actor.device=", name, ": expected cpu, cuda or cuda:N"));
+  }
+  const int64_t count = torch::cuda::is_available() ? torch::cuda::device_count() : 0;
+  if (count == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "actor.device=", name,
+        ": no CUDA device is visible to this LibTorch (a CPU-only build, or no GPU); use cpu"));
+  }
+  int64_t index = 0;
+  if (name != "cuda") {
+    const std::string digits = name.substr(5);
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos ||
+        digits.size() > 4) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("actor.device=", name, ": expected cpu, cuda or cuda:N"));
+    }
+    index = std::stoll(digits);
+    if (index >= count) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("actor.device=", name, ": only ", count, " CUDA devices are visible"));
+    }
+  }
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+}  // namespace
+
 RolloutEngine::RolloutEngine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 RolloutEngine::~RolloutEngine() = default;
 
@@ -41,9 +78,11 @@ absl::StatusOr<std::unique_ptr<RolloutEngine>> RolloutEngine::Create(
     return absl::InvalidArgumentError(
         absl::StrCat("max_new_tokens must be >= 1, got ", options.max_new_tokens));
   }
+  absl::StatusOr<c10::Device> device = SamplingDevice(options.device);
+  if (!device.ok()) return device.status();
   try {
     return std::unique_ptr<RolloutEngine>(
-        new RolloutEngine(std::make_unique<Impl>(config, options)));
+        new RolloutEngine(std::make_unique<Impl>(config, options, *device)));
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat("building the policy model failed: ", e.what_without_backtrace()));

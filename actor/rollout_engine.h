@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -22,6 +23,7 @@ struct RolloutOptions {
   int64_t max_new_tokens = 16;
   std::vector<int64_t> stop_tokens;  // e.g. EOS; included in the output when hit
   uint64_t seed = 0;                 // the sampler's RNG seed
+  std::string device = "cpu";        // cpu | cuda | cuda:N (actor.device)
 };
 
 // One sampled completion (a Torch-free copy of the sampler's Sample).
@@ -38,7 +40,8 @@ struct RolloutSample {
 // makes a weight swap atomic with respect to a batch.
 class RolloutEngine {
  public:
-  // `config` must pass ValidateModelConfig.
+  // `config` must pass ValidateModelConfig. A CUDA `options.device` with no CUDA device
+  // visible to this LibTorch is FailedPrecondition, naming actor.device.
   static absl::StatusOr<std::unique_ptr<RolloutEngine>> Create(const ModelConfig& config,
                                                                const RolloutOptions& options);
   ~RolloutEngine();

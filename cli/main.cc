@@ -4,6 +4,8 @@
 #include <cstring>
 #include <string>
 
+#include "cli/bandit.h"
+#include "cli/compare.h"
 #include "cli/generate.h"
 #include "cli/grade.h"
 #include "cli/init_model.h"
@@ -23,12 +25,15 @@ struct SubCommand {
 constexpr SubCommand kSubCommands[] = {
     {"local", "run a whole cluster (learner, verifiers, actors) on this machine", pmdrl::RunLocal},
     {"sft", "train a base policy for the built-in task by supervised warm-up", pmdrl::RunSft},
+    {"compare", "train with several losses and seeds, write one table and one plot",
+     pmdrl::RunCompare},
     {"init-model", "write a small random model directory (Hugging Face layout)",
      pmdrl::RunInitModel},
     {"logits", "one forward pass of a model directory, logits to safetensors", pmdrl::RunLogits},
     {"grade", "grade one answer against a reference and show each stage", pmdrl::RunGrade},
     {"tokenize", "text <-> token ids with a model directory's tokenizer", pmdrl::RunTokenize},
     {"generate", "sample completions of stdin prompts from a model directory", pmdrl::RunGenerate},
+    {"bandit", "solve the PMD-mean update of one prompt exactly (Lambert W)", pmdrl::RunBandit},
 };
 
 void PrintUsage(FILE* out) {

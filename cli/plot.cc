@@ -28,6 +28,23 @@ constexpr double kAccuracyTicks[] = {0.0, 0.25, 0.5, 0.75, 1.0};
 constexpr const char* kRewardColor = "#1f77b4";
 constexpr const char* kAccuracyColor = "#d62728";
 
+// Tick label without trailing zeros ("0.5", "-1", "100").
+std::string Label(double v) {
+  if (std::fabs(v) < 1e-12) v = 0;  // no "-0"
+  return absl::StrFormat("%g", v);
+}
+
+std::string Num(double v) { return absl::StrFormat("%.1f", v); }
+
+// Maps a value in [lo, hi] linearly onto [a, b], clamping outside values.
+double Map(double v, double lo, double hi, double a, double b) {
+  double t = hi > lo ? (v - lo) / (hi - lo) : 0.5;
+  t = std::clamp(t, 0.0, 1.0);
+  return a + t * (b - a);
+}
+
+}  // namespace
+
 std::string EscapeXml(absl::string_view s) {
   std::string out;
   for (char c : s) {
@@ -54,22 +71,14 @@ std::string EscapeXml(absl::string_view s) {
   return out;
 }
 
-// Tick label without trailing zeros ("0.5", "-1", "100").
-std::string Label(double v) {
-  if (std::fabs(v) < 1e-12) v = 0;  // no "-0"
-  return absl::StrFormat("%g", v);
+std::string SvgOpen(double width, double height) {
+  return absl::StrFormat(
+      "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" "
+      "viewBox=\"0 0 %g %g\" font-family=\"sans-serif\" font-size=\"12\">\n"
+      "<rect x=\"0\" y=\"0\" width=\"%g\" height=\"%g\" fill=\"white\"/>\n",
+      width, height, width, height, width, height);
 }
-
-std::string Num(double v) { return absl::StrFormat("%.1f", v); }
-
-// Maps a value in [lo, hi] linearly onto [a, b], clamping outside values.
-double Map(double v, double lo, double hi, double a, double b) {
-  double t = hi > lo ? (v - lo) / (hi - lo) : 0.5;
-  t = std::clamp(t, 0.0, 1.0);
-  return a + t * (b - a);
-}
-
-}  // namespace
 
 absl::StatusOr<std::vector<CurvePoint>> CurveFromMetricsCsv(absl::string_view csv_text) {
   absl::StatusOr<CsvTable> table = CsvTable::Parse(csv_text);
@@ -137,12 +146,7 @@ std::string RenderCurveSvg(const std::vector<CurvePoint>& points, absl::string_v
   auto py_reward = [](double r) { return Map(r, -1.0, 1.0, kBottom, kTop); };
   auto py_accuracy = [](double a) { return Map(a, 0.0, 1.0, kBottom, kTop); };
 
-  std::string svg = absl::StrFormat(
-      "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" "
-      "viewBox=\"0 0 %g %g\" font-family=\"sans-serif\" font-size=\"12\">\n"
-      "<rect x=\"0\" y=\"0\" width=\"%g\" height=\"%g\" fill=\"white\"/>\n",
-      kWidth, kHeight, kWidth, kHeight, kWidth, kHeight);
+  std::string svg = SvgOpen(kWidth, kHeight);
   absl::StrAppend(&svg, "<text x=\"", Num(kWidth / 2), "\" y=\"28\" text-anchor=\"middle\" ",
                   "font-size=\"16\">", EscapeXml(title), "</text>\n");
 

@@ -30,6 +30,13 @@ absl::StatusOr<std::vector<CurvePoint>> CurveFromMetricsCsv(absl::string_view cs
 // covering [lo, hi], all inside it. lo == hi yields {lo}.
 std::vector<double> NiceTicks(double lo, double hi, int max_ticks);
 
+// `s` with XML's five special characters escaped, for SVG text and attributes.
+std::string EscapeXml(absl::string_view s);
+
+// The start of a self-contained SVG document of the given size on a white background
+// (the caller appends the content and "</svg>\n").
+std::string SvgOpen(double width, double height);
+
 // Renders the curve. Values outside an axis range are clamped to its edge; non-finite
 // values are skipped. With no points the SVG still renders axes and says "no data".
 // The reward line is the <polyline id="reward">, the accuracy line

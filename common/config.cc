@@ -70,6 +70,15 @@ Field Make(std::string key, std::string help, T Config::*section, auto member) {
       for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipWhitespace())) {
         dst.emplace_back(absl::StripAsciiWhitespace(part));
       }
+    } else if constexpr (std::is_same_v<V, std::vector<int64_t>>) {
+      dst.clear();
+      for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipWhitespace())) {
+        int64_t i;
+        if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &i)) {
+          return BadValue(key, raw, "comma-separated integers");
+        }
+        dst.push_back(i);
+      }
     } else {
       static_assert(sizeof(V) == 0, "unsupported config field type");
     }
@@ -85,7 +94,8 @@ Field Make(std::string key, std::string help, T Config::*section, auto member) {
       std::ostringstream os;
       os << v;
       return os.str();
-    } else if constexpr (std::is_same_v<V, std::vector<std::string>>) {
+    } else if constexpr (std::is_same_v<V, std::vector<std::string>> ||
+                         std::is_same_v<V, std::vector<int64_t>>) {
       return absl::StrJoin(v, ",");
     } else {
       return std::to_string(v);
@@ -185,6 +195,9 @@ const std::vector<Field>& Fields() {
     f.push_back(Make("actor.seed", "sampling seed (0: from run.seed and actor.name)", &C::actor,
                      &ActorConfig::seed));
     f.push_back(Make("actor.threads", "Torch threads", &C::actor, &ActorConfig::threads));
+    f.push_back(Make("actor.device",
+                     "where the policy samples: cpu, cuda (GPU 0 of those visible) or cuda:N",
+                     &C::actor, &ActorConfig::device));
     f.push_back(Make("actor.metrics_port", "HTTP port of /metrics and /healthz (0: none)",
                      &C::actor, &ActorConfig::metrics_port));
     // verifier
@@ -208,14 +221,31 @@ const std::vector<Field>& Fields() {
     f.push_back(Make("learner.metrics_port", "HTTP port of /metrics and /healthz (0: none)",
                      &C::learner, &LearnerConfig::metrics_port));
     f.push_back(Make("learner.threads", "Torch threads", &C::learner, &LearnerConfig::threads));
-    f.push_back(Make("learner.loss", "pmd_mean", &C::learner, &LearnerConfig::loss));
-    f.push_back(Make("learner.baseline", "mean | loo", &C::learner, &LearnerConfig::baseline));
-    f.push_back(Make("learner.length_norm", "token (divide by L_j) | max (by the longest response)",
+    f.push_back(Make("learner.loss",
+                     "pmd_mean | pmd_part (soft-max baseline of the other completions) | grpo "
+                     "(token PPO-clip, group-normalised advantages) | gspo (sequence-ratio clip)",
+                     &C::learner, &LearnerConfig::loss));
+    f.push_back(Make("learner.baseline",
+                     "mean | loo (pmd_mean only; pmd_part, grpo, gspo ignore it)", &C::learner,
+                     &LearnerConfig::baseline));
+    f.push_back(Make("learner.length_norm",
+                     "token (divide by L_j) | max (by the longest response); pmd_mean, pmd_part",
                      &C::learner, &LearnerConfig::length_norm));
     f.push_back(Make("learner.old_logprobs", "actor (recorded while sampling) | recompute",
                      &C::learner, &LearnerConfig::old_logprobs));
-    f.push_back(Make("learner.tau", "PMD regularisation strength tau > 0", &C::learner,
-                     &LearnerConfig::tau));
+    f.push_back(Make("learner.clip_eps", "grpo: token ratio clipped to [1-eps, 1+eps], 0 < eps < 1",
+                     &C::learner, &LearnerConfig::clip_eps));
+    f.push_back(Make("learner.seq_clip_eps",
+                     "gspo: sequence ratio clipped to [1-eps, 1+eps], 0 < eps < 1", &C::learner,
+                     &LearnerConfig::seq_clip_eps));
+    f.push_back(Make("learner.importance_weights",
+                     "none | truncated: weight each completion's loss by min(is_cap, "
+                     "pi_learner/pi_actor) of its sequence, for stale samples",
+                     &C::learner, &LearnerConfig::importance_weights));
+    f.push_back(Make("learner.is_cap", "truncation of the importance weights, > 0", &C::learner,
+                     &LearnerConfig::is_cap));
+    f.push_back(Make("learner.tau", "PMD regularisation strength tau > 0 (pmd_mean, pmd_part)",
+                     &C::learner, &LearnerConfig::tau));
     f.push_back(Make("learner.group_size", "completions per prompt k", &C::learner,
                      &LearnerConfig::group_size));
     f.push_back(Make("learner.prompts_per_update", "prompts per rollout batch B", &C::learner,
@@ -285,6 +315,20 @@ const std::vector<Field>& Fields() {
                      &LocalConfig::verifiers));
     f.push_back(Make("local.base_port", "first port of the local cluster (0: free ports)",
                      &C::local, &LocalConfig::base_port));
+    // compare
+    f.push_back(Make("compare.variants",
+                     "`pmdrl compare` runs: loss names (pmd_mean, pmd_part, grpo, gspo), each "
+                     "optionally with :section.key=value overrides",
+                     &C::compare, &CompareConfig::variants));
+    f.push_back(Make("compare.seeds", "run.seed of each variant's runs", &C::compare,
+                     &CompareConfig::seeds));
+    f.push_back(Make("compare.output", "folder of the runs, results.md/csv and curves.svg",
+                     &C::compare, &CompareConfig::output));
+    f.push_back(Make("compare.target_gain",
+                     "eval accuracy gain over the base that counts as reaching the target",
+                     &C::compare, &CompareConfig::target_gain));
+    f.push_back(Make("compare.reuse", "keep runs that finished before with the same command",
+                     &C::compare, &CompareConfig::reuse));
     return f;
   }();
   return fields;
@@ -361,6 +405,13 @@ absl::Status OneOf(const std::string& key, const std::string& v,
   return absl::InvalidArgumentError(absl::StrCat("config key '", key, "': bad value '", v,
                                                  "' (want one of: ", absl::StrJoin(allowed, ", "),
                                                  ")"));
+}
+
+// "cpu", "cuda" or "cuda:N": the device names the learner and actor accept.
+bool IsDeviceName(const std::string& d) {
+  return d == "cpu" || d == "cuda" ||
+         (d.rfind("cuda:", 0) == 0 && d.size() > 5 &&
+          d.find_first_not_of("0123456789", 5) == std::string::npos);
 }
 
 absl::Status Check(bool ok, const std::string& key, absl::string_view want) {
@@ -479,6 +530,7 @@ absl::Status ValidateConfig(const Config& c) {
       Check(c.actor.top_p > 0 && c.actor.top_p <= 1, "actor.top_p", "in (0, 1]"),
       Check(c.actor.max_new_tokens > 0, "actor.max_new_tokens", "> 0"),
       Check(c.actor.threads > 0, "actor.threads", "> 0"),
+      Check(IsDeviceName(c.actor.device), "actor.device", "cpu, cuda or cuda:N"),
       Check(c.actor.metrics_port >= 0 && c.actor.metrics_port < 65536, "actor.metrics_port",
             "a port number"),
       Check(c.verifier.timeout_ms > 0, "verifier.timeout_ms", "> 0"),
@@ -487,13 +539,19 @@ absl::Status ValidateConfig(const Config& c) {
       Check(c.learner.metrics_port >= 0 && c.learner.metrics_port < 65536, "learner.metrics_port",
             "a port number"),
       Check(c.learner.threads > 0, "learner.threads", "> 0"),
-      OneOf("learner.loss", c.learner.loss, {"pmd_mean"}),
+      OneOf("learner.loss", c.learner.loss, {"pmd_mean", "pmd_part", "grpo", "gspo"}),
       OneOf("learner.baseline", c.learner.baseline, {"mean", "loo"}),
       OneOf("learner.length_norm", c.learner.length_norm, {"token", "max"}),
       OneOf("learner.old_logprobs", c.learner.old_logprobs, {"actor", "recompute"}),
       Check(c.learner.tau > 0, "learner.tau", "> 0"),
-      Check(c.learner.group_size >= (c.learner.baseline == "loo" ? 2 : 1), "learner.group_size",
-            ">= 1 (>= 2 with baseline loo)"),
+      Check(c.learner.clip_eps > 0 && c.learner.clip_eps < 1, "learner.clip_eps", "in (0, 1)"),
+      Check(c.learner.seq_clip_eps > 0 && c.learner.seq_clip_eps < 1, "learner.seq_clip_eps",
+            "in (0, 1)"),
+      OneOf("learner.importance_weights", c.learner.importance_weights, {"none", "truncated"}),
+      Check(c.learner.is_cap > 0, "learner.is_cap", "> 0"),
+      Check(c.learner.group_size >=
+                (c.learner.loss == "pmd_mean" && c.learner.baseline == "mean" ? 1 : 2),
+            "learner.group_size", ">= 1 (>= 2 with baseline loo or loss pmd_part, grpo, gspo)"),
       Check(c.learner.prompts_per_update > 0, "learner.prompts_per_update", "> 0"),
       Check(c.learner.mini_batches > 0 && c.learner.mini_batches <= c.learner.prompts_per_update,
             "learner.mini_batches", "in 1..learner.prompts_per_update"),
@@ -514,10 +572,7 @@ absl::Status ValidateConfig(const Config& c) {
       Check(c.learner.rank >= 0 && c.learner.rank < c.learner.world_size, "learner.rank",
             "in 0..learner.world_size-1"),
       OneOf("learner.backend", c.learner.backend, {"auto", "gloo", "nccl"}),
-      Check(c.learner.device == "cpu" || c.learner.device == "cuda" ||
-                (c.learner.device.rfind("cuda:", 0) == 0 && c.learner.device.size() > 5 &&
-                 c.learner.device.find_first_not_of("0123456789", 5) == std::string::npos),
-            "learner.device", "cpu, cuda or cuda:N"),
+      Check(IsDeviceName(c.learner.device), "learner.device", "cpu, cuda or cuda:N"),
       Check(!(c.learner.backend == "gloo" && c.learner.device != "cpu") &&
                 !(c.learner.backend == "nccl" && c.learner.device == "cpu"),
             "learner.backend", "gloo with learner.device cpu, nccl with cuda (or auto)"),
@@ -527,6 +582,11 @@ absl::Status ValidateConfig(const Config& c) {
       Check(c.local.learners >= 1 && c.local.learners <= 16, "local.learners", "in 1..16"),
       Check(c.local.actors >= 0 && c.local.actors <= 64, "local.actors", "in 0..64"),
       Check(c.local.verifiers >= 1 && c.local.verifiers <= 64, "local.verifiers", "in 1..64"),
+      Check(!c.compare.variants.empty(), "compare.variants", "at least one variant"),
+      Check(!c.compare.seeds.empty(), "compare.seeds", "at least one seed"),
+      Check(!c.compare.output.empty(), "compare.output", "non-empty"),
+      Check(c.compare.target_gain > 0 && c.compare.target_gain <= 1, "compare.target_gain",
+            "in (0, 1]"),
       Check(c.local.base_port >= 0 && c.local.base_port < 65000, "local.base_port",
             "a port number below 65000"),
   };

@@ -76,7 +76,8 @@ struct ActorConfig {
   int64_t max_new_tokens = 6;
   uint64_t seed = 0;  // 0: derived from run.seed and the actor name
   int64_t threads = 1;
-  int64_t metrics_port = 0;  // 0: no HTTP endpoint
+  std::string device = "cpu";  // cpu | cuda | cuda:N: where the policy samples
+  int64_t metrics_port = 0;    // 0: no HTTP endpoint
 };
 
 struct VerifierConfig {
@@ -93,12 +94,16 @@ struct LearnerConfig {
   std::string listen = "127.0.0.1:50051";
   int64_t metrics_port = 0;
   int64_t threads = 1;
-  // PMD-mean.
-  std::string loss = "pmd_mean";       // pmd_mean
-  std::string baseline = "mean";       // mean | loo
-  std::string length_norm = "token";   // token (L_j) | max
-  std::string old_logprobs = "actor";  // actor | recompute
-  double tau = 1.0;
+  // The loss (learner/policy_loss.h).
+  std::string loss = "pmd_mean";            // pmd_mean | pmd_part | grpo | gspo
+  std::string baseline = "mean";            // mean | loo (pmd_mean only)
+  std::string length_norm = "token";        // token (L_j) | max (pmd_mean, pmd_part)
+  std::string old_logprobs = "actor";       // actor | recompute
+  double tau = 1.0;                         // pmd_mean, pmd_part
+  double clip_eps = 0.2;                    // grpo: token ratio clip ε
+  double seq_clip_eps = 4e-4;               // gspo: sequence ratio clip ε_s
+  std::string importance_weights = "none";  // none | truncated (stale samples)
+  double is_cap = 2.0;                      // truncation of the importance weights
   // Batching.
   int64_t group_size = 8;           // k
   int64_t prompts_per_update = 64;  // B
@@ -137,6 +142,16 @@ struct LocalConfig {
   int64_t base_port = 0;  // 0: pick free loopback ports
 };
 
+// `pmdrl compare`: one run per variant and seed (cli/compare.h).
+struct CompareConfig {
+  // "LOSS" or "LOSS:section.key=value[:...]".
+  std::vector<std::string> variants = {"pmd_mean", "pmd_part", "grpo"};
+  std::vector<int64_t> seeds = {1, 2, 3};
+  std::string output = "runs/compare";
+  double target_gain = 0.25;  // "updates to target": first eval >= base + this
+  bool reuse = true;          // keep a run that finished with the same command
+};
+
 struct Config {
   RunConfig run;
   ModelSection model;
@@ -146,6 +161,7 @@ struct Config {
   VerifierConfig verifier;
   LearnerConfig learner;
   LocalConfig local;
+  CompareConfig compare;
 };
 
 // Loads `yaml_path` (may be empty: defaults) and then applies `overrides`, each

@@ -119,7 +119,7 @@ class MetricsCsv {
       out_ << "update,version,elapsed_seconds,mean_reward,eval_accuracy,loss,grad_norm,"
               "mixed_groups_fraction,trained_tokens_per_second,sampled_tokens_per_second,"
               "staleness_mean,logprob_mismatch,groups_accepted,groups_dropped_stale,"
-              "mean_abs_delta,entropy,eval_avg_at_k,eval_pass_at_k\n";
+              "mean_abs_delta,entropy,eval_avg_at_k,eval_pass_at_k,importance_weight_mean\n";
     }
     out_.flush();
     return absl::OkStatus();
@@ -131,14 +131,15 @@ class MetricsCsv {
     const std::string avg = eval != nullptr ? cell(eval->avg_at_k) : "";
     const std::string pass = eval != nullptr ? cell(eval->pass_at_k) : "";
     if (s == nullptr) {
-      out_ << absl::StrFormat("%d,%d,%.2f,,%s,,,,,,,,%d,%d,,,%s,%s\n", update, version, elapsed, e,
+      out_ << absl::StrFormat("%d,%d,%.2f,,%s,,,,,,,,%d,%d,,,%s,%s,\n", update, version, elapsed, e,
                               c.accepted, c.stale, avg, pass);
     } else {
       out_ << absl::StrFormat(
-          "%d,%d,%.2f,%.4f,%s,%.6g,%.6g,%.4f,%.1f,%.1f,%.3f,%.6g,%d,%d,%.6g,%.6g,%s,%s\n", update,
-          version, elapsed, s->mean_reward, e, s->loss, s->grad_norm, s->mixed_fraction,
+          "%d,%d,%.2f,%.4f,%s,%.6g,%.6g,%.4f,%.1f,%.1f,%.3f,%.6g,%d,%d,%.6g,%.6g,%s,%s,%.4f\n",
+          update, version, elapsed, s->mean_reward, e, s->loss, s->grad_norm, s->mixed_fraction,
           s->seconds > 0 ? s->trained_tokens / s->seconds : 0.0, sampled_tps, s->staleness_mean,
-          s->logprob_mismatch, c.accepted, c.stale, s->mean_abs_delta, s->entropy, avg, pass);
+          s->logprob_mismatch, c.accepted, c.stale, s->mean_abs_delta, s->entropy, avg, pass,
+          s->importance_weight_mean);
     }
     out_.flush();
   }

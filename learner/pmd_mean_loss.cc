@@ -88,13 +88,22 @@ absl::Status ValidatePmdMeanInputs(const PmdMeanInputs& in, double tau, LengthNo
     return absl::InvalidArgumentError(
         absl::StrCat("PmdMeanLoss: length_norm max needs max_length > 0, got ", max_length));
   }
+  if (in.weights.defined() &&
+      (in.weights.dim() != 1 || in.weights.size(0) != in.logp_new.size(0))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PmdMeanLoss: weights must be 1-D with ", in.logp_new.size(0), " entries"));
+  }
   try {
     if (in.lengths.numel() > 0 && !(in.lengths.min().item<double>() > 0.0)) {
       return absl::InvalidArgumentError("PmdMeanLoss: every response length must be > 0");
     }
+    if (in.weights.defined() && in.weights.numel() > 0 &&
+        !(at::isfinite(in.weights).all().item<bool>() && in.weights.min().item<double>() >= 0.0)) {
+      return absl::InvalidArgumentError("PmdMeanLoss: every weight must be finite and >= 0");
+    }
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(
-        absl::StrCat("PmdMeanLoss: lengths: ", e.what_without_backtrace()));
+        absl::StrCat("PmdMeanLoss: lengths or weights: ", e.what_without_backtrace()));
   }
   return absl::OkStatus();
 }
@@ -118,6 +127,8 @@ at::Tensor PmdMeanLoss(const PmdMeanInputs& in, double tau, LengthNorm norm, dou
   } else {
     per = resid.square() / (2.0 * tau * max_length);
   }
+  // Importance weights scale each completion's loss; they are constants of the step.
+  if (in.weights.defined()) per = per * in.weights.detach().to(dev, dtype);
   // Sum, not mean: this rank holds a share of the global mini-batch, and the
   // all-reduced gradients must equal those of the mean over all global_count.
   return per.sum() / static_cast<double>(global_count);

@@ -38,29 +38,32 @@ absl::StatusOr<std::vector<double>> GroupAdvantages(const std::vector<double>& r
 // carries no signal under either baseline. The caller counts these.
 bool AllRewardsEqual(const std::vector<double>& rewards);
 
-// One rank's share of a mini-batch, N completions. All four are 1-D of length N.
-// advantages and lengths are converted to logp_new's dtype and device.
+// One rank's share of a mini-batch, N completions. All are 1-D of length N.
+// advantages, lengths and weights are converted to logp_new's dtype and device.
 struct PmdMeanInputs {
   at::Tensor logp_new;    // Σ_t log π_θ over each response (requires grad)
   at::Tensor logp_old;    // the same sum under the sampling policy (treated as constant)
   at::Tensor advantages;  // A_j
   at::Tensor lengths;     // L_j in tokens, float, > 0
+  at::Tensor weights;     // optional w_j >= 0 (importance weights, constant); undefined: 1
 };
 
-// Returns Σ_j ℓ_j / global_count (a 0-dim tensor) with
+// Returns Σ_j w_j·ℓ_j / global_count (a 0-dim tensor) with
 //   ℓ_j = (A_j − τ·Δ_j)² / (2·τ·norm_j),   Δ_j = logp_new_j − logp_old_j,
-//   norm_j = L_j (kTokens) or max_length (kMax).
+//   norm_j = L_j (kTokens) or max_length (kMax),   w_j = 1 without weights.
 // global_count is the number of completions in the GLOBAL mini-batch and max_length
 // (kMax only) the longest response in it, so that the ranks' partial losses sum to
-// the mean over the whole mini-batch. No gradient flows into logp_old.
+// the mean over the whole mini-batch. No gradient flows into logp_old or weights.
+// PMD-part uses this same loss with its own advantages (learner/pmd_part_advantage.h).
 //
 // Preconditions (see ValidatePmdMeanInputs): a violation throws c10::Error like any
 // Torch op; callers convert at their boundary.
 at::Tensor PmdMeanLoss(const PmdMeanInputs& in, double tau, LengthNorm norm, double max_length,
                        int64_t global_count);
 
-// Checks PmdMeanLoss's preconditions: equal 1-D shapes, tau > 0, global_count > 0,
-// global_count >= N, max_length > 0 for kMax, all lengths > 0.
+// Checks PmdMeanLoss's preconditions: equal 1-D shapes (weights too when defined),
+// tau > 0, global_count > 0, global_count >= N, max_length > 0 for kMax, all lengths
+// > 0, all weights finite and >= 0.
 absl::Status ValidatePmdMeanInputs(const PmdMeanInputs& in, double tau, LengthNorm norm,
                                    double max_length, int64_t global_count);
 

@@ -14,7 +14,8 @@
 #include "common/nn/sampler.h"
 #include "learner/communicator.h"
 #include "learner/gradient_reducer.h"
-#include "learner/pmd_mean_loss.h"
+#include "learner/policy_loss.h"
+#include "learner/sequence_logprobs.h"
 #include "spdlog/spdlog.h"
 #include "verifier/grader.h"
 
@@ -41,65 +42,6 @@ ModelConfig ModelConfigFromConfig(const Config& config, const Tokenizer& tokeniz
 }
 
 namespace {
-
-// A batch of (prompt ++ response) rows, right-padded, with the response positions marked
-// in the shifted frame: column t of `response_mask` says whether token t+1 of the row is
-// a response token, i.e. whether logits at t score a response token.
-struct PackedRows {
-  torch::Tensor input;          // [N, T] int64
-  torch::Tensor positions;      // [N, T] int64
-  torch::Tensor valid;          // [N, T] bool
-  torch::Tensor response_mask;  // [N, T-1] float
-  int64_t tokens = 0;
-
-  void To(const torch::Device& device) {
-    input = input.to(device);
-    positions = positions.to(device);
-    valid = valid.to(device);
-    response_mask = response_mask.to(device);
-  }
-};
-
-PackedRows Pack(const std::vector<const std::vector<int32_t>*>& prompts,
-                const std::vector<const std::vector<int32_t>*>& responses, int64_t pad) {
-  const int64_t n = static_cast<int64_t>(prompts.size());
-  int64_t t_max = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    t_max = std::max<int64_t>(t_max, prompts[i]->size() + responses[i]->size());
-  }
-  PackedRows p;
-  p.input = torch::full({n, t_max}, pad, torch::kInt64);
-  p.positions = torch::zeros({n, t_max}, torch::kInt64);
-  p.valid = torch::zeros({n, t_max}, torch::kBool);
-  p.response_mask = torch::zeros({n, std::max<int64_t>(t_max - 1, 1)}, torch::kFloat32);
-  auto in = p.input.accessor<int64_t, 2>();
-  auto pos = p.positions.accessor<int64_t, 2>();
-  auto val = p.valid.accessor<bool, 2>();
-  auto rm = p.response_mask.accessor<float, 2>();
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t np = static_cast<int64_t>(prompts[i]->size());
-    const int64_t nr = static_cast<int64_t>(responses[i]->size());
-    for (int64_t t = 0; t < np + nr; ++t) {
-      in[i][t] = t < np ? (*prompts[i])[t] : (*responses[i])[t - np];
-      pos[i][t] = t;
-      val[i][t] = true;
-    }
-    for (int64_t t = np - 1; t < np + nr - 1; ++t) rm[i][t] = 1.0f;
-    p.tokens += np + nr;
-  }
-  return p;
-}
-
-// Per-token log-probs of each row's next token: [N, T-1]. Positions outside the
-// response are set to 0: they would otherwise hold log p(PAD) = -inf, and -inf * 0 is NaN.
-torch::Tensor NextTokenLogProbs(const torch::Tensor& logp, const torch::Tensor& input,
-                                const torch::Tensor& response_mask) {
-  const int64_t t = input.size(1);
-  torch::Tensor lp = logp.narrow(1, 0, t - 1);
-  torch::Tensor next = input.narrow(1, 1, t - 1).unsqueeze(-1);
-  torch::Tensor token_lp = lp.gather(2, next).squeeze(-1);
-  return torch::where(response_mask > 0, token_lp, torch::zeros_like(token_lp));
-}
 
 // config.learner.device as a torch device: "cuda" is GPU rank % visible GPUs, the
 // NCCL backend's rule, so a rank's model and its collectives share one GPU.
@@ -130,8 +72,10 @@ struct Trainer::Impl {
   CausalLM model{nullptr};
   std::unique_ptr<torch::optim::AdamW> optimizer;
   int64_t steps = 0;
+  LossKind loss = LossKind::kPmdMean;
   Baseline baseline = Baseline::kMean;
   LengthNorm norm = LengthNorm::kTokens;
+  bool truncated_is = false;  // learner.importance_weights: truncated
   std::vector<int64_t> never_sampled;
   double temperature = 1.0;
   Sampler eval_sampler{0};
@@ -196,12 +140,22 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config,
   impl->optimizer = std::make_unique<torch::optim::AdamW>(
       impl->model->parameters(),
       torch::optim::AdamWOptions(config.learner.lr).weight_decay(config.learner.weight_decay));
+  absl::StatusOr<LossKind> loss = ParseLossKind(config.learner.loss);
+  if (!loss.ok()) return loss.status();
   absl::StatusOr<Baseline> b = ParseBaseline(config.learner.baseline);
   if (!b.ok()) return b.status();
   absl::StatusOr<LengthNorm> n = ParseLengthNorm(config.learner.length_norm);
   if (!n.ok()) return n.status();
+  if (config.learner.importance_weights != "none" &&
+      config.learner.importance_weights != "truncated") {
+    return absl::InvalidArgumentError(absl::StrCat("learner.importance_weights: unknown value \"",
+                                                   config.learner.importance_weights,
+                                                   "\" (want none | truncated)"));
+  }
+  impl->loss = *loss;
   impl->baseline = *b;
   impl->norm = *n;
+  impl->truncated_is = config.learner.importance_weights == "truncated";
   impl->never_sampled = NeverSampledTokens(impl->model->config());
   impl->temperature = config.actor.temperature > 0 ? config.actor.temperature : 1.0;
   impl->eval_sampler = Sampler(config.run.seed ^ 0x5eed5eedULL);
@@ -251,7 +205,8 @@ absl::StatusOr<std::vector<v1::RankShare>> Trainer::PlanUpdate(const std::vector
     const v1::Group& group = groups[g];
     std::vector<double> rewards;
     for (const v1::Completion& c : group.completions()) rewards.push_back(c.reward());
-    absl::StatusOr<std::vector<double>> adv = GroupAdvantages(rewards, m.baseline);
+    absl::StatusOr<std::vector<double>> adv =
+        LossAdvantages(rewards, m.loss, m.baseline, m.config.learner.tau);
     if (!adv.ok()) return adv.status();
     if (AllRewardsEqual(rewards)) {
       stats->equal_reward_groups++;
@@ -324,10 +279,15 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
   UpdateStats stats;
   const int64_t pad = m.model->config().pad_token_id >= 0 ? m.model->config().pad_token_id : 0;
   const bool recompute = m.config.learner.old_logprobs == "recompute";
-  // Per-rank sums, combined across ranks at the end:
-  // loss, grad norm, mismatch sum/tokens, |delta| sum/count, entropy sum/tokens, tokens.
+  // One forward pass before the first step serves both π_old (recompute) and the
+  // learner's side of the importance weights.
+  const bool pre_forward = recompute || m.truncated_is;
+  const bool need_actor_logprobs = !recompute || m.truncated_is;
+  // Per-rank sums, combined across ranks at the end: loss, grad norm, mismatch
+  // sum/tokens, |delta| sum/count, entropy sum/tokens, tokens, importance weight sum/count.
   double loss_sum = 0, norm_sum = 0, mismatch_sum = 0, delta_sum = 0, entropy_sum = 0;
   double mismatch_tokens = 0, delta_count = 0, entropy_tokens = 0, trained_tokens = 0;
+  double weight_sum = 0, weight_count = 0;
 
   auto pack = [&](const v1::MiniBatchShare& mb, std::vector<std::vector<int32_t>>* prompts,
                   std::vector<std::vector<int32_t>>* responses) {
@@ -343,6 +303,20 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
     PackedRows packed = Pack(p, r, pad);
     packed.To(m.device);
     return packed;
+  };
+  // The actor's per-token log-probs of mini-batch k in the packed frame, on the device.
+  auto actor_token_logprobs = [&](int k, const v1::MiniBatchShare& mb,
+                                  const PackedRows& packed) -> absl::StatusOr<torch::Tensor> {
+    std::vector<std::vector<float>> values;
+    for (const v1::TrainRow& row : mb.rows()) {
+      values.emplace_back(row.actor_logprobs().begin(), row.actor_logprobs().end());
+    }
+    absl::StatusOr<at::Tensor> t = ResponseTokenValues(packed, values);
+    if (!t.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("mini-batch ", k, ": actor log-probs: ", t.status().message()));
+    }
+    return t->to(m.device);
   };
   // Mean |learner - actor| token log-prob over rows sampled by the current weights:
   // nonzero means the sampler and the learner disagree about the policy.
@@ -362,27 +336,37 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
 
   try {
     m.model->train();
-    // π_old per row and mini-batch: the actor's sums, or the learner's own before any step.
-    std::vector<std::vector<float>> logp_old(share.mini_batches_size());
-    for (int k = 0; k < share.mini_batches_size(); ++k) {
+    // Per mini-batch, fixed before any step: π_old's token log-probs (the actor's, or
+    // the learner's own) and, with importance_weights truncated, the weights
+    // w_j = min(is_cap, exp(Σ_t lp_learner − Σ_t lp_actor)).
+    const int n_mini = share.mini_batches_size();
+    std::vector<torch::Tensor> token_old(n_mini), weights(n_mini);
+    for (int k = 0; k < n_mini; ++k) {
       const v1::MiniBatchShare& mb = share.mini_batches(k);
-      for (const v1::TrainRow& row : mb.rows()) {
-        float sum = 0;
-        for (float lp : row.actor_logprobs()) sum += lp;
-        logp_old[k].push_back(sum);
+      if (mb.rows_size() == 0) continue;
+      std::vector<std::vector<int32_t>> p, r;
+      PackedRows packed = pack(mb, &p, &r);
+      torch::Tensor actor_lp;
+      if (need_actor_logprobs) {
+        absl::StatusOr<torch::Tensor> a = actor_token_logprobs(k, mb, packed);
+        if (!a.ok()) return a.status();
+        actor_lp = *std::move(a);
       }
-      if (recompute && mb.rows_size() > 0) {
-        torch::NoGradGuard no_grad;
-        std::vector<std::vector<int32_t>> p, r;
-        PackedRows packed = pack(mb, &p, &r);
-        torch::Tensor logits = m.model->forward(packed.input, packed.positions, packed.valid);
-        torch::Tensor token_lp =
-            NextTokenLogProbs(SamplingLogProbs(logits, m.temperature, m.never_sampled),
-                              packed.input, packed.response_mask);
-        if (k == 0) mismatch(mb, token_lp);
-        torch::Tensor sums = token_lp.sum(1).to(torch::kCPU);
-        auto s = sums.accessor<float, 1>();
-        for (int i = 0; i < mb.rows_size(); ++i) logp_old[k][i] = s[i];
+      token_old[k] = actor_lp;
+      if (!pre_forward) continue;
+      torch::NoGradGuard no_grad;
+      torch::Tensor logits = m.model->forward(packed.input, packed.positions, packed.valid);
+      torch::Tensor token_lp =
+          NextTokenLogProbs(SamplingLogProbs(logits, m.temperature, m.never_sampled), packed.input,
+                            packed.response_mask);
+      if (k == 0) mismatch(mb, token_lp);
+      if (recompute) token_old[k] = token_lp;
+      if (m.truncated_is) {
+        torch::Tensor log_w = MaskedRowSums(token_lp, packed.response_mask).to(torch::kFloat64) -
+                              MaskedRowSums(actor_lp, packed.response_mask).to(torch::kFloat64);
+        weights[k] = log_w.exp().clamp_max(m.config.learner.is_cap);
+        weight_sum += weights[k].sum().item<double>();
+        weight_count += mb.rows_size();
       }
     }
 
@@ -392,7 +376,7 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
       reducer = std::make_unique<GradientReducer>(params, comm, m.config.learner.bucket_mb << 20,
                                                   m.config.learner.overlap_allreduce);
     }
-    for (int k = 0; k < share.mini_batches_size(); ++k) {
+    for (int k = 0; k < n_mini; ++k) {
       const v1::MiniBatchShare& mb = share.mini_batches(k);
       m.optimizer->zero_grad();
       if (reducer != nullptr) reducer->Begin();
@@ -404,7 +388,7 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
         torch::Tensor logits = m.model->forward(packed.input, packed.positions, packed.valid);
         torch::Tensor logp = SamplingLogProbs(logits, m.temperature, m.never_sampled);
         torch::Tensor token_lp = NextTokenLogProbs(logp, packed.input, packed.response_mask);
-        if (k == 0 && !recompute) mismatch(mb, token_lp.detach());
+        if (k == 0 && !pre_forward) mismatch(mb, token_lp.detach());
         {
           torch::NoGradGuard no_grad;
           torch::Tensor lp = logp.narrow(1, 0, logp.size(1) - 1);
@@ -412,24 +396,40 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
           entropy_sum += (ent * packed.response_mask).sum().item<double>();
           entropy_tokens += packed.response_mask.sum().item<double>();
         }
-        torch::Tensor logp_new = token_lp.sum(1);
         std::vector<float> adv_v, len_v;
         for (const v1::TrainRow& row : mb.rows()) {
           adv_v.push_back(static_cast<float>(row.advantage()));
           len_v.push_back(static_cast<float>(row.response_tokens_size()));
         }
-        PmdMeanInputs in;
-        in.logp_new = logp_new;
-        in.logp_old = torch::tensor(logp_old[k]).to(m.device);
+        PolicyLossInputs in;
+        in.token_logp_new = token_lp;
+        in.token_logp_old = token_old[k];
+        in.mask = packed.response_mask;
         in.advantages = torch::tensor(adv_v).to(m.device);
         in.lengths = torch::tensor(len_v).to(m.device);
+        in.weights = weights[k];
+        PolicyLossOptions opt;
+        opt.kind = m.loss;
+        opt.tau = m.config.learner.tau;
+        opt.norm = m.norm;
+        opt.max_length = mb.global_max_length();
+        opt.clip_eps = m.config.learner.clip_eps;
+        opt.seq_clip_eps = m.config.learner.seq_clip_eps;
+        opt.global_count = mb.global_count();
+        if (absl::Status s = ValidatePolicyLossInputs(in, opt); !s.ok()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("mini-batch ", k, " of update ", share.update(), ": ", s.message()));
+        }
         {
           torch::NoGradGuard no_grad;
-          delta_sum += (logp_new.detach() - in.logp_old).abs().sum().item<double>();
+          delta_sum += (MaskedRowSums(token_lp.detach(), packed.response_mask) -
+                        MaskedRowSums(in.token_logp_old, packed.response_mask))
+                           .abs()
+                           .sum()
+                           .item<double>();
           delta_count += mb.rows_size();
         }
-        torch::Tensor loss = PmdMeanLoss(in, m.config.learner.tau, m.norm, mb.global_max_length(),
-                                         mb.global_count());
+        torch::Tensor loss = PolicyLoss(in, opt);
         loss.backward();
         loss_value = loss.item<double>();
       }
@@ -454,23 +454,25 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
       norm_sum += norm;
     }
     // Combine the per-rank metrics: the loss parts add up to the global mini-batch loss.
-    torch::Tensor sums = torch::tensor({loss_sum, mismatch_sum, mismatch_tokens, delta_sum,
-                                        delta_count, entropy_sum, entropy_tokens, trained_tokens},
-                                       torch::kFloat64)
-                             .to(m.device);
+    torch::Tensor sums =
+        torch::tensor({loss_sum, mismatch_sum, mismatch_tokens, delta_sum, delta_count, entropy_sum,
+                       entropy_tokens, trained_tokens, weight_sum, weight_count},
+                      torch::kFloat64)
+            .to(m.device);
     if (comm != nullptr) {
       std::vector<torch::Tensor> v = {sums};
       if (absl::Status s = comm->AllReduce(v, /*average=*/false); !s.ok()) return s;
     }
     sums = sums.to(torch::kCPU);
     auto a = sums.accessor<double, 1>();
-    const double n_mini = std::max(1, share.mini_batches_size());
-    stats.loss = a[0] / n_mini;
-    stats.grad_norm = norm_sum / n_mini;
+    const double n_steps = std::max(1, n_mini);
+    stats.loss = a[0] / n_steps;
+    stats.grad_norm = norm_sum / n_steps;
     stats.logprob_mismatch = a[2] > 0 ? a[1] / a[2] : 0.0;
     stats.mean_abs_delta = a[4] > 0 ? a[3] / a[4] : 0.0;
     stats.entropy = a[6] > 0 ? a[5] / a[6] : 0.0;
     stats.trained_tokens = static_cast<int64_t>(a[7]);
+    stats.importance_weight_mean = a[9] > 0 ? a[8] / a[9] : 1.0;
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("update failed: ", e.what_without_backtrace()));
   }

@@ -1,5 +1,6 @@
 // The learner's policy and optimizer: turns a rollout batch of scored groups into one
-// policy update with the PMD-mean loss (several AdamW steps, one per mini-batch), and
+// policy update with the loss learner.loss names (learner/policy_loss.h; several AdamW
+// steps, one per mini-batch), and
 // evaluates the policy on held-out prompts. Owns the model and the optimizer. Not
 // thread-safe: the training loop is its only caller. Torch stays inside the .cc.
 #ifndef PMDRL_LEARNER_TRAINER_H_
@@ -31,6 +32,9 @@ struct UpdateStats {
   double logprob_mismatch = 0;  // mean |learner − actor| token log-prob at the sampling version
   double mean_abs_delta = 0;    // mean |Δ_j| (sequence log-ratio) seen by the loss
   double staleness_mean = 0;
+  // Mean importance weight w_j = min(is_cap, π_learner/π_actor) over the completions
+  // (learner.importance_weights truncated); 1 when importance weights are off.
+  double importance_weight_mean = 1;
   double entropy = 0;          // mean token entropy of the policy on the responses
   int64_t trained_tokens = 0;  // prompt + response tokens through forward/backward
   int64_t response_tokens = 0;
@@ -52,6 +56,7 @@ ModelConfig ModelConfigFromConfig(const Config& config, const Tokenizer& tokeniz
 class Trainer {
  public:
   // Starts from `model_dir` when non-empty, else from a random init seeded by run.seed.
+  // Errors: an unknown learner.loss, baseline, length_norm or importance_weights value.
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(const Config& config,
                                                          const Tokenizer& tokenizer,
                                                          const std::string& model_dir);

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "actor/actor.h"
+#include "actor/rollout_engine.h"
 #include "common/auth.h"
 #include "common/metrics.h"
 #include "common/model_config.h"
@@ -313,6 +314,22 @@ TEST(ActorLoopTest, UnreachableCoordinatorFailsAfterTheTimeout) {
   Actor actor(options, &metrics);
   const absl::Status status = actor.Run();
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+}
+
+TEST(RolloutEngineTest, DeviceIsCheckedWhenTheEngineIsBuilt) {
+  RolloutOptions options;
+  options.device = "cpu";
+  EXPECT_TRUE(RolloutEngine::Create(TinyConfig(), options).ok());
+  options.device = "tpu";
+  absl::Status bad = RolloutEngine::Create(TinyConfig(), options).status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument) << bad;
+  EXPECT_NE(bad.message().find("actor.device=tpu"), absl::string_view::npos) << bad;
+  if (!at::hasCUDA()) {  // the CPU-only LibTorch of CI: a clear error, not a crash
+    options.device = "cuda:0";
+    absl::Status no_gpu = RolloutEngine::Create(TinyConfig(), options).status();
+    EXPECT_EQ(no_gpu.code(), absl::StatusCode::kFailedPrecondition) << no_gpu;
+    EXPECT_NE(no_gpu.message().find("no CUDA device"), absl::string_view::npos) << no_gpu;
+  }
 }
 
 TEST(ActorSeedTest, DependsOnRunSeedAndName) {

@@ -54,6 +54,42 @@ TEST(Config, BadValueNamesKey) {
   }
 }
 
+TEST(Config, LossKeys) {
+  auto d = LoadConfig("", {});
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->learner.loss, "pmd_mean");
+  EXPECT_DOUBLE_EQ(d->learner.clip_eps, 0.2);
+  EXPECT_DOUBLE_EQ(d->learner.seq_clip_eps, 4e-4);
+  EXPECT_EQ(d->learner.importance_weights, "none");
+  EXPECT_DOUBLE_EQ(d->learner.is_cap, 2.0);
+  for (std::string loss : {"pmd_mean", "pmd_part", "grpo", "gspo"}) {
+    auto c = LoadConfig("", {"learner.loss=" + loss});
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->learner.loss, loss);
+  }
+  auto c = LoadConfig("", {"learner.clip_eps=0.1", "learner.seq_clip_eps=0.001",
+                           "learner.importance_weights=truncated", "learner.is_cap=3"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_DOUBLE_EQ(c->learner.clip_eps, 0.1);
+  EXPECT_DOUBLE_EQ(c->learner.seq_clip_eps, 0.001);
+  EXPECT_EQ(c->learner.importance_weights, "truncated");
+  EXPECT_DOUBLE_EQ(c->learner.is_cap, 3);
+  for (std::string o :
+       {"learner.loss=ppo", "learner.clip_eps=0", "learner.clip_eps=1", "learner.seq_clip_eps=-0.1",
+        "learner.importance_weights=full", "learner.is_cap=0"}) {
+    auto bad = LoadConfig("", {o});
+    ASSERT_FALSE(bad.ok()) << o;
+    EXPECT_NE(bad.status().message().find(o.substr(0, o.find('='))), std::string::npos)
+        << bad.status();
+  }
+  // pmd_part, grpo and gspo compare a completion with the others of its group.
+  auto one = LoadConfig("", {"learner.loss=grpo", "learner.group_size=1"});
+  ASSERT_FALSE(one.ok());
+  EXPECT_NE(one.status().message().find("learner.group_size"), std::string::npos);
+  EXPECT_TRUE(LoadConfig("", {"learner.group_size=1"}).ok());
+  EXPECT_NE(ConfigHelp().find("learner.importance_weights"), std::string::npos);
+}
+
 TEST(Config, FlagsParseBothForms) {
   const char* argv[] = {"prog", "--learner.tau=2", "--learner.lr", "0.01", "pos"};
   std::vector<std::string> positional;

@@ -31,7 +31,7 @@ struct LossAndGrad {
 LossAndGrad Eval(const std::vector<double>& logp_new, const std::vector<double>& logp_old,
                  const std::vector<double>& adv, const std::vector<double>& len, double tau,
                  LengthNorm norm, double max_length, int64_t global_count) {
-  PmdMeanInputs in{T(logp_new, true), T(logp_old), T(adv), T(len)};
+  PmdMeanInputs in{T(logp_new, true), T(logp_old), T(adv), T(len), {}};
   EXPECT_TRUE(ValidatePmdMeanInputs(in, tau, norm, max_length, global_count).ok());
   torch::Tensor loss = PmdMeanLoss(in, tau, norm, max_length, global_count);
   EXPECT_EQ(loss.dim(), 0);
@@ -156,7 +156,7 @@ TEST(PmdMeanLossTest, AtZeroDeltaGradientIsLengthWeightedReinforce) {
 }
 
 TEST(PmdMeanLossTest, NoGradientIntoOldLogProbs) {
-  PmdMeanInputs in{T({-1.0}, true), T({-2.0}, true), T({1.0}), T({2.0})};
+  PmdMeanInputs in{T({-1.0}, true), T({-2.0}, true), T({1.0}), T({2.0}), {}};
   PmdMeanLoss(in, 1.0, LengthNorm::kTokens, 0, 1).backward();
   EXPECT_TRUE(in.logp_new.grad().defined());
   EXPECT_FALSE(in.logp_old.grad().defined());
@@ -164,8 +164,10 @@ TEST(PmdMeanLossTest, NoGradientIntoOldLogProbs) {
 
 TEST(PmdMeanLossTest, FloatInputsMixWithDoubleAdvantages) {
   PmdMeanInputs in{torch::tensor({-1.0f, -2.0f, -1.25f}).requires_grad_(true),
-                   torch::tensor({-1.5f, -2.0f, -1.0f}), T({4.0 / 3, -2.0 / 3, -2.0 / 3}),
-                   torch::tensor({2.0f, 4.0f, 1.0f})};
+                   torch::tensor({-1.5f, -2.0f, -1.0f}),
+                   T({4.0 / 3, -2.0 / 3, -2.0 / 3}),
+                   torch::tensor({2.0f, 4.0f, 1.0f}),
+                   {}};
   torch::Tensor loss = PmdMeanLoss(in, kTau, LengthNorm::kTokens, 0, 3);
   EXPECT_EQ(loss.scalar_type(), torch::kFloat32);
   EXPECT_NEAR(loss.item<double>(), 7.0 / 432, 1e-7);
@@ -215,7 +217,7 @@ TEST(PmdMeanLossTest, GradientThroughLogSoftmaxMatchesFiniteDifferences) {
 
   for (LengthNorm norm : {LengthNorm::kTokens, LengthNorm::kMax}) {
     auto loss_of = [&](const torch::Tensor& lg) {
-      return PmdMeanLoss({sum_logp(lg), logp_old, adv, lengths}, 0.3, norm, 4.0, n);
+      return PmdMeanLoss({sum_logp(lg), logp_old, adv, lengths, {}}, 0.3, norm, 4.0, n);
     };
     torch::Tensor grad = torch::autograd::grad({loss_of(logits)}, {logits})[0];
     ASSERT_GT(grad.abs().max().item<double>(), 1e-3);
@@ -239,7 +241,7 @@ TEST(PmdMeanLossTest, GradientThroughLogSoftmaxMatchesFiniteDifferences) {
 }
 
 TEST(PmdMeanLossTest, ValidateRejectsBadInputs) {
-  PmdMeanInputs ok{T({-1, -2}, true), T({-1, -2}), T({1, -1}), T({2, 3})};
+  PmdMeanInputs ok{T({-1, -2}, true), T({-1, -2}), T({1, -1}), T({2, 3}), {}};
   EXPECT_TRUE(ValidatePmdMeanInputs(ok, 1.0, LengthNorm::kTokens, 0, 2).ok());
   EXPECT_FALSE(ValidatePmdMeanInputs(ok, 0.0, LengthNorm::kTokens, 0, 2).ok());
   EXPECT_FALSE(ValidatePmdMeanInputs(ok, 1.0, LengthNorm::kTokens, 0, 1).ok());  // < N
@@ -260,6 +262,24 @@ TEST(PmdMeanLossTest, ValidateRejectsBadInputs) {
   EXPECT_FALSE(ValidatePmdMeanInputs(undefined, 1.0, LengthNorm::kTokens, 0, 2).ok());
 
   EXPECT_THROW(PmdMeanLoss(ok, 0.0, LengthNorm::kTokens, 0, 2), c10::Error);
+}
+
+// Importance weights scale each completion's term and carry no gradient; a negative
+// or mis-shaped weight vector is rejected.
+TEST(PmdMeanLossTest, WeightsScaleEachCompletion) {
+  PmdMeanInputs in{T({-1.0, -2.0}, true), T({-1.5, -2.0}), T({1.0, -1.0}), T({2.0, 4.0}),
+                   T({2.0, 0.5}, true)};
+  ASSERT_TRUE(ValidatePmdMeanInputs(in, 0.5, LengthNorm::kTokens, 0, 2).ok());
+  torch::Tensor loss = PmdMeanLoss(in, 0.5, LengthNorm::kTokens, 0, 2);
+  // ℓ_0 = (1 − 0.5·0.5)²/(2·0.5·2) = 0.28125, ℓ_1 = (−1)²/(2·0.5·4) = 0.25.
+  EXPECT_NEAR(loss.item<double>(), (2.0 * 0.28125 + 0.5 * 0.25) / 2, 1e-15);
+  loss.backward();
+  EXPECT_FALSE(in.weights.grad().defined());
+  EXPECT_NEAR(in.logp_new.grad()[0].item<double>(), 2.0 * -(1 - 0.25) / 2 / 2, 1e-15);
+  in.weights = T({1.0, -1.0});
+  EXPECT_FALSE(ValidatePmdMeanInputs(in, 0.5, LengthNorm::kTokens, 0, 2).ok());
+  in.weights = T({1.0});
+  EXPECT_FALSE(ValidatePmdMeanInputs(in, 0.5, LengthNorm::kTokens, 0, 2).ok());
 }
 
 }  // namespace
