@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <thread>
 #include <utility>
@@ -45,8 +46,10 @@ constexpr char kUsage[] =
     "mean |delta| per update, entropy, wall time; per run and mean +- sd per variant) and\n"
     "curves.svg (every run's eval accuracy and reward). A variant is a loss name\n"
     "(pmd_mean, pmd_part, grpo, gspo) or LOSS:section.key=value[:...] for extra overrides,\n"
-    "e.g. pmd_mean:learner.tau=0.1. With compare.reuse, a run whose folder says it finished\n"
-    "with the same command is not run again. Overrides given here reach every run.\n"
+    "e.g. pmd_mean:learner.tau=0.1 (values cannot contain ':'). With compare.reuse, a run whose "
+    "folder says it finished\n"
+    "with the same command, configuration and base model files is not run again.\n"
+    "Overrides given here reach every run.\n"
     "\n"
     "Exit status: 0 all runs finished, 1 a run failed, 2 usage or configuration error,\n"
     "130/143 stopped by SIGINT/SIGTERM (the running run is stopped too).\n";
@@ -70,8 +73,14 @@ double StdDev(const std::vector<double>& v) {
 }
 
 std::string MeanSd(const std::vector<double>& v, const char* format, double scale = 1) {
+  if (v.empty()) return "-";
   return absl::StrCat(absl::StrFormat(format, Mean(v) * scale), " ± ",
                       absl::StrFormat(format, StdDev(v) * scale));
+}
+
+// An accuracy of a run that had no evaluation is -1: left out of means.
+void PushAccuracy(double a, std::vector<double>* v) {
+  if (a >= 0) v->push_back(a);
 }
 
 // A column's numbers by row; nullopt for an empty field.
@@ -133,10 +142,30 @@ absl::StatusOr<int> RunChild(const std::vector<std::string>& argv, const std::st
   return stopping ? -1 : status;
 }
 
-std::string SelfExe() {
+absl::StatusOr<std::string> SelfExe() {
   std::error_code ec;
   fs::path p = fs::read_symlink("/proc/self/exe", ec);
-  return ec ? std::string("pmdrl") : p.string();
+  if (ec) return absl::InternalError(absl::StrCat("cannot find this pmdrl binary: ", ec.message()));
+  return p.string();
+}
+
+// What a finished run must match to be kept: the command, the whole effective
+// configuration, and the size and time of every file of the base model, so that an
+// edited YAML or a new base policy runs again. (A rebuilt pmdrl does not count.)
+std::string RunFingerprint(const std::string& command, const Config& config) {
+  std::string f = absl::StrCat(command, "\n", ConfigToYaml(config));
+  std::error_code ec;
+  if (!config.model.path.empty() && fs::is_directory(config.model.path, ec)) {
+    std::vector<std::string> files;
+    for (const fs::directory_entry& e : fs::directory_iterator(config.model.path, ec)) {
+      if (!e.is_regular_file(ec)) continue;
+      const auto mtime = e.last_write_time(ec).time_since_epoch().count();
+      files.push_back(absl::StrCat(e.path().filename().string(), " ", e.file_size(ec), " ", mtime));
+    }
+    std::sort(files.begin(), files.end());
+    absl::StrAppend(&f, "model files:\n", absl::StrJoin(files, "\n"), "\n");
+  }
+  return f;
 }
 
 }  // namespace
@@ -155,6 +184,11 @@ absl::StatusOr<CompareVariant> ParseCompareVariant(absl::string_view entry) {
     if (eq == std::string::npos || eq == 0) {
       return absl::InvalidArgumentError(absl::StrCat("compare.variants entry '", entry, "': '",
                                                      parts[i], "' is not section.key=value"));
+    }
+    const std::string key = parts[i].substr(0, eq);
+    if (key == "run.dir" || key == "run.seed" || key == "learner.loss") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("compare.variants entry '", entry, "': ", key, " is set by compare itself"));
     }
     v.overrides.push_back(parts[i]);
   }
@@ -202,7 +236,6 @@ absl::StatusOr<RunSummary> SummariseRun(const CsvTable& metrics, double target_g
     if ((*delta)[r]) deltas.push_back(*(*delta)[r]);
     if ((*entropy)[r]) entropies.push_back(*(*entropy)[r]);
   }
-  if (s.base_accuracy < 0 && !evals.empty()) s.base_accuracy = evals.front().second;
   if (!evals.empty()) {
     const size_t n = std::min<size_t>(evals.size(), std::max<int64_t>(eval_last, 1));
     double sum = 0;
@@ -257,9 +290,9 @@ std::string RenderCompareMarkdown(const std::vector<RunSummary>& runs, double ta
   for (const std::string& label : labels) {
     std::vector<double> base, fin, best, area, delta, ent, wall, reach;
     for (const RunSummary* r : by_label[label]) {
-      base.push_back(r->base_accuracy);
-      fin.push_back(r->final_accuracy);
-      best.push_back(r->best_accuracy);
+      PushAccuracy(r->base_accuracy, &base);
+      PushAccuracy(r->final_accuracy, &fin);
+      PushAccuracy(r->best_accuracy, &best);
       area.push_back(r->reward_area);
       delta.push_back(r->mean_abs_delta);
       ent.push_back(r->final_entropy);
@@ -271,10 +304,10 @@ std::string RenderCompareMarkdown(const std::vector<RunSummary>& runs, double ta
                                     : absl::StrFormat("%d/%d, mean %.0f", reach.size(),
                                                       by_label[label].size(), Mean(reach));
     absl::StrAppend(&md, "| ", label, " | ", by_label[label].size(), " | ",
-                    absl::StrFormat("%.1f%%", Mean(base) * 100), " | ", MeanSd(fin, "%.1f", 100),
-                    " | ", MeanSd(best, "%.1f", 100), " | ", reached, " | ", MeanSd(area, "%.3f"),
-                    " | ", MeanSd(delta, "%.3f"), " | ", MeanSd(ent, "%.3f"), " | ",
-                    absl::StrFormat("%.0f", Mean(wall)), " |\n");
+                    base.empty() ? std::string("-") : absl::StrFormat("%.1f%%", Mean(base) * 100),
+                    " | ", MeanSd(fin, "%.1f", 100), " | ", MeanSd(best, "%.1f", 100), " | ",
+                    reached, " | ", MeanSd(area, "%.3f"), " | ", MeanSd(delta, "%.3f"), " | ",
+                    MeanSd(ent, "%.3f"), " | ", absl::StrFormat("%.0f", Mean(wall)), " |\n");
   }
   absl::StrAppend(&md, "\nAccuracies in percent (mean ± sd over seeds).\n\n",
                   "| variant | seed | updates | base acc | final acc | best acc | updates to ",
@@ -360,7 +393,13 @@ int RunCompare(int argc, char** argv) {
     Config config;
   };
   std::vector<Planned> plan;
-  const std::string exe = SelfExe();
+  absl::StatusOr<std::string> self = SelfExe();
+  if (!self.ok()) {
+    std::fprintf(stderr, "pmdrl compare: %s\n", std::string(self.status().message()).c_str());
+    return 1;
+  }
+  const std::string exe = *self;
+  std::set<std::string> dirs;
   for (const std::string& entry : cc.variants) {
     absl::StatusOr<CompareVariant> v = ParseCompareVariant(entry);
     if (!v.ok()) {
@@ -369,6 +408,11 @@ int RunCompare(int argc, char** argv) {
     }
     for (int64_t seed : cc.seeds) {
       Planned p{*v, seed, fs::path(cc.output) / CompareRunDirName(*v, seed), {}, {}};
+      if (!dirs.insert(p.dir.string()).second) {
+        std::fprintf(stderr, "pmdrl compare: variant '%s' with seed %lld would share %s\n",
+                     entry.c_str(), static_cast<long long>(seed), p.dir.c_str());
+        return 2;
+      }
       // compare.* keys concern this command only; the runs get everything else.
       std::vector<std::string> run_overrides;
       for (const std::string& o : overrides) {
@@ -411,11 +455,13 @@ int RunCompare(int argc, char** argv) {
   for (size_t i = 0; i < plan.size(); ++i) {
     const Planned& p = plan[i];
     const std::string command = absl::StrJoin(p.argv.begin() + 1, p.argv.end(), " ");
+    if (StopRequested()) return 128 + StopSignal();
     const fs::path done = p.dir / kDoneFile;
+    const std::string fingerprint = RunFingerprint(command, p.config);
     const bool reuse =
-        cc.reuse && fs::exists(p.dir / "metrics.csv") && ReadFileOrEmpty(done) == command + "\n";
+        cc.reuse && fs::exists(p.dir / "metrics.csv") && ReadFileOrEmpty(done) == fingerprint;
     if (reuse) {
-      std::printf("[%zu/%zu] %s seed %lld: finished before with the same command, kept\n", i + 1,
+      std::printf("[%zu/%zu] %s seed %lld: finished before with the same settings, kept\n", i + 1,
                   plan.size(), p.variant.label.c_str(), static_cast<long long>(p.seed));
     } else {
       fs::remove_all(p.dir, ec);
@@ -442,7 +488,7 @@ int RunCompare(int argc, char** argv) {
                      p.dir.c_str(), *status, (p.dir / "local.log").c_str());
         return 1;
       }
-      std::ofstream(done) << command << "\n";
+      std::ofstream(done) << fingerprint;
       std::printf("[%zu/%zu] %s seed %lld: done in %.0f s\n", i + 1, plan.size(),
                   p.variant.label.c_str(), static_cast<long long>(p.seed),
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());

@@ -31,7 +31,8 @@ struct CompareVariant {
   std::string loss;                    // learner.loss of the runs
   std::vector<std::string> overrides;  // "section.key=value", after learner.loss=LOSS
 };
-// Errors name the entry: an empty loss, an override without '='.
+// Errors name the entry: an empty loss, an override without '=', an override of
+// run.dir, run.seed or learner.loss (compare sets those per run).
 absl::StatusOr<CompareVariant> ParseCompareVariant(absl::string_view entry);
 
 // A run's folder name under compare.output: the label with every character outside

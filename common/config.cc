@@ -240,7 +240,8 @@ const std::vector<Field>& Fields() {
                      &LearnerConfig::seq_clip_eps));
     f.push_back(Make("learner.importance_weights",
                      "none | truncated: weight each completion's loss by min(is_cap, "
-                     "pi_learner/pi_actor) of its sequence, for stale samples",
+                     "pi_old/pi_actor) of its sequence, pi_old recomputed by the learner, for "
+                     "stale samples (needs old_logprobs recompute)",
                      &C::learner, &LearnerConfig::importance_weights));
     f.push_back(Make("learner.is_cap", "truncation of the importance weights, > 0", &C::learner,
                      &LearnerConfig::is_cap));
@@ -327,7 +328,8 @@ const std::vector<Field>& Fields() {
     f.push_back(Make("compare.target_gain",
                      "eval accuracy gain over the base that counts as reaching the target",
                      &C::compare, &CompareConfig::target_gain));
-    f.push_back(Make("compare.reuse", "keep runs that finished before with the same command",
+    f.push_back(Make("compare.reuse",
+                     "keep runs that finished before with the same command, config and base model",
                      &C::compare, &CompareConfig::reuse));
     return f;
   }();
@@ -549,6 +551,10 @@ absl::Status ValidateConfig(const Config& c) {
             "in (0, 1)"),
       OneOf("learner.importance_weights", c.learner.importance_weights, {"none", "truncated"}),
       Check(c.learner.is_cap > 0, "learner.is_cap", "> 0"),
+      // With the actor's log-probs as pi_old the loss already measures against the
+      // sampling policy: weighting by pi_learner/pi_actor as well would correct twice.
+      Check(c.learner.importance_weights == "none" || c.learner.old_logprobs == "recompute",
+            "learner.importance_weights", "none unless learner.old_logprobs is recompute"),
       Check(c.learner.group_size >=
                 (c.learner.loss == "pmd_mean" && c.learner.baseline == "mean" ? 1 : 2),
             "learner.group_size", ">= 1 (>= 2 with baseline loo or loss pmd_part, grpo, gspo)"),

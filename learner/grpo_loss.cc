@@ -47,7 +47,9 @@ at::Tensor GrpoLoss(const PolicyLossInputs& in, double clip_eps, int64_t global_
   // dropped below), whatever the inputs hold there.
   const at::Tensor log_ratio =
       at::where(mask, lp_new - in.token_logp_old.detach().to(dev, dtype), at::zeros_like(lp_new));
-  const at::Tensor ratio = log_ratio.exp();
+  // Clamped so that a very stale or corrupt log-prob cannot make exp overflow to inf (as
+  // verl does); a ratio of e^±20 is far outside any clip range anyway.
+  const at::Tensor ratio = log_ratio.clamp(-20.0, 20.0).exp();
   const at::Tensor adv = in.advantages.to(dev, dtype).unsqueeze(1);
   const at::Tensor unclipped = ratio * adv;
   const at::Tensor clipped = ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * adv;

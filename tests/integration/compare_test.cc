@@ -35,7 +35,9 @@ TEST(Compare, RunsEveryVariantAndSeedAndWritesOneTable) {
     const std::string yaml = ReadAll(results / run / "config.yaml");
     const bool grpo = std::string(run).rfind("grpo", 0) == 0;
     EXPECT_NE(yaml.find(grpo ? "loss: grpo" : "loss: pmd_part"), std::string::npos) << run;
-    if (!grpo) EXPECT_NE(yaml.find("tau: 0.5"), std::string::npos) << run;
+    if (!grpo) {
+      EXPECT_NE(yaml.find("tau: 0.5"), std::string::npos) << run;
+    }
     EXPECT_NE(yaml.find(std::string("seed: ") + run[std::string(run).size() - 1]),
               std::string::npos)
         << run;
@@ -57,12 +59,12 @@ TEST(Compare, RunsEveryVariantAndSeedAndWritesOneTable) {
   // The same command again keeps every finished run.
   auto [rc2, out2] = RunCommand(argv, {}, std::chrono::seconds(120));
   ASSERT_EQ(rc2, 0) << out2;
-  EXPECT_EQ(Count(out2, "finished before with the same command, kept"), 4u) << out2;
+  EXPECT_EQ(Count(out2, "finished before with the same settings, kept"), 4u) << out2;
 
   // A bad variant is refused before anything runs.
-  auto [rc3, out3] = RunCommand({Bin("cli/pmdrl"), "compare", "--config", config.string(),
-                                 "--compare.variants=ppo"},
-                                {}, std::chrono::seconds(60));
+  auto [rc3, out3] = RunCommand(
+      {Bin("cli/pmdrl"), "compare", "--config", config.string(), "--compare.variants=ppo"}, {},
+      std::chrono::seconds(60));
   EXPECT_EQ(rc3, 2) << out3;
   EXPECT_NE(out3.find("learner.loss"), std::string::npos) << out3;
 }

@@ -1,9 +1,8 @@
 // `pmdrl compare`'s pieces: variant parsing, run folder names, the summary of a
 // metrics.csv, the tables and the plot.
-#include "cli/compare.h"
-
 #include <string>
 
+#include "cli/compare.h"
 #include "cli/csv.h"
 #include "gtest/gtest.h"
 
@@ -41,6 +40,9 @@ TEST(CompareVariantTest, LossAloneOrWithOverrides) {
   absl::Status empty = ParseCompareVariant(":learner.tau=1").status();
   EXPECT_FALSE(empty.ok());
   EXPECT_NE(empty.message().find("no loss name"), absl::string_view::npos) << empty;
+  absl::Status seed = ParseCompareVariant("grpo:run.seed=4").status();
+  EXPECT_NE(seed.message().find("run.seed is set by compare itself"), absl::string_view::npos)
+      << seed;
   absl::Status no_eq = ParseCompareVariant("pmd_mean:tau").status();
   EXPECT_FALSE(no_eq.ok());
   EXPECT_NE(no_eq.message().find("'tau' is not section.key=value"), absl::string_view::npos)
@@ -57,7 +59,7 @@ TEST(CompareSummaryTest, ReadsEveryFigureFromTheMetrics) {
   EXPECT_DOUBLE_EQ(s->final_accuracy, (0.46 + 0.40) / 2);  // the last 2 evaluations
   EXPECT_DOUBLE_EQ(s->best_accuracy, 0.46);
   ASSERT_TRUE(s->updates_to_target.has_value());
-  EXPECT_EQ(*s->updates_to_target, 4);  // 0.30 < 0.45 <= 0.46
+  EXPECT_EQ(*s->updates_to_target, 4);      // 0.30 < 0.45 <= 0.46
   EXPECT_NEAR(s->reward_area, 0.0, 1e-12);  // mean of -0.5..0.5
   EXPECT_NEAR(s->mean_abs_delta, 0.35, 1e-12);
   EXPECT_DOUBLE_EQ(s->final_entropy, 0.5);  // the last tenth: one update
@@ -77,8 +79,13 @@ TEST(CompareSummaryTest, MissingColumnIsNamed) {
 }
 
 TEST(CompareTablesTest, MeanAndSpreadPerVariant) {
-  RunSummary a{.label = "pmd_mean", .seed = 1, .updates = 10, .base_accuracy = 0.2,
-               .final_accuracy = 0.5, .best_accuracy = 0.6, .updates_to_target = 8};
+  RunSummary a{.label = "pmd_mean",
+               .seed = 1,
+               .updates = 10,
+               .base_accuracy = 0.2,
+               .final_accuracy = 0.5,
+               .best_accuracy = 0.6,
+               .updates_to_target = 8};
   RunSummary b = a;
   b.seed = 2;
   b.final_accuracy = 0.7;

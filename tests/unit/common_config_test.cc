@@ -68,7 +68,8 @@ TEST(Config, LossKeys) {
     EXPECT_EQ(c->learner.loss, loss);
   }
   auto c = LoadConfig("", {"learner.clip_eps=0.1", "learner.seq_clip_eps=0.001",
-                           "learner.importance_weights=truncated", "learner.is_cap=3"});
+                           "learner.importance_weights=truncated", "learner.is_cap=3",
+                           "learner.old_logprobs=recompute"});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_DOUBLE_EQ(c->learner.clip_eps, 0.1);
   EXPECT_DOUBLE_EQ(c->learner.seq_clip_eps, 0.001);
@@ -87,6 +88,10 @@ TEST(Config, LossKeys) {
   ASSERT_FALSE(one.ok());
   EXPECT_NE(one.status().message().find("learner.group_size"), std::string::npos);
   EXPECT_TRUE(LoadConfig("", {"learner.group_size=1"}).ok());
+  // Importance weights correct the actor's samples towards the recomputed pi_old.
+  auto twice = LoadConfig("", {"learner.importance_weights=truncated"});
+  ASSERT_FALSE(twice.ok());
+  EXPECT_NE(twice.status().message().find("learner.importance_weights"), std::string::npos);
   EXPECT_NE(ConfigHelp().find("learner.importance_weights"), std::string::npos);
 }
 

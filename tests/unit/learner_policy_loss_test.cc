@@ -645,7 +645,8 @@ TEST(PolicyLossTrainerTest, ImportanceWeightsAreTruncated) {
   // The actor reported log-prob −20 per token: π_learner/π_actor is huge, so every
   // weight is the cap.
   {
-    Config config = TrainerConfig({"learner.importance_weights=truncated", "learner.is_cap=1.5"});
+    Config config = TrainerConfig({"learner.importance_weights=truncated", "learner.is_cap=1.5",
+                                   "learner.old_logprobs=recompute"});
     auto trainer = Trainer::Create(config, tok, "");
     ASSERT_TRUE(trainer.ok()) << trainer.status();
     auto stats = (*trainer)->Update(TrainerGroups(tok, -20.0f), 0);
