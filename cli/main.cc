@@ -41,7 +41,7 @@ void PrintUsage(FILE* out) {
                "usage: pmdrl <command> [--config FILE] [--section.key=value ...]\n"
                "\n"
                "Commands:\n");
-  for (const SubCommand& c : kSubCommands) std::fprintf(out, "  %-8s %s\n", c.name, c.summary);
+  for (const SubCommand& c : kSubCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.summary);
   std::fprintf(out,
                "\n'pmdrl <command> --help' describes a command and every configuration key.\n");
 }
