@@ -129,7 +129,9 @@ absl::StatusOr<int> RunChild(const std::vector<std::string>& argv, const std::st
     const pid_t r = waitpid(pid, &status, WNOHANG);
     if (r == pid) break;
     if (r < 0 && errno != EINTR) {
-      return absl::InternalError(absl::StrCat("waitpid: ", std::strerror(errno)));
+      const int err = errno;
+      kill(pid, SIGTERM);  // `pmdrl local` stops its cluster; nothing is left running
+      return absl::InternalError(absl::StrCat("waitpid: ", std::strerror(err)));
     }
     if (StopRequested() && !stopping) {
       stopping = true;  // `pmdrl local` stops its cluster cleanly on SIGTERM

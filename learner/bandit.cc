@@ -354,6 +354,10 @@ absl::StatusOr<BinaryUpdate> BinaryBandit(double p, double tau, double r_correct
   }
   if (absl::Status s = CheckFinite(r_correct, "bandit: r_correct"); !s.ok()) return s;
   if (absl::Status s = CheckFinite(r_incorrect, "bandit: r_incorrect"); !s.ok()) return s;
+  if (!(r_correct > r_incorrect)) {  // else "correct" and "success mass" mean the opposite
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "bandit: r_correct (%g) must be above r_incorrect (%g)", r_correct, r_incorrect));
+  }
   BanditProblem problem{{p, 1 - p}, {r_correct, r_incorrect}, tau};
   absl::StatusOr<PmdMeanSolution> mean = SolvePmdMean(problem);
   if (!mean.ok()) return mean.status();

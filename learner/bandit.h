@@ -87,7 +87,8 @@ struct BinaryUpdate {
   double lambda = 0;          // PMD-mean's λ
 };
 
-// Errors: p not in (0, 1), τ not > 0, non-finite inputs.
+// Errors: p not in (0, 1), τ not > 0, r_correct not above r_incorrect, non-finite
+// inputs.
 absl::StatusOr<BinaryUpdate> BinaryBandit(double p, double tau, double r_correct,
                                           double r_incorrect);
 

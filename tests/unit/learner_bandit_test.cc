@@ -256,6 +256,8 @@ TEST(BanditTest, BinaryMatchesGeneralSolver) {
   EXPECT_FALSE(BinaryBandit(0, 1, 1, -1).ok());
   EXPECT_FALSE(BinaryBandit(1, 1, 1, -1).ok());
   EXPECT_FALSE(BinaryBandit(0.5, 0, 1, -1).ok());
+  EXPECT_FALSE(BinaryBandit(0.5, 1, -1, 1).ok());  // the "correct" reward must be the higher
+  EXPECT_FALSE(BinaryBandit(0.5, 1, 1, 1).ok());
 }
 
 TEST(BanditTest, FiniteAndAccurateAtTinyTau) {
