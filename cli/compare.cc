@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,7 +23,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "cli/child_process.h"
 #include "cli/csv.h"
+#include "cli/plot.h"
 #include "common/config.h"
 #include "common/process.h"
 
@@ -108,20 +109,11 @@ std::string ReadFileOrEmpty(const fs::path& path) {
 // Runs argv with stdout and stderr into log_path; waits, stopping it on SIGINT/SIGTERM.
 // Returns the wait status, or -1 if it was stopped.
 absl::StatusOr<int> RunChild(const std::vector<std::string>& argv, const std::string& log_path) {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_path.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-  std::vector<char*> c_argv;
-  for (const std::string& a : argv) c_argv.push_back(const_cast<char*>(a.c_str()));
-  c_argv.push_back(nullptr);
-  pid_t pid = 0;
-  const int err = posix_spawn(&pid, c_argv[0], &actions, nullptr, c_argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (err != 0) {
-    return absl::InternalError(absl::StrCat("cannot start ", argv[0], ": ", std::strerror(err)));
-  }
+  std::vector<std::string> env;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) env.emplace_back(*e);
+  absl::StatusOr<pid_t> child = Spawn(argv, std::move(env), log_path, "pmdrl compare");
+  if (!child.ok()) return child.status();
+  const pid_t pid = *child;
   int status = 0;
   bool stopping = false;
   auto stop_deadline = std::chrono::steady_clock::now();
@@ -261,18 +253,12 @@ absl::StatusOr<RunSummary> SummariseRun(const CsvTable& metrics, double target_g
 }
 
 absl::StatusOr<ComparisonCurve> CurveOfRun(const CsvTable& metrics) {
-  auto update = Column(metrics, "update");
-  auto reward = Column(metrics, "mean_reward");
-  auto eval = Column(metrics, "eval_accuracy");
-  for (const auto* c : {&update, &reward, &eval}) {
-    if (!c->ok()) return c->status();
-  }
+  absl::StatusOr<std::vector<CurvePoint>> points = CurveFromMetricsTable(metrics);
+  if (!points.ok()) return points.status();
   ComparisonCurve curve;
-  for (size_t r = 0; r < update->size(); ++r) {
-    if (!(*update)[r]) continue;
-    const double u = *(*update)[r];
-    if ((*eval)[r]) curve.accuracy.emplace_back(u, *(*eval)[r]);
-    if ((*reward)[r] && u > 0) curve.reward.emplace_back(u, *(*reward)[r]);
+  for (const CurvePoint& p : *points) {
+    if (p.eval_accuracy) curve.accuracy.emplace_back(p.update, *p.eval_accuracy);
+    if (p.mean_reward && p.update > 0) curve.reward.emplace_back(p.update, *p.mean_reward);
   }
   return curve;
 }

@@ -31,6 +31,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "cli/child_process.h"
 #include "cli/plot.h"
 #include "common/auth.h"
 #include "common/config.h"
@@ -274,86 +275,6 @@ std::vector<std::string> ChildEnvironment(const std::string& token) {
   return env;
 }
 
-std::vector<char*> CStrings(std::vector<std::string>& strings) {
-  std::vector<char*> out;
-  for (std::string& s : strings) out.push_back(s.data());
-  out.push_back(nullptr);
-  return out;
-}
-
-// Starts `argv` with stdout and stderr appended to `log_path`, stdin from /dev/null,
-// in the launcher's process group. Everything the child needs is prepared before
-// fork: the launcher has gRPC threads, so the child may only make async-signal-safe
-// calls until execve. An exec failure comes back through a close-on-exec pipe.
-absl::StatusOr<pid_t> Spawn(std::vector<std::string> argv, std::vector<std::string> env,
-                            const std::string& log_path) {
-  int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (log_fd < 0) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot open ", log_path, ": ", std::strerror(errno)));
-  }
-  std::string banner = absl::StrCat("==== pmdrl local: ", absl::StrJoin(argv, " "), "\n");
-  [[maybe_unused]] ssize_t w = write(log_fd, banner.data(), banner.size());
-  int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  int err_pipe[2];
-  if (null_fd < 0 || pipe2(err_pipe, O_CLOEXEC) != 0) {
-    close(log_fd);
-    if (null_fd >= 0) close(null_fd);
-    return absl::InternalError("cannot set up child process i/o");
-  }
-  std::vector<char*> c_argv = CStrings(argv);
-  std::vector<char*> c_env = CStrings(env);
-
-  pid_t parent = getpid();
-  pid_t pid = fork();
-  if (pid == 0) {
-    // Should the launcher die without stopping us (SIGKILL, a crash), go too. The
-    // signal follows the forking thread, which is RunLocal's for the whole run.
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() != parent) _exit(1);  // it died before prctl took effect
-    // Child: default dispositions and an empty mask, so that SIGINT/SIGTERM reach
-    // the program as if started from a shell.
-    struct sigaction dfl;
-    std::memset(&dfl, 0, sizeof(dfl));
-    dfl.sa_handler = SIG_DFL;
-    for (int s : {SIGINT, SIGTERM, SIGPIPE, SIGCHLD, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2}) {
-      sigaction(s, &dfl, nullptr);
-    }
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    dup2(null_fd, STDIN_FILENO);
-    dup2(log_fd, STDOUT_FILENO);
-    dup2(log_fd, STDERR_FILENO);
-    execve(c_argv[0], c_argv.data(), c_env.data());
-    int e = errno;
-    [[maybe_unused]] ssize_t n = write(err_pipe[1], &e, sizeof(e));
-    _exit(127);
-  }
-  int fork_errno = errno;
-  close(err_pipe[1]);
-  close(log_fd);
-  close(null_fd);
-  if (pid < 0) {
-    close(err_pipe[0]);
-    return absl::ResourceExhaustedError(absl::StrCat("fork: ", std::strerror(fork_errno)));
-  }
-  int exec_errno = 0;
-  ssize_t n;
-  do {
-    n = read(err_pipe[0], &exec_errno, sizeof(exec_errno));
-  } while (n < 0 && errno == EINTR);
-  close(err_pipe[0]);
-  if (n > 0) {
-    int status;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot execute ", argv[0], ": ", std::strerror(exec_errno)));
-  }
-  return pid;
-}
-
 // Reaps `child` if it has exited. Returns true when it was alive and now is not.
 bool Reap(Child& child) {
   if (!child.alive) return false;
@@ -501,7 +422,8 @@ absl::StatusOr<Child> Launcher::Start(const std::string& name, std::vector<std::
   child.port = port;
   child.metrics_port = metrics_port;
   child.log_path = (run_dir_ / "logs" / (name + ".log")).string();
-  absl::StatusOr<pid_t> pid = Spawn(std::move(argv), ChildEnvironment(token_), child.log_path);
+  absl::StatusOr<pid_t> pid =
+      Spawn(std::move(argv), ChildEnvironment(token_), child.log_path, "pmdrl local");
   if (!pid.ok()) {
     return absl::Status(pid.status().code(),
                         absl::StrCat("starting ", name, ": ", pid.status().message()));

@@ -83,9 +83,13 @@ std::string SvgOpen(double width, double height) {
 absl::StatusOr<std::vector<CurvePoint>> CurveFromMetricsCsv(absl::string_view csv_text) {
   absl::StatusOr<CsvTable> table = CsvTable::Parse(csv_text);
   if (!table.ok()) return table.status();
-  int update_col = table->Column("update");
-  int reward_col = table->Column("mean_reward");
-  int eval_col = table->Column("eval_accuracy");
+  return CurveFromMetricsTable(*table);
+}
+
+absl::StatusOr<std::vector<CurvePoint>> CurveFromMetricsTable(const CsvTable& metrics) {
+  int update_col = metrics.Column("update");
+  int reward_col = metrics.Column("mean_reward");
+  int eval_col = metrics.Column("eval_accuracy");
   for (auto [col, name] : {std::pair{update_col, "update"},
                            {reward_col, "mean_reward"},
                            {eval_col, "eval_accuracy"}}) {
@@ -94,13 +98,13 @@ absl::StatusOr<std::vector<CurvePoint>> CurveFromMetricsCsv(absl::string_view cs
     }
   }
   std::vector<CurvePoint> points;
-  for (size_t r = 0; r < table->num_rows(); ++r) {
-    absl::StatusOr<std::optional<double>> update = table->Number(r, update_col);
+  for (size_t r = 0; r < metrics.num_rows(); ++r) {
+    absl::StatusOr<std::optional<double>> update = metrics.Number(r, update_col);
     if (!update.ok()) return update.status();
     if (!update->has_value()) continue;  // a row without an update number is not a point
-    absl::StatusOr<std::optional<double>> reward = table->Number(r, reward_col);
+    absl::StatusOr<std::optional<double>> reward = metrics.Number(r, reward_col);
     if (!reward.ok()) return reward.status();
-    absl::StatusOr<std::optional<double>> accuracy = table->Number(r, eval_col);
+    absl::StatusOr<std::optional<double>> accuracy = metrics.Number(r, eval_col);
     if (!accuracy.ok()) return accuracy.status();
     CurvePoint p;
     p.update = **update;

@@ -14,6 +14,8 @@
 
 namespace pmdrl {
 
+class CsvTable;
+
 // One row of metrics.csv, reduced to what the curve shows. A value is absent when its
 // field was empty (no evaluation at this update; no rollout batch at update 0).
 struct CurvePoint {
@@ -25,6 +27,8 @@ struct CurvePoint {
 // Reads the learner's metrics CSV text (columns found by name: update, mean_reward,
 // eval_accuracy; others ignored). Errors name the missing column or the bad field.
 absl::StatusOr<std::vector<CurvePoint>> CurveFromMetricsCsv(absl::string_view csv_text);
+// The same from a parsed table.
+absl::StatusOr<std::vector<CurvePoint>> CurveFromMetricsTable(const CsvTable& metrics);
 
 // Up to about `max_ticks` "nice" tick values (1, 2 or 5 times a power of ten apart)
 // covering [lo, hi], all inside it. lo == hi yields {lo}.

@@ -289,16 +289,16 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
   double mismatch_tokens = 0, delta_count = 0, entropy_tokens = 0, trained_tokens = 0;
   double weight_sum = 0, weight_count = 0;
 
-  auto pack = [&](const v1::MiniBatchShare& mb, std::vector<std::vector<int32_t>>* prompts,
-                  std::vector<std::vector<int32_t>>* responses) {
+  auto pack = [&](const v1::MiniBatchShare& mb) {
+    std::vector<std::vector<int32_t>> prompts, responses;
     std::vector<const std::vector<int32_t>*> p, r;
     for (const v1::TrainRow& row : mb.rows()) {
-      prompts->emplace_back(row.prompt_tokens().begin(), row.prompt_tokens().end());
-      responses->emplace_back(row.response_tokens().begin(), row.response_tokens().end());
+      prompts.emplace_back(row.prompt_tokens().begin(), row.prompt_tokens().end());
+      responses.emplace_back(row.response_tokens().begin(), row.response_tokens().end());
     }
-    for (size_t i = 0; i < prompts->size(); ++i) {
-      p.push_back(&(*prompts)[i]);
-      r.push_back(&(*responses)[i]);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      p.push_back(&prompts[i]);
+      r.push_back(&responses[i]);
     }
     PackedRows packed = Pack(p, r, pad);
     packed.To(m.device);
@@ -340,12 +340,14 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
     // the learner's own) and, with importance_weights truncated, the weights
     // w_j = min(is_cap, exp(Σ_t lp_learner − Σ_t lp_actor)).
     const int n_mini = share.mini_batches_size();
+    // Each mini-batch is packed once, here, and trained from the same tensors below.
+    std::vector<PackedRows> packed_rows(n_mini);
     std::vector<torch::Tensor> token_old(n_mini), weights(n_mini);
     for (int k = 0; k < n_mini; ++k) {
       const v1::MiniBatchShare& mb = share.mini_batches(k);
       if (mb.rows_size() == 0) continue;
-      std::vector<std::vector<int32_t>> p, r;
-      PackedRows packed = pack(mb, &p, &r);
+      packed_rows[k] = pack(mb);
+      const PackedRows& packed = packed_rows[k];
       torch::Tensor actor_lp;
       if (need_actor_logprobs) {
         absl::StatusOr<torch::Tensor> a = actor_token_logprobs(k, mb, packed);
@@ -382,8 +384,7 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
       if (reducer != nullptr) reducer->Begin();
       double loss_value = 0;
       if (mb.rows_size() > 0) {
-        std::vector<std::vector<int32_t>> p, r;
-        PackedRows packed = pack(mb, &p, &r);
+        const PackedRows& packed = packed_rows[k];
         trained_tokens += static_cast<double>(packed.tokens);
         torch::Tensor logits = m.model->forward(packed.input, packed.positions, packed.valid);
         torch::Tensor logp = SamplingLogProbs(logits, m.temperature, m.never_sampled);
