@@ -1,6 +1,7 @@
 #include "actor/actor.h"
 
 #include <grpcpp/client_context.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,7 +20,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "actor/rollout_engine.h"
 #include "actor/verifier_pool.h"
 #include "actor/weight_receiver.h"
 #include "common/auth.h"
@@ -27,6 +27,7 @@
 #include "common/model_config.h"
 #include "common/rpc.h"
 #include "common/tokenizer.h"
+#include "engine/generation_engine.h"
 #include "pmdrl/pmdrl.grpc.pb.h"
 #include "spdlog/spdlog.h"
 
@@ -213,7 +214,7 @@ class Actor::Impl {
   v1::RegisterActorResponse registration_;
   ModelConfig model_config_;
   std::unique_ptr<Tokenizer> tokenizer_;
-  std::unique_ptr<RolloutEngine> engine_;
+  std::unique_ptr<GenerationEngine> engine_;
   std::unique_ptr<WeightReceiver> receiver_;
   std::unique_ptr<VerifierPool> verifiers_;
   std::thread heartbeat_;
@@ -311,25 +312,29 @@ absl::Status Actor::Impl::Setup() {
     }
     stop_tokens = {eos};
   }
-  RolloutOptions rollout;
+  EngineOptions rollout;
   rollout.temperature = options_.config.temperature;
   rollout.top_p = options_.config.top_p;
   rollout.max_new_tokens = options_.config.max_new_tokens;
   rollout.stop_tokens = stop_tokens;
   rollout.device = options_.config.device;
+  rollout.dtype = options_.config.dtype;
+  rollout.max_rows = options_.config.max_rows;
+  rollout.max_context = options_.config.max_context;
+  rollout.threads = options_.config.threads;
   rollout.seed = options_.config.seed != 0
                      ? options_.config.seed
                      : DeriveActorSeed(options_.run_seed, options_.config.name);
-  absl::StatusOr<std::unique_ptr<RolloutEngine>> engine =
-      RolloutEngine::Create(model_config_, rollout);
+  absl::StatusOr<std::unique_ptr<GenerationEngine>> engine =
+      GenerationEngine::Create(model_config_, rollout);
   if (!engine.ok()) return engine.status();
   engine_ = *std::move(engine);
   spdlog::info(
       "model: {} layers, hidden {}, vocab {}; tokenizer {} ({} tokens); sampling T={} top_p={} "
-      "max_new_tokens={} seed={} device={}; stop ids {}",
+      "max_new_tokens={} seed={}; engine {}; stop ids {}",
       model_config_.num_hidden_layers, model_config_.hidden_size, model_config_.vocab_size,
       registration_.tokenizer(), tokenizer_->VocabSize(), rollout.temperature, rollout.top_p,
-      rollout.max_new_tokens, rollout.seed, rollout.device,
+      rollout.max_new_tokens, rollout.seed, engine_->description(),
       absl::StrJoin(rollout.stop_tokens, ","));
   return absl::OkStatus();
 }
@@ -353,16 +358,35 @@ absl::Status Actor::Impl::MaybeSwapWeights() {
   std::shared_ptr<const WeightSet> latest = receiver_->Latest();
   if (latest == nullptr) return absl::OkStatus();
   if (engine_->has_weights() && latest->version <= engine_->version()) return absl::OkStatus();
+  latest = receiver_->Take();  // the engine's copy becomes the only one
+  if (latest == nullptr) return absl::OkStatus();
   const auto t0 = Clock::now();
   const uint64_t previous = engine_->version();
-  if (absl::Status s = engine_->SetWeights(*latest); !s.ok()) return s;
+  std::vector<WeightView> views;
+  views.reserve(latest->names.size());
+  for (size_t i = 0;
+       i < latest->names.size() && i < latest->shapes.size() && i < latest->data.size(); ++i) {
+    int64_t elements = 1;
+    for (int64_t d : latest->shapes[i]) elements *= d;
+    if (elements != static_cast<int64_t>(latest->data[i].size())) {
+      return absl::InvalidArgumentError(absl::StrCat("weight '", latest->names[i], "' has ",
+                                                     latest->data[i].size(),
+                                                     " values for a shape of ", elements));
+    }
+    views.push_back({latest->names[i], latest->shapes[i], latest->data[i].data()});
+  }
+  if (absl::Status s = engine_->LoadWeights(latest->version, views); !s.ok()) return s;
   const double sync = SecondsSince(latest->first_chunk_time);
+  const uint64_t version = latest->version;
+  views.clear();
+  latest.reset();
+  malloc_trim(0);  // give the received copy's pages back: the weights are held once
   weight_swaps_.Increment();
   weight_sync_seconds_.Observe(sync);
-  policy_version_.Set(static_cast<double>(latest->version));
-  engine_version_.store(latest->version);
+  policy_version_.Set(static_cast<double>(version));
+  engine_version_.store(version);
   spdlog::info("weights version {} -> {} loaded in {:.3f} s ({:.3f} s since announced)", previous,
-               latest->version, SecondsSince(t0), sync);
+               version, SecondsSince(t0), sync);
   return absl::OkStatus();
 }
 
@@ -447,58 +471,80 @@ absl::Status Actor::Impl::RunBatch(const v1::LeasePromptsResponse& response) {
   }
   if (leases.empty()) return absl::OkStatus();
 
-  const uint64_t version = engine_->version();
-  const auto t0 = Clock::now();
-  absl::StatusOr<std::vector<std::vector<RolloutSample>>> samples =
-      engine_->Generate(prompts, registration_.group_size());
-  if (!samples.ok()) return samples.status();
-  const double generate_seconds = SecondsSince(t0);
-  int64_t tokens = 0;
-  for (const auto& group : *samples) {
-    for (const RolloutSample& s : group) tokens += static_cast<int64_t>(s.tokens.size());
+  // Every lease's prompt goes to the engine, which decodes up to actor.max_rows
+  // completions at a time and hands back each group as soon as its k completions end;
+  // that group is sent at once, while the others keep decoding.
+  std::map<uint64_t, const v1::Lease*> by_request;
+  for (size_t i = 0; i < leases.size(); ++i) {
+    GroupRequest request;
+    request.id = i;
+    request.prompt = std::move(prompts[i]);
+    request.n = registration_.group_size();
+    if (absl::Status s = engine_->Submit(std::move(request)); !s.ok()) {
+      // Not sampled and not heartbeated: the lease expires and the coordinator re-issues it.
+      spdlog::error("lease '{}' ({}, {}) refused by the engine: {}", leases[i]->lease_id(),
+                    leases[i]->epoch(), leases[i]->index(), std::string(s.message()));
+      ReleaseLease(leases[i]->lease_id());
+      continue;
+    }
+    by_request[i] = leases[i];
   }
-  generated_tokens_.Increment(static_cast<double>(tokens));
+  if (by_request.empty()) return absl::OkStatus();
+
+  const auto t0 = Clock::now();
+  int64_t tokens = 0;
+  double send_seconds = 0;
+  uint64_t version = engine_->version();
+  std::map<v1::AckStatus, int> outcomes;
+  while (!engine_->idle()) {
+    absl::StatusOr<std::vector<FinishedGroup>> finished = engine_->Step();
+    if (!finished.ok()) return finished.status();
+    for (FinishedGroup& done : *finished) {
+      const v1::Lease& lease = *by_request.at(done.id);
+      version = done.version;
+      v1::Group group;
+      group.set_lease_id(lease.lease_id());
+      group.set_epoch(lease.epoch());
+      group.set_index(lease.index());
+      group.set_actor_id(registration_.actor_id());
+      group.set_policy_version(done.version);
+      *group.mutable_prompt_tokens() = lease.prompt_tokens();
+      group.set_prompt_text(lease.prompt_text());
+      group.set_reference(lease.reference());
+      group.set_issued_at_version(lease.issued_at_version());
+      group.set_task(registration_.task());
+      group.set_generate_seconds(done.seconds);
+      int64_t group_tokens = 0;
+      for (RolloutSample& s : done.samples) {
+        v1::Completion* c = group.add_completions();
+        c->set_text(tokenizer_->Decode(s.tokens, /*skip_special=*/true));
+        c->mutable_tokens()->Add(s.tokens.begin(), s.tokens.end());
+        c->mutable_logprobs()->Add(s.logprobs.begin(), s.logprobs.end());
+        c->set_stopped(s.stopped);
+        group_tokens += static_cast<int64_t>(s.tokens.size());
+      }
+      tokens += group_tokens;
+      generated_tokens_.Increment(static_cast<double>(group_tokens));
+      const auto t1 = Clock::now();
+      v1::AckStatus result = v1::ACK_UNKNOWN;
+      SendGroup(group, lease, &result);
+      send_seconds += SecondsSince(t1);
+      auto counter = groups_sent_.find(result);
+      if (counter == groups_sent_.end()) counter = groups_sent_.find(v1::ACK_UNKNOWN);
+      counter->second->Increment();
+      ++outcomes[result];
+      ReleaseLease(lease.lease_id());
+    }
+  }
+  const double generate_seconds = SecondsSince(t0) - send_seconds;
   const double tokens_per_second = generate_seconds > 0 ? tokens / generate_seconds : 0.0;
   tokens_per_second_.Set(tokens_per_second);
-
-  const auto t1 = Clock::now();
-  std::map<v1::AckStatus, int> outcomes;
-  for (size_t i = 0; i < leases.size(); ++i) {
-    const v1::Lease& lease = *leases[i];
-    v1::Group group;
-    group.set_lease_id(lease.lease_id());
-    group.set_epoch(lease.epoch());
-    group.set_index(lease.index());
-    group.set_actor_id(registration_.actor_id());
-    group.set_policy_version(version);
-    *group.mutable_prompt_tokens() = lease.prompt_tokens();
-    group.set_prompt_text(lease.prompt_text());
-    group.set_reference(lease.reference());
-    group.set_issued_at_version(lease.issued_at_version());
-    group.set_task(registration_.task());
-    // The batch's wall time: every group of it was generated over that whole span.
-    group.set_generate_seconds(generate_seconds);
-    for (RolloutSample& s : (*samples)[i]) {
-      v1::Completion* c = group.add_completions();
-      c->set_text(tokenizer_->Decode(s.tokens, /*skip_special=*/true));
-      c->mutable_tokens()->Add(s.tokens.begin(), s.tokens.end());
-      c->mutable_logprobs()->Add(s.logprobs.begin(), s.logprobs.end());
-      c->set_stopped(s.stopped);
-    }
-    v1::AckStatus result = v1::ACK_UNKNOWN;
-    SendGroup(group, lease, &result);
-    auto counter = groups_sent_.find(result);
-    if (counter == groups_sent_.end()) counter = groups_sent_.find(v1::ACK_UNKNOWN);
-    counter->second->Increment();
-    ++outcomes[result];
-    ReleaseLease(lease.lease_id());
-  }
   spdlog::info(
       "batch: version {}, {} groups x {} ({} accepted, {} stale, {} duplicate, {} rejected, {} "
       "unsent), {} tokens in {:.2f} s ({:.0f} tokens/s), sent in {:.2f} s",
-      version, leases.size(), registration_.group_size(), outcomes[v1::ACK_ACCEPTED],
+      version, by_request.size(), registration_.group_size(), outcomes[v1::ACK_ACCEPTED],
       outcomes[v1::ACK_STALE], outcomes[v1::ACK_DUPLICATE], outcomes[v1::ACK_REJECTED],
-      outcomes[v1::ACK_UNKNOWN], tokens, generate_seconds, tokens_per_second, SecondsSince(t1));
+      outcomes[v1::ACK_UNKNOWN], tokens, generate_seconds, tokens_per_second, send_seconds);
   return absl::OkStatus();
 }
 

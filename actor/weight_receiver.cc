@@ -207,9 +207,14 @@ std::shared_ptr<const WeightSet> WeightReceiver::Latest() const {
   return latest_;
 }
 
+std::shared_ptr<const WeightSet> WeightReceiver::Take() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::move(latest_);
+}
+
 bool WeightReceiver::WaitForVersion(uint64_t v, std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
-  auto have = [&] { return latest_ != nullptr && latest_->version >= v; };
+  auto have = [&] { return latest_version_.has_value() && *latest_version_ >= v; };
   cv_.wait_for(lock, timeout, [&] { return stopping_ || have(); });
   return have();
 }
@@ -217,7 +222,8 @@ bool WeightReceiver::WaitForVersion(uint64_t v, std::chrono::milliseconds timeou
 void WeightReceiver::Publish(std::shared_ptr<const WeightSet> set) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (latest_ != nullptr && latest_->version >= set->version) return;
+    if (latest_version_.has_value() && *latest_version_ >= set->version) return;
+    latest_version_ = set->version;
     latest_ = std::move(set);
   }
   cv_.notify_all();
@@ -236,7 +242,7 @@ void WeightReceiver::Loop() {
       std::lock_guard<std::mutex> lock(mu_);
       if (stopping_) return;
       call_context_ = &ctx;
-      if (latest_ != nullptr) request.set_have_version(latest_->version);
+      if (latest_version_.has_value()) request.set_have_version(*latest_version_);
     }
     assembler.Reset();
     auto reader = stub->WatchWeights(&ctx, request);

@@ -91,8 +91,13 @@ class WeightReceiver {
   // Cancels the stream, wakes waiters and joins the thread. Idempotent.
   void Stop();
 
-  // The newest complete version, or null before the first one.
+  // The newest complete version not yet taken, or null (before the first one, or when
+  // Take() has it).
   std::shared_ptr<const WeightSet> Latest() const;
+  // Hands the newest complete version over (null if none is waiting) and lets go of it, so
+  // that once the caller has loaded and dropped it the weights are held once. Versions
+  // count as held by WaitForVersion and the stream after they are taken.
+  std::shared_ptr<const WeightSet> Take();
 
   // Blocks until a complete version >= v is held (true), or until `timeout` passes or
   // the receiver stops (false). With v = 0 it waits for any version.
@@ -113,6 +118,7 @@ class WeightReceiver {
   mutable std::mutex mu_;
   std::condition_variable cv_;                   // a version arrived, or stopping
   std::shared_ptr<const WeightSet> latest_;      // guarded by mu_
+  std::optional<uint64_t> latest_version_;       // newest ever published; guarded by mu_
   bool stopping_ = false;                        // guarded by mu_
   grpc::ClientContext* call_context_ = nullptr;  // of the open stream; guarded by mu_
   std::thread thread_;

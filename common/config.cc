@@ -194,7 +194,16 @@ const std::vector<Field>& Fields() {
         Make("actor.max_new_tokens", "longest response", &C::actor, &ActorConfig::max_new_tokens));
     f.push_back(Make("actor.seed", "sampling seed (0: from run.seed and actor.name)", &C::actor,
                      &ActorConfig::seed));
-    f.push_back(Make("actor.threads", "Torch threads", &C::actor, &ActorConfig::threads));
+    f.push_back(
+        Make("actor.threads", "CPU threads for sampling", &C::actor, &ActorConfig::threads));
+    f.push_back(Make("actor.dtype", "engine precision: float32, bfloat16 or float16", &C::actor,
+                     &ActorConfig::dtype));
+    f.push_back(Make("actor.max_rows",
+                     "completions decoded together (row slots of the engine's KV pool)", &C::actor,
+                     &ActorConfig::max_rows));
+    f.push_back(Make("actor.max_context",
+                     "positions per row slot, prompt + response (0: 512 + max_new_tokens)",
+                     &C::actor, &ActorConfig::max_context));
     f.push_back(Make("actor.device",
                      "where the policy samples: cpu, cuda (GPU 0 of those visible) or cuda:N",
                      &C::actor, &ActorConfig::device));
@@ -532,6 +541,12 @@ absl::Status ValidateConfig(const Config& c) {
       Check(c.actor.top_p > 0 && c.actor.top_p <= 1, "actor.top_p", "in (0, 1]"),
       Check(c.actor.max_new_tokens > 0, "actor.max_new_tokens", "> 0"),
       Check(c.actor.threads > 0, "actor.threads", "> 0"),
+      OneOf("actor.dtype", c.actor.dtype, {"float32", "bfloat16", "float16"}),
+      Check(c.actor.max_rows >= 1 && c.actor.max_rows <= 65536, "actor.max_rows", "in [1, 65536]"),
+      Check(c.actor.max_context >= 0 && c.actor.max_context <= (1 << 20), "actor.max_context",
+            "in [0, 1048576] (0: 512 + max_new_tokens)"),
+      Check(c.actor.max_context == 0 || c.actor.max_context > c.actor.max_new_tokens + 4,
+            "actor.max_context", "larger than actor.max_new_tokens + 4 (room for a prompt)"),
       Check(IsDeviceName(c.actor.device), "actor.device", "cpu, cuda or cuda:N"),
       Check(c.actor.metrics_port >= 0 && c.actor.metrics_port < 65536, "actor.metrics_port",
             "a port number"),

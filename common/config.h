@@ -76,8 +76,11 @@ struct ActorConfig {
   int64_t max_new_tokens = 6;
   uint64_t seed = 0;  // 0: derived from run.seed and the actor name
   int64_t threads = 1;
-  std::string device = "cpu";  // cpu | cuda | cuda:N: where the policy samples
-  int64_t metrics_port = 0;    // 0: no HTTP endpoint
+  std::string device = "cpu";     // cpu | cuda | cuda:N: where the policy samples
+  std::string dtype = "float32";  // float32 | bfloat16 | float16: the engine's weights and KV
+  int64_t max_rows = 64;          // completions decoded together (engine row slots)
+  int64_t max_context = 0;        // positions per slot; 0: 512 + max_new_tokens
+  int64_t metrics_port = 0;       // 0: no HTTP endpoint
 };
 
 struct VerifierConfig {

@@ -32,6 +32,19 @@ struct KvCache {
   int64_t Length() const;                // T_cached (0 for an empty cache)
 };
 
+// Where a forward pass stores this step's keys/values and reads the earlier ones: the
+// generation engine's KV pool implements it (engine/kv_pool.h), so the model code stays
+// the one the learner trains while the engine owns cache layout and decode attention.
+class AttentionBackend {
+ public:
+  virtual ~AttentionBackend() = default;
+  // q [B,H,T,hd] after RoPE; k, v [B,KV,T,hd] of this call's tokens (after RoPE for k).
+  // Stores k and v, then returns the attention output [B,H,T,hd] of each query over the
+  // keys its row may read (causal, its own sequence only), softmax in float32.
+  virtual at::Tensor Attend(int64_t layer, const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v) = 0;
+};
+
 // How CausalLM allocates its parameters. random_init = false leaves them uninitialised
 // (for a caller that overwrites every one, such as LoadModelDir: it saves the time and
 // never touches memory twice).
@@ -68,6 +81,15 @@ class CausalLMImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& positions,
                      const at::Tensor& valid, KvCache* cache = nullptr);
 
+  // The decoder stack with the keys/values kept by `backend`: input_ids and positions
+  // [B,T] int64. Returns the final-norm hidden states [B,T,D] in the parameters' dtype;
+  // Logits() turns the rows that need it into logits.
+  at::Tensor ForwardHidden(const at::Tensor& input_ids, const at::Tensor& positions,
+                           AttentionBackend& backend);
+  // Float32 logits [..., vocab] of final-norm hidden states [..., D] (lm_head in the
+  // parameters' dtype, then cast, as forward does).
+  at::Tensor Logits(const at::Tensor& hidden);
+
   const ModelConfig& config() const { return config_; }
 
  private:
@@ -76,6 +98,9 @@ class CausalLMImpl : public torch::nn::Module {
   std::shared_ptr<internal::ProjImpl> lm_head_;        // "lm_head"; null when tied
   at::Tensor inv_freq_;            // RoPE inverse frequencies, float32 on the CPU (never cast)
   at::Tensor inv_freq_on_device_;  // inv_freq_ copied to the device of the last forward
+
+  // RoPE cos/sin [B,1,T,hd] in the activation dtype for positions [B,T].
+  std::pair<at::Tensor, at::Tensor> RopeTables(const at::Tensor& positions);
 };
 TORCH_MODULE(CausalLM);
 

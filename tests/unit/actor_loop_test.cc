@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "actor/actor.h"
-#include "actor/rollout_engine.h"
+#include "engine/generation_engine.h"
 #include "common/auth.h"
 #include "common/metrics.h"
 #include "common/model_config.h"
@@ -243,6 +243,9 @@ TEST(ActorLoopTest, LeasesSamplesSendsAndSwapsBetweenBatches) {
     groups = verifier.groups;
   }
   ASSERT_EQ(groups.size(), 4u);
+  // Groups leave as soon as their completions end, not in lease order.
+  std::sort(groups.begin(), groups.end(),
+            [](const v1::Group& a, const v1::Group& b) { return a.index() < b.index(); });
   int64_t tokens = 0;
   for (size_t i = 0; i < groups.size(); ++i) {
     const v1::Group& g = groups[i];
@@ -316,17 +319,17 @@ TEST(ActorLoopTest, UnreachableCoordinatorFailsAfterTheTimeout) {
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
 }
 
-TEST(RolloutEngineTest, DeviceIsCheckedWhenTheEngineIsBuilt) {
-  RolloutOptions options;
+TEST(GenerationEngineDeviceTest, DeviceIsCheckedWhenTheEngineIsBuilt) {
+  EngineOptions options;
   options.device = "cpu";
-  EXPECT_TRUE(RolloutEngine::Create(TinyConfig(), options).ok());
+  EXPECT_TRUE(GenerationEngine::Create(TinyConfig(), options).ok());
   options.device = "tpu";
-  absl::Status bad = RolloutEngine::Create(TinyConfig(), options).status();
+  absl::Status bad = GenerationEngine::Create(TinyConfig(), options).status();
   EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument) << bad;
   EXPECT_NE(bad.message().find("actor.device=tpu"), absl::string_view::npos) << bad;
   if (!at::hasCUDA()) {  // the CPU-only LibTorch of CI: a clear error, not a crash
     options.device = "cuda:0";
-    absl::Status no_gpu = RolloutEngine::Create(TinyConfig(), options).status();
+    absl::Status no_gpu = GenerationEngine::Create(TinyConfig(), options).status();
     EXPECT_EQ(no_gpu.code(), absl::StatusCode::kFailedPrecondition) << no_gpu;
     EXPECT_NE(no_gpu.message().find("no CUDA device"), absl::string_view::npos) << no_gpu;
   }
