@@ -350,9 +350,10 @@ int main(int argc, char** argv) {
         (long long)rows, tok_s, (long long)st_.steps, st_.prefill_seconds, mem_roof,
         100 * tok_s / mem_roof, comp_roof, 100 * tok_s / comp_roof, engine->description().c_str());
     std::fflush(stdout);
-    if (!engine->idle()) {  // out of time: a fresh engine would be needed to go on
-      std::printf("(stopped after %.0f s: --seconds)\n", seconds);
-      break;
+    if (!engine->idle()) {
+      std::printf("(rows %lld: stopped after %.0f s of decoding: --seconds)\n", (long long)rows,
+                  seconds);
+      engine->Cancel();
     }
   }
   if (!gguf.empty()) {

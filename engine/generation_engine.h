@@ -105,6 +105,9 @@ class GenerationEngine {
   // sync_every steps for every active row. Returns the groups completed by it.
   absl::StatusOr<std::vector<FinishedGroup>> Step();
 
+  // Drops every group, active or waiting (their requests are the caller's to return).
+  void Cancel();
+
   bool idle() const;            // nothing active or waiting
   int64_t active_rows() const;  // rows in slots
   int64_t waiting_rows() const;

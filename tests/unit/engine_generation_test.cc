@@ -285,6 +285,16 @@ TEST(GenerationEngineTest, RefusesBadRequestsWithoutLosingOthers) {
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[11].samples.size(), 3u);
   EXPECT_EQ(got[11].version, 3u);
+  // Cancel drops what is in flight and leaves every slot free for the next group.
+  ASSERT_TRUE(engine->Submit({12, {3, 4}, 5}).ok());
+  ASSERT_TRUE(engine->Step().ok());
+  engine->Cancel();
+  EXPECT_TRUE(engine->idle());
+  EXPECT_EQ(engine->active_rows(), 0);
+  ASSERT_TRUE(engine->Submit({13, {3, 4}, 2}).ok());
+  got = RunAll(*engine);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[13].samples.size(), 2u);
 }
 
 TEST(GenerationEngineTest, OptionsAreCheckedByName) {
