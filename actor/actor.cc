@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 #include <utility>
@@ -20,6 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "actor/group_sender.h"
 #include "actor/verifier_pool.h"
 #include "actor/weight_receiver.h"
 #include "common/auth.h"
@@ -126,6 +128,11 @@ class Actor::Impl {
             metrics->Gauge("pmdrl_actor_groups_in_flight", "Leased prompts being sampled or sent")),
         weight_swaps_(
             metrics->Counter("pmdrl_actor_weight_swaps_total", "Policy weight versions loaded")),
+        generate_seconds_(metrics->Counter("pmdrl_actor_generate_seconds_total",
+                                           "Time in generation engine steps")),
+        send_wait_seconds_(metrics->Counter(
+            "pmdrl_actor_send_wait_seconds_total",
+            "Time generation waited for room in the send window (actor.send_window)")),
         weight_sync_seconds_(metrics->Histogram(
             "pmdrl_actor_weight_sync_seconds",
             "From the first chunk of a version to its weights loaded in the model",
@@ -192,8 +199,18 @@ class Actor::Impl {
   // Loads the receiver's newest version if it is newer than the engine's.
   absl::Status MaybeSwapWeights();
   void HeartbeatLoop();
-  absl::Status RunBatch(const v1::LeasePromptsResponse& response);
-  void SendGroup(const v1::Group& group, const v1::Lease& lease, v1::AckStatus* result);
+  // Leases prompts while the engine has room, steps it, and hands every finished group
+  // to the sender; weights change only when the engine has drained (see Actor).
+  absl::Status GenerateLoop();
+  // Checks each lease and queues its prompt in the engine; refused leases are released.
+  void SubmitLeases(const v1::LeasePromptsResponse& response);
+  // One engine step; its finished groups go to the sender.
+  absl::Status StepEngine();
+  // Sends one group (retrying until the lease deadline) and returns the learner's answer,
+  // ACK_UNKNOWN when it gave up. Runs on the sender's thread.
+  v1::AckStatus SendGroup(const v1::Group& group, int64_t deadline_ms);
+  void GroupSent(const v1::Group& group, v1::AckStatus status);
+  void MaybeLogProgress(bool force);
   void ReleaseLease(const std::string& lease_id) {
     std::lock_guard<std::mutex> lock(mu_);
     in_progress_.erase(lease_id);
@@ -206,6 +223,8 @@ class Actor::Impl {
   prometheus::Gauge& policy_version_;
   prometheus::Gauge& groups_in_flight_;
   prometheus::Counter& weight_swaps_;
+  prometheus::Counter& generate_seconds_;
+  prometheus::Counter& send_wait_seconds_;
   prometheus::Histogram& weight_sync_seconds_;
   std::map<v1::AckStatus, prometheus::Counter*> groups_sent_;
 
@@ -217,8 +236,17 @@ class Actor::Impl {
   std::unique_ptr<GenerationEngine> engine_;
   std::unique_ptr<WeightReceiver> receiver_;
   std::unique_ptr<VerifierPool> verifiers_;
+  std::unique_ptr<GroupSender> sender_;
+  std::map<uint64_t, v1::Lease> pending_;  // leases in the engine, by request id
+  uint64_t next_request_ = 0;
   std::thread heartbeat_;
-  std::atomic<uint64_t> engine_version_{0};  // for the heartbeat thread
+
+  // Progress since the last log line (the generation thread's; outcomes under mu_).
+  Clock::time_point window_start_ = Clock::now();
+  int64_t window_tokens_ = 0;
+  double window_send_wait_ = 0;
+  std::map<v1::AckStatus, int> window_outcomes_;  // guarded by mu_
+  std::atomic<uint64_t> engine_version_{0};       // for the heartbeat thread
   std::atomic<int64_t> last_contact_ms_{0};
 
   mutable std::mutex mu_;
@@ -418,26 +446,21 @@ void Actor::Impl::HeartbeatLoop() {
   }
 }
 
-void Actor::Impl::SendGroup(const v1::Group& group, const v1::Lease& lease, v1::AckStatus* result) {
-  // Heartbeats extend the lease while we hold it, so its deadline is at least a TTL away.
-  const int64_t deadline_ms =
-      std::max<int64_t>(lease.deadline_unix_ms(), UnixMillis() + registration_.lease_ttl_ms());
+v1::AckStatus Actor::Impl::SendGroup(const v1::Group& group, int64_t deadline_ms) {
   milliseconds backoff{100};
   while (true) {
     absl::StatusOr<v1::GroupAck> ack = verifiers_->Send(group);
     if (ack.ok()) {
-      *result = ack->status();
       if (ack->status() == v1::ACK_REJECTED) {
         spdlog::warn("group of lease {} rejected: {}", group.lease_id(), ack->message());
       }
-      return;
+      return ack->status();
     }
     const int64_t left = deadline_ms - UnixMillis();
     if (left <= 0 || Done()) {
       spdlog::warn("dropping the group of lease {} (the coordinator re-issues it): {}",
                    group.lease_id(), std::string(ack.status().message()));
-      *result = v1::ACK_UNKNOWN;
-      return;
+      return v1::ACK_UNKNOWN;
     }
     spdlog::debug("retrying the group of lease {}: {}", group.lease_id(),
                   std::string(ack.status().message()));
@@ -446,9 +469,18 @@ void Actor::Impl::SendGroup(const v1::Group& group, const v1::Lease& lease, v1::
   }
 }
 
-absl::Status Actor::Impl::RunBatch(const v1::LeasePromptsResponse& response) {
-  std::vector<const v1::Lease*> leases;
-  std::vector<std::vector<int32_t>> prompts;
+void Actor::Impl::GroupSent(const v1::Group& group, v1::AckStatus status) {
+  auto counter = groups_sent_.find(status);
+  if (counter == groups_sent_.end()) counter = groups_sent_.find(v1::ACK_UNKNOWN);
+  counter->second->Increment();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++window_outcomes_[status];
+  }
+  ReleaseLease(group.lease_id());
+}
+
+void Actor::Impl::SubmitLeases(const v1::LeasePromptsResponse& response) {
   for (const v1::Lease& lease : response.leases()) {
     std::string problem;
     if (lease.lease_id().empty()) problem = "empty lease_id";
@@ -460,91 +492,183 @@ absl::Status Actor::Impl::RunBatch(const v1::LeasePromptsResponse& response) {
                                model_config_.vocab_size, ")");
       }
     }
+    GroupRequest request;
+    request.id = next_request_++;
+    request.prompt.assign(lease.prompt_tokens().begin(), lease.prompt_tokens().end());
+    request.n = registration_.group_size();
+    if (problem.empty()) {
+      if (absl::Status s = engine_->Submit(std::move(request)); !s.ok()) {
+        problem = std::string(s.message());
+      }
+    }
     if (!problem.empty()) {
-      spdlog::error("skipping malformed lease '{}' ({}, {}): {}", lease.lease_id(), lease.epoch(),
+      // Neither sampled nor heartbeated: the lease expires and the coordinator re-issues it.
+      spdlog::error("lease '{}' ({}, {}) refused: {}", lease.lease_id(), lease.epoch(),
                     lease.index(), problem);
       ReleaseLease(lease.lease_id());
       continue;
     }
-    leases.push_back(&lease);
-    prompts.emplace_back(lease.prompt_tokens().begin(), lease.prompt_tokens().end());
+    pending_[next_request_ - 1] = lease;
   }
-  if (leases.empty()) return absl::OkStatus();
+}
 
-  // Every lease's prompt goes to the engine, which decodes up to actor.max_rows
-  // completions at a time and hands back each group as soon as its k completions end;
-  // that group is sent at once, while the others keep decoding.
-  std::map<uint64_t, const v1::Lease*> by_request;
-  for (size_t i = 0; i < leases.size(); ++i) {
-    GroupRequest request;
-    request.id = i;
-    request.prompt = std::move(prompts[i]);
-    request.n = registration_.group_size();
-    if (absl::Status s = engine_->Submit(std::move(request)); !s.ok()) {
-      // Not sampled and not heartbeated: the lease expires and the coordinator re-issues it.
-      spdlog::error("lease '{}' ({}, {}) refused by the engine: {}", leases[i]->lease_id(),
-                    leases[i]->epoch(), leases[i]->index(), std::string(s.message()));
-      ReleaseLease(leases[i]->lease_id());
-      continue;
-    }
-    by_request[i] = leases[i];
-  }
-  if (by_request.empty()) return absl::OkStatus();
-
+absl::Status Actor::Impl::StepEngine() {
   const auto t0 = Clock::now();
-  int64_t tokens = 0;
-  double send_seconds = 0;
-  uint64_t version = engine_->version();
+  absl::StatusOr<std::vector<FinishedGroup>> finished = engine_->Step();
+  generate_seconds_.Increment(SecondsSince(t0));
+  if (!finished.ok()) return finished.status();
+  for (FinishedGroup& done : *finished) {
+    auto it = pending_.find(done.id);
+    if (it == pending_.end()) continue;  // cannot happen: every request has its lease
+    const v1::Lease lease = std::move(it->second);
+    pending_.erase(it);
+    v1::Group group;
+    group.set_lease_id(lease.lease_id());
+    group.set_epoch(lease.epoch());
+    group.set_index(lease.index());
+    group.set_actor_id(registration_.actor_id());
+    group.set_policy_version(done.version);
+    *group.mutable_prompt_tokens() = lease.prompt_tokens();
+    group.set_prompt_text(lease.prompt_text());
+    group.set_reference(lease.reference());
+    group.set_issued_at_version(lease.issued_at_version());
+    group.set_task(registration_.task());
+    group.set_generate_seconds(done.seconds);
+    int64_t tokens = 0;
+    for (RolloutSample& s : done.samples) {
+      v1::Completion* c = group.add_completions();
+      c->set_text(tokenizer_->Decode(s.tokens, /*skip_special=*/true));
+      c->mutable_tokens()->Add(s.tokens.begin(), s.tokens.end());
+      c->mutable_logprobs()->Add(s.logprobs.begin(), s.logprobs.end());
+      c->set_stopped(s.stopped);
+      tokens += static_cast<int64_t>(s.tokens.size());
+    }
+    generated_tokens_.Increment(static_cast<double>(tokens));
+    window_tokens_ += tokens;
+    // Heartbeats extend the lease while we hold it, so its deadline is at least a TTL away.
+    const int64_t deadline_ms =
+        std::max<int64_t>(lease.deadline_unix_ms(), UnixMillis() + registration_.lease_ttl_ms());
+    const double waited = sender_->Push(std::move(group), deadline_ms);
+    window_send_wait_ += waited;
+    send_wait_seconds_.Increment(waited);
+  }
+  return absl::OkStatus();
+}
+
+void Actor::Impl::MaybeLogProgress(bool force) {
+  const double seconds = SecondsSince(window_start_);
+  if (!force && seconds < 10) return;
   std::map<v1::AckStatus, int> outcomes;
-  while (!engine_->idle()) {
-    absl::StatusOr<std::vector<FinishedGroup>> finished = engine_->Step();
-    if (!finished.ok()) return finished.status();
-    for (FinishedGroup& done : *finished) {
-      const v1::Lease& lease = *by_request.at(done.id);
-      version = done.version;
-      v1::Group group;
-      group.set_lease_id(lease.lease_id());
-      group.set_epoch(lease.epoch());
-      group.set_index(lease.index());
-      group.set_actor_id(registration_.actor_id());
-      group.set_policy_version(done.version);
-      *group.mutable_prompt_tokens() = lease.prompt_tokens();
-      group.set_prompt_text(lease.prompt_text());
-      group.set_reference(lease.reference());
-      group.set_issued_at_version(lease.issued_at_version());
-      group.set_task(registration_.task());
-      group.set_generate_seconds(done.seconds);
-      int64_t group_tokens = 0;
-      for (RolloutSample& s : done.samples) {
-        v1::Completion* c = group.add_completions();
-        c->set_text(tokenizer_->Decode(s.tokens, /*skip_special=*/true));
-        c->mutable_tokens()->Add(s.tokens.begin(), s.tokens.end());
-        c->mutable_logprobs()->Add(s.logprobs.begin(), s.logprobs.end());
-        c->set_stopped(s.stopped);
-        group_tokens += static_cast<int64_t>(s.tokens.size());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    outcomes.swap(window_outcomes_);
+  }
+  const double generating = std::max(seconds - window_send_wait_, 1e-9);
+  tokens_per_second_.Set(window_tokens_ / generating);
+  spdlog::info(
+      "version {}: {} tokens in {:.1f} s ({:.0f} tokens/s); groups sent: {} accepted, {} stale, "
+      "{} duplicate, {} rejected, {} unsent; waiting to send {:.2f} s ({:.1f}% of the time)",
+      engine_->version(), window_tokens_, generating, window_tokens_ / generating,
+      outcomes[v1::ACK_ACCEPTED], outcomes[v1::ACK_STALE], outcomes[v1::ACK_DUPLICATE],
+      outcomes[v1::ACK_REJECTED], outcomes[v1::ACK_UNKNOWN], window_send_wait_,
+      seconds > 0 ? 100 * window_send_wait_ / seconds : 0.0);
+  window_start_ = Clock::now();
+  window_tokens_ = 0;
+  window_send_wait_ = 0;
+}
+
+absl::Status Actor::Impl::GenerateLoop() {
+  milliseconds backoff{200};
+  bool lease_rpc_healthy = true;
+  auto next_lease = Clock::now();
+  // Leases that need newer weights than the engine's: they wait until it has drained.
+  std::optional<v1::LeasePromptsResponse> deferred;
+  const int64_t k = registration_.group_size();
+  while (!Done()) {
+    if (absl::Status s = CheckCoordinatorAlive(); !s.ok()) return s;
+    MaybeLogProgress(false);
+    if (deferred.has_value() && engine_->idle()) {
+      // These leases must be sampled by at least the coordinator's current version:
+      // after an update, every actor's next groups use the newest weights. Bounded by the
+      // lease TTL: if the version never arrives (the feed is broken), the leases go back
+      // to the coordinator instead of being heartbeated forever.
+      const milliseconds max_wait(std::max<int64_t>(registration_.lease_ttl_ms(), 1000));
+      absl::StatusOr<bool> ready = WaitForWeights(deferred->current_version(), max_wait);
+      if (!ready.ok()) return ready.status();
+      if (!*ready) {
+        for (const v1::Lease& lease : deferred->leases()) ReleaseLease(lease.lease_id());
+        if (!Done()) {
+          spdlog::warn("weights version {} did not arrive within {} s; released {} leases",
+                       deferred->current_version(), max_wait.count() / 1000,
+                       deferred->leases_size());
+        }
+        deferred.reset();
+        continue;
       }
-      tokens += group_tokens;
-      generated_tokens_.Increment(static_cast<double>(group_tokens));
-      const auto t1 = Clock::now();
-      v1::AckStatus result = v1::ACK_UNKNOWN;
-      SendGroup(group, lease, &result);
-      send_seconds += SecondsSince(t1);
-      auto counter = groups_sent_.find(result);
-      if (counter == groups_sent_.end()) counter = groups_sent_.find(v1::ACK_UNKNOWN);
-      counter->second->Increment();
-      ++outcomes[result];
-      ReleaseLease(lease.lease_id());
+      // Weights change only here and below, with nothing in the engine.
+      if (absl::Status s = MaybeSwapWeights(); !s.ok()) return s;
+      SubmitLeases(*deferred);
+      deferred.reset();
+    }
+    const int64_t room = engine_->max_rows() - engine_->active_rows() - engine_->waiting_rows();
+    if (!deferred.has_value() && (room >= k || engine_->idle()) && Clock::now() >= next_lease) {
+      v1::LeasePromptsRequest request;
+      request.set_actor_id(registration_.actor_id());
+      const int64_t want = std::clamp<int64_t>(room / k, 1, options_.config.prompts_per_batch);
+      request.set_max_prompts(static_cast<uint32_t>(want));
+      v1::LeasePromptsResponse response;
+      auto ctx = Context(kRpcTimeout);
+      const grpc::Status status = coordinator_->LeasePrompts(ctx.get(), request, &response);
+      if (!status.ok()) {
+        const absl::Status s = ToAbsl(status);
+        if (s.code() == absl::StatusCode::kUnauthenticated ||
+            s.code() == absl::StatusCode::kPermissionDenied) {
+          return absl::Status(s.code(), absl::StrCat("LeasePrompts refused: ", s.message()));
+        }
+        if (lease_rpc_healthy) spdlog::warn("LeasePrompts failed: {}", s.ToString());
+        lease_rpc_healthy = false;
+        next_lease = Clock::now() + backoff;
+        backoff = std::min(backoff * 2, kMaxBackoff);
+      } else {
+        if (!lease_rpc_healthy) spdlog::info("LeasePrompts answered again");
+        lease_rpc_healthy = true;
+        backoff = milliseconds(200);
+        Contact();
+        if (response.finished()) {
+          SetFinished();
+          break;
+        }
+        if (response.leases().empty()) {
+          const int64_t wait = response.retry_after_ms() > 0 ? response.retry_after_ms() : 200;
+          next_lease = Clock::now() + milliseconds(std::clamp<int64_t>(wait, 10, 5000));
+        } else {
+          {
+            std::lock_guard<std::mutex> lock(mu_);
+            for (const v1::Lease& lease : response.leases()) in_progress_.insert(lease.lease_id());
+            groups_in_flight_.Set(static_cast<double>(in_progress_.size()));
+          }
+          if (response.current_version() > engine_->version()) {
+            deferred = std::move(response);
+            continue;
+          }
+          // A newer version may be waiting even if these leases do not need it.
+          if (engine_->idle()) {
+            if (absl::Status s = MaybeSwapWeights(); !s.ok()) return s;
+          }
+          SubmitLeases(response);
+        }
+      }
+    }
+    if (!engine_->idle()) {
+      if (absl::Status s = StepEngine(); !s.ok()) return s;
+    } else if (!deferred.has_value()) {
+      // Nothing to decode: wait for the next lease attempt.
+      const auto now = Clock::now();
+      if (next_lease > now) {
+        SleepFor(std::chrono::duration_cast<milliseconds>(next_lease - now) + milliseconds(1));
+      }
     }
   }
-  const double generate_seconds = SecondsSince(t0) - send_seconds;
-  const double tokens_per_second = generate_seconds > 0 ? tokens / generate_seconds : 0.0;
-  tokens_per_second_.Set(tokens_per_second);
-  spdlog::info(
-      "batch: version {}, {} groups x {} ({} accepted, {} stale, {} duplicate, {} rejected, {} "
-      "unsent), {} tokens in {:.2f} s ({:.0f} tokens/s), sent in {:.2f} s",
-      version, by_request.size(), registration_.group_size(), outcomes[v1::ACK_ACCEPTED],
-      outcomes[v1::ACK_STALE], outcomes[v1::ACK_DUPLICATE], outcomes[v1::ACK_REJECTED],
-      outcomes[v1::ACK_UNKNOWN], tokens, generate_seconds, tokens_per_second, send_seconds);
   return absl::OkStatus();
 }
 
@@ -571,6 +695,10 @@ absl::Status Actor::Impl::Run() {
   receiver_ = std::make_unique<WeightReceiver>(channel_, registration_.actor_id(), options_.token);
   receiver_->Start();
   heartbeat_ = std::thread([this] { HeartbeatLoop(); });
+  sender_ = std::make_unique<GroupSender>(
+      options_.config.send_window,
+      [this](const v1::Group& g, int64_t deadline_ms) { return SendGroup(g, deadline_ms); },
+      [this](const v1::Group& g, v1::AckStatus status) { GroupSent(g, status); });
 
   absl::Status result = [&]() -> absl::Status {
     // A new actor holds the current weights before it generates anything.
@@ -580,68 +708,12 @@ absl::Status Actor::Impl::Run() {
     if (!*have) return absl::OkStatus();
     if (absl::Status s = MaybeSwapWeights(); !s.ok()) return s;
 
-    milliseconds backoff{200};
-    bool lease_rpc_healthy = true;
-    while (!Done()) {
-      if (absl::Status s = CheckCoordinatorAlive(); !s.ok()) return s;
-      v1::LeasePromptsRequest request;
-      request.set_actor_id(registration_.actor_id());
-      request.set_max_prompts(static_cast<uint32_t>(options_.config.prompts_per_batch));
-      v1::LeasePromptsResponse response;
-      auto ctx = Context(kRpcTimeout);
-      const grpc::Status status = coordinator_->LeasePrompts(ctx.get(), request, &response);
-      if (!status.ok()) {
-        const absl::Status s = ToAbsl(status);
-        if (s.code() == absl::StatusCode::kUnauthenticated ||
-            s.code() == absl::StatusCode::kPermissionDenied) {
-          return absl::Status(s.code(), absl::StrCat("LeasePrompts refused: ", s.message()));
-        }
-        if (lease_rpc_healthy) spdlog::warn("LeasePrompts failed: {}", s.ToString());
-        lease_rpc_healthy = false;
-        SleepFor(backoff);
-        backoff = std::min(backoff * 2, kMaxBackoff);
-        continue;
-      }
-      if (!lease_rpc_healthy) spdlog::info("LeasePrompts answered again");
-      lease_rpc_healthy = true;
-      backoff = milliseconds(200);
-      Contact();
-      if (response.finished()) {
-        SetFinished();
-        break;
-      }
-      if (response.leases().empty()) {
-        const int64_t wait = response.retry_after_ms() > 0 ? response.retry_after_ms() : 200;
-        SleepFor(milliseconds(std::clamp<int64_t>(wait, 10, 5000)));
-        continue;
-      }
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        for (const v1::Lease& lease : response.leases()) in_progress_.insert(lease.lease_id());
-        groups_in_flight_.Set(static_cast<double>(in_progress_.size()));
-      }
-      // These leases must be sampled by at least the coordinator's current version:
-      // after an update, every actor's next batch uses the newest weights.
-      if (response.current_version() > engine_->version()) {
-        // Bounded by the lease TTL: if the version never arrives (the feed is broken),
-        // the leases go back to the coordinator instead of being heartbeated forever.
-        const milliseconds max_wait(std::max<int64_t>(registration_.lease_ttl_ms(), 1000));
-        absl::StatusOr<bool> ready = WaitForWeights(response.current_version(), max_wait);
-        if (!ready.ok()) return ready.status();
-        if (!*ready) {
-          for (const v1::Lease& lease : response.leases()) ReleaseLease(lease.lease_id());
-          if (Done()) break;  // the leases expire and are re-issued
-          spdlog::warn("weights version {} did not arrive within {} s; released {} leases",
-                       response.current_version(), max_wait.count() / 1000, response.leases_size());
-          continue;
-        }
-      }
-      // The only point where weights change: between batches.
-      if (absl::Status s = MaybeSwapWeights(); !s.ok()) return s;
-      if (absl::Status s = RunBatch(response); !s.ok()) return s;
-    }
-    return absl::OkStatus();
+    return GenerateLoop();
   }();
+  MaybeLogProgress(true);
+  // Groups already generated get their sends (one attempt each once stopping) before the
+  // streams close.
+  if (sender_ != nullptr) sender_->Drain();
 
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -654,6 +726,7 @@ absl::Status Actor::Impl::Run() {
   // Close every stream now rather than with the Actor object: servers shutting down
   // wait for open streams.
   receiver_.reset();
+  sender_.reset();
   verifiers_.reset();
   return result;
 }

@@ -31,11 +31,13 @@ struct ActorOptions {
 uint64_t DeriveActorSeed(uint64_t run_seed, const std::string& actor_name);
 
 // One actor. Promises: nothing is generated before the weights of the version current
-// at registration are loaded; a batch of leases is sampled entirely by one version, at
-// least the version the coordinator named with the leases (weights are swapped only
-// between batches, never to an older version); each group is stamped with that
-// version. Owns its threads (weight feed, heartbeat) and RPC clients; `metrics` is not
-// owned and must outlive the actor.
+// at registration are loaded; each group is sampled entirely by one version, at least the
+// version the coordinator named with its lease (weights are swapped only when the engine
+// has drained, never to an older version), and is stamped with that version. Leases are
+// taken while the engine has room for a group (actor.max_rows), and each finished group
+// goes to a sender thread, so generation waits for acks only when actor.send_window groups
+// are outstanding. Owns its threads (weight feed, heartbeat, sender) and RPC clients;
+// `metrics` is not owned and must outlive the actor.
 class Actor {
  public:
   Actor(ActorOptions options, MetricsRegistry* metrics);
@@ -48,9 +50,9 @@ class Actor {
   // was refused, or the model it described cannot be built or loaded.
   absl::Status Run();
 
-  // Asks Run to return: it stops at the next wait or between batches (the groups of a
-  // batch already generated get one send attempt each). Thread-safe, callable before
-  // or during Run; not async-signal-safe.
+  // Asks Run to return: it stops at the next wait or engine step (groups already
+  // generated get one send attempt each; leases in the engine expire and are re-issued).
+  // Thread-safe, callable before or during Run; not async-signal-safe.
   void Stop();
 
  private:

@@ -122,6 +122,8 @@ struct Result {
   double sampled_tps = 0;  // learner's view, mean over updates
   double actor_tps = 0;    // actors' generated tokens / training seconds
   double idle = 0;         // learner wait / training seconds
+  double send_wait = 0;    // actors' time waiting for room in the send window / their time
+  double generating = 0;   // actors' time in engine steps / their time
 };
 
 }  // namespace
@@ -213,13 +215,17 @@ int main(int argc, char** argv) {
       train_seconds = Cell(rows.back(), "elapsed_seconds") - Cell(rows.front(), "elapsed_seconds");
     }
     const std::string learner_prom = ReadAll(dir / "metrics" / "learner.prom");
-    double generated = 0;
+    double generated = 0, send_wait = 0, generating = 0;
     for (int i = 0; i < a; ++i) {
-      generated += MetricSum(ReadAll(dir / "metrics" / absl::StrCat("actor-", i, ".prom")),
-                             "pmdrl_actor_generated_tokens_total");
+      const std::string actor_prom = ReadAll(dir / "metrics" / absl::StrCat("actor-", i, ".prom"));
+      generated += MetricSum(actor_prom, "pmdrl_actor_generated_tokens_total");
+      send_wait += MetricSum(actor_prom, "pmdrl_actor_send_wait_seconds_total");
+      generating += MetricSum(actor_prom, "pmdrl_actor_generate_seconds_total");
     }
     if (train_seconds > 0) {
       r.actor_tps = generated / train_seconds;
+      r.send_wait = send_wait / (train_seconds * a);
+      r.generating = generating / (train_seconds * a);
       r.idle = MetricSum(learner_prom, "pmdrl_learner_wait_seconds_total") / train_seconds;
     }
     results.push_back(r);
@@ -227,9 +233,11 @@ int main(int argc, char** argv) {
     auto ratio = [](double x, double ref) { return ref > 0 ? x / ref : 0.0; };
     std::printf(
         "actors %d: sampled tokens/s %8.1f (%.2fx)  actor tokens/s %8.1f (%.2fx)  learner idle "
-        "%5.1f%% (1 actor: %5.1f%%)  updates %d  exit %d\n",
+        "%5.1f%% (1 actor: %5.1f%%)  actors waiting to send %4.1f%% (generating %4.1f%%)  "
+        "updates %d  exit %d\n",
         a, r.sampled_tps, ratio(r.sampled_tps, one.sampled_tps), r.actor_tps,
-        ratio(r.actor_tps, one.actor_tps), 100 * r.idle, 100 * one.idle, r.updates, r.rc);
+        ratio(r.actor_tps, one.actor_tps), 100 * r.idle, 100 * one.idle, 100 * r.send_wait,
+        100 * r.generating, r.updates, r.rc);
     std::fflush(stdout);
     if (r.rc != 0) {
       std::fprintf(stderr, "pmdrl local exited %d; see %s\n", r.rc, (dir / "local.log").c_str());

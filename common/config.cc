@@ -201,6 +201,9 @@ const std::vector<Field>& Fields() {
     f.push_back(Make("actor.max_rows",
                      "completions decoded together (row slots of the engine's KV pool)", &C::actor,
                      &ActorConfig::max_rows));
+    f.push_back(Make("actor.send_window",
+                     "finished groups queued or being sent before generation waits for acks",
+                     &C::actor, &ActorConfig::send_window));
     f.push_back(Make("actor.max_context",
                      "positions per row slot, prompt + response (0: 512 + max_new_tokens)",
                      &C::actor, &ActorConfig::max_context));
@@ -543,6 +546,8 @@ absl::Status ValidateConfig(const Config& c) {
       Check(c.actor.threads > 0, "actor.threads", "> 0"),
       OneOf("actor.dtype", c.actor.dtype, {"float32", "bfloat16", "float16"}),
       Check(c.actor.max_rows >= 1 && c.actor.max_rows <= 65536, "actor.max_rows", "in [1, 65536]"),
+      Check(c.actor.send_window >= 1 && c.actor.send_window <= 4096, "actor.send_window",
+            "in [1, 4096]"),
       Check(c.actor.max_context >= 0 && c.actor.max_context <= (1 << 20), "actor.max_context",
             "in [0, 1048576] (0: 512 + max_new_tokens)"),
       Check(c.actor.max_context == 0 || c.actor.max_context > c.actor.max_new_tokens + 4,

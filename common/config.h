@@ -80,7 +80,8 @@ struct ActorConfig {
   std::string dtype = "float32";  // float32 | bfloat16 | float16: the engine's weights and KV
   int64_t max_rows = 64;          // completions decoded together (engine row slots)
   int64_t max_context = 0;        // positions per slot; 0: 512 + max_new_tokens
-  int64_t metrics_port = 0;       // 0: no HTTP endpoint
+  int64_t send_window = 8;   // finished groups queued for the verifiers before generation waits
+  int64_t metrics_port = 0;  // 0: no HTTP endpoint
 };
 
 struct VerifierConfig {

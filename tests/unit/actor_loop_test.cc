@@ -17,13 +17,13 @@
 #include <vector>
 
 #include "actor/actor.h"
-#include "engine/generation_engine.h"
 #include "common/auth.h"
 #include "common/metrics.h"
 #include "common/model_config.h"
 #include "common/nn/model.h"
 #include "common/rpc.h"
 #include "common/tokenizer.h"
+#include "engine/generation_engine.h"
 #include "gtest/gtest.h"
 #include "pmdrl/pmdrl.grpc.pb.h"
 

@@ -45,8 +45,10 @@ TEST(Config, UnknownKeyNamesIt) {
 }
 
 TEST(Config, BadValueNamesKey) {
-  for (std::string o : {"learner.tau=abc", "learner.tau=-1", "learner.baseline=median",
-                        "actor.top_p=2", "learner.updates=1.5", "model.num_heads=3"}) {
+  for (std::string o :
+       {"learner.tau=abc", "learner.tau=-1", "learner.baseline=median", "actor.top_p=2",
+        "learner.updates=1.5", "model.num_heads=3", "actor.max_rows=0", "actor.max_rows=100000000",
+        "actor.dtype=int8", "actor.max_context=5", "actor.max_context=-1", "actor.send_window=0"}) {
     auto c = LoadConfig("", {o});
     ASSERT_FALSE(c.ok()) << o;
     std::string key = o.substr(0, o.find('='));

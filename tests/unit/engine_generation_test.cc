@@ -15,6 +15,7 @@
 #include "common/nn/model.h"
 #include "common/nn/sampler.h"
 #include "engine/generation_engine.h"
+#include "tests/rescore_logprobs.h"
 #include "tests/tiny_model_config.h"
 
 namespace pmdrl {
@@ -92,23 +93,6 @@ TEST(GenerationEngineTest, GreedyMatchesTheReferenceSampler) {
       }
     }
   }
-}
-
-// Log-probs of `tokens` after `prompt` from one full forward, as the learner scores them.
-std::vector<float> Rescore(CausalLM& model, const std::vector<int32_t>& prompt,
-                           const std::vector<int32_t>& tokens, double temperature) {
-  torch::NoGradGuard g;
-  std::vector<int64_t> seq(prompt.begin(), prompt.end());
-  seq.insert(seq.end(), tokens.begin(), tokens.end());
-  const int64_t t = static_cast<int64_t>(seq.size());
-  at::Tensor logits = model->forward(torch::tensor(seq).unsqueeze(0), torch::arange(t).unsqueeze(0),
-                                     torch::ones({1, t}, torch::kBool));
-  at::Tensor lp = SamplingLogProbs(logits[0], temperature, NeverSampledTokens(model->config()));
-  std::vector<float> out;
-  for (size_t j = 0; j < tokens.size(); ++j) {
-    out.push_back(lp[prompt.size() - 1 + j][tokens[j]].item<float>());
-  }
-  return out;
 }
 
 TEST(GenerationEngineTest, LogProbsEqualAFreshForward) {

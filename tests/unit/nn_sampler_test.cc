@@ -19,6 +19,7 @@
 #include "common/nn/logprobs.h"
 #include "common/nn/model.h"
 #include "common/nn/sampler.h"
+#include "tests/rescore_logprobs.h"
 
 namespace pmdrl {
 namespace {
@@ -65,23 +66,6 @@ CausalLM PadLovingModel() {
 
 const std::vector<std::vector<int32_t>> kPrompts = {
     {3, 4, 5, 6, 7, 8, 9}, {10, 11}, {12}, {13, 14, 15, 16}};
-
-// Log-probs of `tokens` after `prompt` from one full forward, as the learner computes them.
-std::vector<float> Rescore(CausalLM& model, const std::vector<int32_t>& prompt,
-                           const std::vector<int32_t>& tokens, double temperature) {
-  torch::NoGradGuard g;
-  std::vector<int64_t> seq(prompt.begin(), prompt.end());
-  seq.insert(seq.end(), tokens.begin(), tokens.end());
-  const int64_t t = static_cast<int64_t>(seq.size());
-  at::Tensor logits = model->forward(torch::tensor(seq).unsqueeze(0), torch::arange(t).unsqueeze(0),
-                                     torch::ones({1, t}, torch::kBool));
-  at::Tensor lp = SamplingLogProbs(logits[0], temperature, NeverSampledTokens(model->config()));
-  std::vector<float> out;
-  for (size_t j = 0; j < tokens.size(); ++j) {
-    out.push_back(lp[prompt.size() - 1 + j][tokens[j]].item<float>());
-  }
-  return out;
-}
 
 TEST(SamplerTest, ShapesAndMaxNewTokens) {
   torch::manual_seed(20);
