@@ -4,8 +4,10 @@
 // tokens/s the learner received (metrics.csv sampled_tokens_per_second, averaged over
 // the run's updates), the actors' own generated tokens over the training time
 // (pmdrl_actor_generated_tokens_total), and the learner's idle fraction: seconds it
-// waited for rollout data (pmdrl_learner_wait_seconds_total) over its training time.
-// Each line carries the ratio to the 1-actor figure. On a machine with fewer cores
+// waited for rollout data (pmdrl_learner_wait_seconds_total) over its training time,
+// and the actors' share of their time waiting for room in the send window
+// (pmdrl_actor_send_wait_seconds_total) next to their share generating
+// (pmdrl_actor_generate_seconds_total). Each line carries the ratio to the 1-actor figure. On a machine with fewer cores
 // than processes the actors compete with the learner for CPU: more actors then
 // lower the learner's idle fraction more than they raise tokens/s.
 //

@@ -340,15 +340,18 @@ int main(int argc, char** argv) {
     st_.row_steps -= before.row_steps;
     st_.decode_seconds -= before.decode_seconds;
     st_.prefill_seconds -= before.prefill_seconds;
+    st_.sample_seconds -= before.sample_seconds;
     const double tok_s = st_.row_steps / st_.decode_seconds;
     const double mem_roof = rows * read_bw / step_bytes;
     const double comp_roof = mm_flops / flop_per_token;
     if (rows == 1) batch1 = tok_s;
     std::printf(
-        "rows %4lld: %8.1f tok/s decode (%lld steps, prefill %.2f s) | memory roofline %8.1f "
-        "(%3.0f%%) | compute roofline %7.1f (%3.0f%%) | %s\n",
-        (long long)rows, tok_s, (long long)st_.steps, st_.prefill_seconds, mem_roof,
-        100 * tok_s / mem_roof, comp_roof, 100 * tok_s / comp_roof, engine->description().c_str());
+        "rows %4lld: %8.1f tok/s decode (%lld steps, %.0f%% sampling; prefill %.2f s) | memory "
+        "roofline %8.1f (%3.0f%%) | compute roofline %7.1f (%3.0f%%) | %s\n",
+        (long long)rows, tok_s, (long long)st_.steps,
+        100 * st_.sample_seconds / std::max(st_.decode_seconds, 1e-9), st_.prefill_seconds,
+        mem_roof, 100 * tok_s / mem_roof, comp_roof, 100 * tok_s / comp_roof,
+        engine->description().c_str());
     std::fflush(stdout);
     if (!engine->idle()) {
       std::printf("(rows %lld: stopped after %.0f s of decoding: --seconds)\n", (long long)rows,

@@ -30,6 +30,8 @@ using Clock = std::chrono::steady_clock;
 constexpr int64_t kMaxRows = 65536;
 constexpr int64_t kMaxContext = 1 << 20;
 constexpr int64_t kDefaultPromptRoom = 512;
+// Padded prompt tokens per prefill forward: bounds its activations (and attention scores).
+constexpr int64_t kPrefillTokens = 4096;
 
 double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
@@ -205,56 +207,97 @@ struct GenerationEngine::Impl {
     }
   }
 
-  // Takes waiting rows of the front group into free slots: one prefill for them all.
+  // The rows of one group taken into slots together: one prompt, prefilled once.
+  struct Admission {
+    uint64_t group = 0;
+    std::vector<Row> rows;
+    std::vector<int64_t> slots;
+  };
+
+  // Takes waiting rows into free slots and prefills their prompts, several prompts per
+  // forward pass (right-padded to the longest, at most kPrefillTokens padded tokens).
   void Admit(std::vector<FinishedGroup>* out) {
     while (!free_slots.empty() && !waiting.empty()) {
-      const uint64_t gid = waiting.front().group;
-      Group& g = groups.at(gid);
-      std::vector<int64_t> slots;
-      std::vector<Row> admitted;
-      while (!free_slots.empty() && !waiting.empty() && waiting.front().group == gid) {
-        admitted.push_back(std::move(waiting.front()));
-        waiting.pop_front();
-        slots.push_back(free_slots.back());
-        free_slots.pop_back();
+      std::vector<Admission> batch;
+      int64_t longest = 0;
+      while (!free_slots.empty() && !waiting.empty()) {
+        const uint64_t gid = waiting.front().group;
+        const int64_t len = static_cast<int64_t>(groups.at(gid).request.prompt.size());
+        const int64_t padded = std::max(longest, len) * (static_cast<int64_t>(batch.size()) + 1);
+        if (!batch.empty() && padded > kPrefillTokens) break;
+        longest = std::max(longest, len);
+        Admission a;
+        a.group = gid;
+        while (!free_slots.empty() && !waiting.empty() && waiting.front().group == gid) {
+          a.rows.push_back(std::move(waiting.front()));
+          waiting.pop_front();
+          a.slots.push_back(free_slots.back());
+          free_slots.pop_back();
+        }
+        batch.push_back(std::move(a));
       }
+      Prefill(batch, longest, out);
+    }
+  }
+
+  void Prefill(std::vector<Admission>& batch, int64_t longest, std::vector<FinishedGroup>* out) {
+    const auto t0 = Clock::now();
+    const int64_t p = static_cast<int64_t>(batch.size());
+    std::vector<int64_t> ids(p * longest, 0), lengths, first_slots, row_prompt;
+    for (int64_t i = 0; i < p; ++i) {
+      Group& g = groups.at(batch[i].group);
       if (!g.started) {
         g.started = true;
-        g.start = Clock::now();
+        g.start = t0;
       }
       const std::vector<int32_t>& prompt = g.request.prompt;
-      const int64_t len = static_cast<int64_t>(prompt.size());
-      const auto t0 = Clock::now();
-      at::Tensor ids = at::tensor(std::vector<int64_t>(prompt.begin(), prompt.end()),
-                                  at::TensorOptions().dtype(at::kLong))
-                           .to(device)
-                           .view({1, len});
-      at::Tensor positions = at::arange(len, ids.options()).view({1, len});
-      pool.BeginPrefill(slots[0], len);
-      at::Tensor hidden = model->ForwardHidden(ids, positions, pool);
-      at::Tensor logits = model->Logits(hidden.select(1, len - 1));  // [1,V]
-      for (size_t i = 1; i < slots.size(); ++i) pool.CopySlot(slots[0], slots[i], len);
-      const int64_t n = static_cast<int64_t>(slots.size());
-      auto [tokens, logprobs] = sampler.Sample(logits.expand({n, logits.size(1)}));
-      at::Tensor slot_index = at::tensor(slots, at::TensorOptions().dtype(at::kLong)).to(device);
-      next_token.index_copy_(0, slot_index, tokens);
-      next_position.index_fill_(0, slot_index, len);
-      tokens = tokens.cpu();
-      logprobs = logprobs.cpu();
-      stats.prefill_tokens += len;
+      std::copy(prompt.begin(), prompt.end(), ids.begin() + i * longest);
+      lengths.push_back(static_cast<int64_t>(prompt.size()));
+      first_slots.push_back(batch[i].slots[0]);
+      for (size_t r = 0; r < batch[i].slots.size(); ++r) row_prompt.push_back(i);
+      stats.prefill_tokens += lengths.back();
       ++stats.prefills;
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t s = slots[i];
-        rows[s] = std::move(admitted[i]);
-        rows[s]->slot = s;
-        rows[s]->position = len;
-        if (Append(*rows[s], static_cast<int32_t>(tokens[i].item<int64_t>()),
-                   logprobs[i].item<float>())) {
-          Finish(s, out);
-        }
-      }
-      stats.prefill_seconds += SecondsSince(t0);
     }
+    const auto long_opts = at::TensorOptions().dtype(at::kLong);
+    at::Tensor input = at::tensor(ids, long_opts).to(device).view({p, longest});
+    at::Tensor positions = at::arange(longest, input.options()).expand({p, longest});
+    // Right padding: a prompt's own positions come first, so causal attention never lets
+    // them see padding; the padding's keys land past the prompt in its slot, where the
+    // first decode steps overwrite them before anything reads them.
+    pool.BeginPrefill(first_slots, longest);
+    at::Tensor hidden = model->ForwardHidden(input, positions, pool);  // [P,L,D]
+    at::Tensor last = at::tensor(lengths, long_opts).to(device).sub_(1);
+    at::Tensor logits = model->Logits(
+        hidden.gather(1, last.view({p, 1, 1}).expand({p, 1, hidden.size(2)})).squeeze(1));
+    std::vector<int64_t> all_slots;
+    for (int64_t i = 0; i < p; ++i) {
+      for (size_t r = 1; r < batch[i].slots.size(); ++r) {
+        pool.CopySlot(batch[i].slots[0], batch[i].slots[r], lengths[i]);
+      }
+      all_slots.insert(all_slots.end(), batch[i].slots.begin(), batch[i].slots.end());
+    }
+    // One draw per row: rows of a prompt share its logits.
+    at::Tensor which = at::tensor(row_prompt, long_opts).to(device);
+    auto [tokens, logprobs] = sampler.Sample(logits.index_select(0, which));
+    at::Tensor slot_index = at::tensor(all_slots, long_opts).to(device);
+    next_token.index_copy_(0, slot_index, tokens);
+    next_position.index_copy_(0, slot_index,
+                              at::tensor(lengths, long_opts).to(device).index_select(0, which));
+    tokens = tokens.cpu();
+    logprobs = logprobs.cpu();
+    auto tok = tokens.accessor<int64_t, 1>();
+    auto lp = logprobs.accessor<float, 1>();
+    int64_t k = 0;
+    for (int64_t i = 0; i < p; ++i) {
+      for (size_t r = 0; r < batch[i].slots.size(); ++r, ++k) {
+        const int64_t s = batch[i].slots[r];
+        rows[s] = std::move(batch[i].rows[r]);
+        rows[s]->slot = s;
+        rows[s]->position = lengths[i];
+        if (Append(*rows[s], static_cast<int32_t>(tok[k]), lp[k])) Finish(s, out);
+      }
+    }
+    stats.prefill_seconds += SecondsSince(t0);
   }
 
   // sync_every decode steps over the active rows, then one look at their tokens.
@@ -278,7 +321,9 @@ struct GenerationEngine::Impl {
       pool.BeginDecode(slot_index, positions, active, max_position + step);
       at::Tensor hidden = model->ForwardHidden(ids.view({b, 1}), positions.view({b, 1}), pool);
       at::Tensor logits = model->Logits(hidden.select(1, 0));  // [B,V]
+      const auto t_sample = Clock::now();
       auto [tokens, logprobs] = sampler.Sample(logits);
+      stats.sample_seconds += SecondsSince(t_sample);
       next_token.index_copy_(0, slot_index, tokens);
       next_position.index_add_(0, slot_index, at::ones_like(positions));
       step_tokens.push_back(tokens);

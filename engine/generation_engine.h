@@ -71,6 +71,7 @@ struct EngineStats {
   int64_t prefill_tokens = 0;  // prompt tokens run through the model
   int64_t prefills = 0;        // prompts prefilled (once per admitted group part)
   double decode_seconds = 0, prefill_seconds = 0;
+  double sample_seconds = 0;  // of decode_seconds: drawing tokens from the logits
 };
 
 // Promises: every row slot decodes one token per step while it has work; a row that ends

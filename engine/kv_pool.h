@@ -28,9 +28,10 @@ class KvPool : public AttentionBackend {
   int64_t capacity() const { return capacity_; }
   int64_t bytes() const;  // of every key and value buffer
 
-  // The next forward is the prompt of one sequence: input [1, length], positions
-  // 0..length-1, written into `slot`.
-  void BeginPrefill(int64_t slot, int64_t length);
+  // The next forward is the prompts of several sequences, right-padded: input [P,
+  // length], positions 0..length-1, row i written into slots[i]. Each query attends
+  // causally within its row.
+  void BeginPrefill(const std::vector<int64_t>& slots, int64_t length);
   // The next forward is one token per row: row b writes position positions[b] of slot
   // slots[b] and reads positions 0..positions[b]. `slots`/`positions` are int64 [B] on the
   // pool's device; `host_slots` the same slot ids on the host (contiguous runs skip a
@@ -55,7 +56,8 @@ class KvPool : public AttentionBackend {
 
   // Set by Begin*, read by Attend.
   enum class Mode { kNone, kPrefill, kDecode } mode_ = Mode::kNone;
-  int64_t prefill_slot_ = 0, prefill_length_ = 0;
+  at::Tensor prefill_slots_;  // [P] int64 on the device
+  int64_t prefill_rows_ = 0, prefill_length_ = 0;
   at::Tensor decode_slots_, decode_positions_;
   int64_t first_slot_ = -1;  // >= 0: the rows are slots first_slot_.. in order
   int64_t span_ = 0;         // positions read this step: max_position + 1

@@ -12,16 +12,17 @@ namespace {
 constexpr int64_t kBlock = 1024;          // vocabulary block of the two-level inverse CDF
 constexpr int64_t kTopCandidates = 4096;  // top-p looks here first, sorts all rows only if short
 
-// Index of the first column where the running sum of w [B,N] exceeds target [B] among
-// columns with positive weight; the last positive column when rounding leaves none.
+// Index of the first column where the running sum of w [B,N] (>= 0) exceeds target [B]
+// (>= 0): a column of weight 0 never qualifies, since its sum equals the one before it.
+// When rounding leaves no column past the target, the last column of positive weight.
 at::Tensor FirstPastTarget(const at::Tensor& w, const at::Tensor& target) {
   at::Tensor cum = w.cumsum(-1);
-  at::Tensor positive = w.gt(0);
-  at::Tensor hit = cum.gt(target.unsqueeze(-1)) & positive;
-  at::Tensor first = hit.to(at::kInt).argmax(-1);
+  at::Tensor first = at::searchsorted(cum, target.unsqueeze(-1), /*out_int32=*/false,
+                                      /*right=*/true)
+                         .squeeze(-1);
   at::Tensor cols = at::arange(1, w.size(-1) + 1, w.options().dtype(at::kLong));
-  at::Tensor last_positive = (positive.to(at::kLong) * cols).argmax(-1);
-  return at::where(hit.any(-1), first, last_positive);
+  at::Tensor last_positive = (w.gt(0).to(at::kLong) * cols).argmax(-1);
+  return at::where(first.lt(w.size(-1)), first, last_positive);
 }
 
 }  // namespace
@@ -67,6 +68,10 @@ std::pair<at::Tensor, at::Tensor> TokenSampler::Sample(const at::Tensor& logits)
 
 at::Tensor TokenSampler::Draw(const at::Tensor& weights) {
   const int64_t rows = weights.size(0), vocab = weights.size(1);
+  if (vocab <= kBlock) {  // a small vocabulary is one block
+    at::Tensor u = at::rand({rows}, gen_, weights.options());
+    return FirstPastTarget(weights, u * weights.sum(-1));
+  }
   const int64_t full = vocab / kBlock, tail = vocab % kBlock;
   // Level 1: block sums, and the block where u * total falls.
   std::vector<at::Tensor> parts;
