@@ -50,9 +50,9 @@ std::pair<at::Tensor, at::Tensor> TokenSampler::Sample(const at::Tensor& logits)
   }
   // ValidateModelConfig keeps these ids inside the vocabulary.
   if (never_.defined()) x.index_fill_(-1, never_, -std::numeric_limits<float>::infinity());
-  at::Tensor max = std::get<0>(x.max(-1, /*keepdim=*/true));  // [B,1]
-  at::Tensor weights = (x - max).exp_();                      // [B,V], top token 1
-  at::Tensor totals = weights.sum(-1);                        // [B]
+  at::Tensor max = x.amax(-1, /*keepdim=*/true);  // [B,1]
+  at::Tensor weights = (x - max).exp_();          // [B,V], top token 1
+  at::Tensor totals = weights.sum(-1);            // [B]
   at::Tensor tokens;
   if (greedy) {
     tokens = x.argmax(-1);
