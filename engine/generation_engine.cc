@@ -4,7 +4,6 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <dlfcn.h>
-#include <torch/cuda.h>
 #include <torch/utils.h>
 
 #include <algorithm>
@@ -17,7 +16,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/nn/device.h"
 #include "common/nn/model.h"
+#include "common/nn/model_dir.h"
 #include "engine/kv_pool.h"
 #include "engine/token_sampler.h"
 
@@ -38,40 +39,12 @@ double SecondsSince(Clock::time_point t) {
 }
 
 absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
-  if (name == "float32") return at::kFloat;
-  if (name == "bfloat16") return at::kBFloat16;
-  if (name == "float16") return at::kHalf;
-  return absl::InvalidArgumentError(
-      absl::StrCat("actor.dtype=", name, ": expected float32, bfloat16 or float16"));
-}
-
-absl::StatusOr<c10::Device> ParseDevice(const std::string& name) {
-  if (name == "cpu") return c10::Device(c10::kCPU);
-  if (name != "cuda" && name.rfind("cuda:", 0) != 0) {
+  absl::StatusOr<at::ScalarType> dtype = DtypeFromName(name);
+  if (!dtype.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("actor.device=", name, ": expected cpu, cuda or cuda:N"));
+        absl::StrCat("actor.dtype=", name, ": expected float32, bfloat16 or float16"));
   }
-  const int64_t count = torch::cuda::is_available() ? torch::cuda::device_count() : 0;
-  if (count == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "actor.device=", name,
-        ": no CUDA device is visible to this LibTorch (a CPU-only build, or no GPU); use cpu"));
-  }
-  int64_t index = 0;
-  if (name != "cuda") {
-    const std::string digits = name.substr(5);
-    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos ||
-        digits.size() > 4) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("actor.device=", name, ": expected cpu, cuda or cuda:N"));
-    }
-    index = std::stoll(digits);
-    if (index >= count) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("actor.device=", name, ": only ", count, " CUDA devices are visible"));
-    }
-  }
-  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+  return dtype;
 }
 
 int64_t ContextOf(const EngineOptions& o) {
@@ -386,7 +359,7 @@ absl::StatusOr<std::unique_ptr<GenerationEngine>> GenerationEngine::Create(
     const ModelConfig& config, const EngineOptions& options) {
   if (absl::Status s = ValidateModelConfig(config); !s.ok()) return s;
   if (absl::Status s = CheckEngineOptions(options); !s.ok()) return s;
-  absl::StatusOr<c10::Device> device = ParseDevice(options.device);
+  absl::StatusOr<c10::Device> device = TorchDevice("actor.device", options.device);
   if (!device.ok()) return device.status();
   const at::ScalarType dtype = *ParseDtype(options.dtype);
   for (int64_t id : options.stop_tokens) {

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "common/nn/device.h"
 #include "common/nn/logprobs.h"
 #include "common/nn/model.h"
 #include "common/nn/model_dir.h"
@@ -40,31 +41,6 @@ ModelConfig ModelConfigFromConfig(const Config& config, const Tokenizer& tokeniz
   m.pad_token_id = tokenizer.PadId();
   return m;
 }
-
-namespace {
-
-// config.learner.device as a torch device: "cuda" is GPU rank % visible GPUs, the
-// NCCL backend's rule, so a rank's model and its collectives share one GPU.
-absl::StatusOr<torch::Device> LearnerDevice(const LearnerConfig& config) {
-  if (config.device == "cpu") return torch::Device(torch::kCPU);
-  const int64_t count = torch::cuda::is_available() ? torch::cuda::device_count() : 0;
-  if (count == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "learner.device=", config.device,
-        ": no CUDA device is visible to this LibTorch (a CPU-only build, or no GPU); use cpu"));
-  }
-  int64_t index = config.rank % count;
-  if (config.device != "cuda") {
-    index = std::stoll(config.device.substr(5));  // validated as cuda:N by the config
-    if (index >= count) {
-      return absl::InvalidArgumentError(absl::StrCat("learner.device=", config.device, ": only ",
-                                                     count, " CUDA devices are visible"));
-    }
-  }
-  return torch::Device(torch::kCUDA, static_cast<torch::DeviceIndex>(index));
-}
-
-}  // namespace
 
 struct Trainer::Impl {
   Config config;
@@ -108,7 +84,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config,
                                                          const std::string& model_dir) {
   auto impl = std::make_unique<Impl>();
   impl->config = config;
-  absl::StatusOr<torch::Device> device = LearnerDevice(config.learner);
+  absl::StatusOr<torch::Device> device =
+      TorchDevice("learner.device", config.learner.device, config.learner.rank);
   if (!device.ok()) return device.status();
   impl->device = *device;
   torch::set_num_threads(static_cast<int>(config.learner.threads));
