@@ -674,6 +674,15 @@ absl::Status Actor::Impl::GenerateLoop() {
       }
     }
   }
+  // The run is over (not stopped): what the engine holds is finished and sent, as the
+  // batch in hand always was, before Run returns.
+  while (!engine_->idle()) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stop_ || shutdown_) break;
+    }
+    if (absl::Status s = StepEngine(); !s.ok()) return s;
+  }
   return absl::OkStatus();
 }
 
