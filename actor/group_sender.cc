@@ -43,14 +43,12 @@ void GroupSender::Loop() {
       changed_.wait(lock, [&] { return !queue_.empty() || draining_; });
       if (queue_.empty()) return;  // draining and nothing left
       item = &queue_.front();      // stays in place (deque front) until popped below
-      busy_ = true;
     }
     const v1::AckStatus status = send_(item->group, item->deadline_unix_ms);
     done_(item->group, status);
     {
       std::lock_guard<std::mutex> lock(mu_);
       queue_.pop_front();
-      busy_ = false;
     }
     changed_.notify_all();
   }

@@ -49,8 +49,7 @@ class GroupSender {
   const DoneFn done_;
   mutable std::mutex mu_;
   std::condition_variable changed_;
-  std::deque<Item> queue_;  // front is being sent while busy_
-  bool busy_ = false;
+  std::deque<Item> queue_;  // the front one is being sent
   bool draining_ = false;
   std::thread thread_;
 };

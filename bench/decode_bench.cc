@@ -6,13 +6,12 @@
 //
 //   build/bench/decode_bench --model DIR [--device cpu|cuda] [--dtype float32|bfloat16|float16]
 //       [--rows 1,16,64,256] [--prompt 64] [--new 128] [--threads 2] [--seconds 60]
-//       [--llamacpp MODEL.gguf --peer DIR] [--torch-threads N --blas-threads N]
+//       [--llamacpp MODEL.gguf --peer DIR]
 //
 // Prompts are random token ids, one per group of up to 8 rows (as RL groups share theirs);
 // rows never stop early (no stop token), so every row decodes exactly --new tokens unless
 // --seconds of decoding run out first (then the steps run so far are measured). Prefill is
 // timed apart from decode, as llama.cpp's bench does.
-#include <dlfcn.h>
 #include <malloc.h>
 #include <torch/torch.h>
 
@@ -153,7 +152,7 @@ double LlamaCppTokPerSec(const std::string& peer, const std::string& gguf, int t
 
 int main(int argc, char** argv) {
   std::string model_dir, device = "cpu", dtype = "float32", rows_arg = "1,16,64,256", gguf, peer;
-  int64_t prompt_len = 64, new_tokens = 128, threads = 2, torch_threads = 0, blas_threads = 0;
+  int64_t prompt_len = 64, new_tokens = 128, threads = 2;
   double seconds = 60;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -178,10 +177,6 @@ int main(int argc, char** argv) {
       new_tokens = std::atoll(next().c_str());
     else if (a == "--threads")
       threads = std::atoll(next().c_str());
-    else if (a == "--torch-threads")
-      torch_threads = std::atoll(next().c_str());
-    else if (a == "--blas-threads")
-      blas_threads = std::atoll(next().c_str());
     else if (a == "--seconds")
       seconds = std::atof(next().c_str());
     else if (a == "--llamacpp")
@@ -289,13 +284,6 @@ int main(int argc, char** argv) {
       return 1;
     }
     engine = *std::move(created);
-    // Explicit overrides of that policy, for experiments.
-    if (torch_threads > 0) torch::set_num_threads(static_cast<int>(torch_threads));
-    if (blas_threads > 0) {
-      using SetThreads = void (*)(int);
-      auto f = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-      if (f != nullptr) f(static_cast<int>(blas_threads));
-    }
     if (absl::Status s = engine->LoadWeights(1, views); !s.ok()) {
       std::fprintf(stderr, "decode_bench: %s\n", s.ToString().c_str());
       return 1;

@@ -115,9 +115,8 @@ absl::Status CheckEngineOptions(const EngineOptions& o) {
 struct GenerationEngine::Impl {
   // A completion: waiting for a slot, or decoding in one.
   struct Row {
-    uint64_t group = 0;  // key into groups
-    int64_t index = 0;   // which of the group's n completions
-    int64_t slot = -1;
+    uint64_t group = 0;    // key into groups
+    int64_t index = 0;     // which of the group's n completions
     int64_t position = 0;  // where its last sampled token goes as the next input
     RolloutSample sample;
   };
@@ -145,11 +144,11 @@ struct GenerationEngine::Impl {
     const auto long_opts = at::TensorOptions().dtype(at::kLong).device(dev);
     next_token = at::zeros({o.max_rows}, long_opts);
     next_position = at::zeros({o.max_rows}, long_opts);
-    if (!o.stop_tokens.empty()) stop = std::vector<int64_t>(o.stop_tokens);
   }
 
   int64_t LongestPrompt() const { return pool.capacity() - options.max_new_tokens - sync_every; }
   bool IsStop(int32_t token) const {
+    const std::vector<int64_t>& stop = options.stop_tokens;
     return std::find(stop.begin(), stop.end(), token) != stop.end();
   }
 
@@ -243,7 +242,8 @@ struct GenerationEngine::Impl {
     // first decode steps overwrite them before anything reads them.
     pool.BeginPrefill(first_slots, longest);
     at::Tensor hidden = model->ForwardHidden(input, positions, pool);  // [P,L,D]
-    at::Tensor last = at::tensor(lengths, long_opts).to(device).sub_(1);
+    const at::Tensor prompt_lengths = at::tensor(lengths, long_opts).to(device);
+    at::Tensor last = prompt_lengths - 1;
     at::Tensor logits = model->Logits(
         hidden.gather(1, last.view({p, 1, 1}).expand({p, 1, hidden.size(2)})).squeeze(1));
     std::vector<int64_t> all_slots;
@@ -258,8 +258,7 @@ struct GenerationEngine::Impl {
     auto [tokens, logprobs] = sampler.Sample(logits.index_select(0, which));
     at::Tensor slot_index = at::tensor(all_slots, long_opts).to(device);
     next_token.index_copy_(0, slot_index, tokens);
-    next_position.index_copy_(0, slot_index,
-                              at::tensor(lengths, long_opts).to(device).index_select(0, which));
+    next_position.index_copy_(0, slot_index, prompt_lengths.index_select(0, which));
     tokens = tokens.cpu();
     logprobs = logprobs.cpu();
     auto tok = tokens.accessor<int64_t, 1>();
@@ -269,7 +268,6 @@ struct GenerationEngine::Impl {
       for (size_t r = 0; r < batch[i].slots.size(); ++r, ++k) {
         const int64_t s = batch[i].slots[r];
         rows[s] = std::move(batch[i].rows[r]);
-        rows[s]->slot = s;
         rows[s]->position = lengths[i];
         if (Append(*rows[s], static_cast<int32_t>(tok[k]), lp[k])) Finish(s, out);
       }
@@ -338,7 +336,6 @@ struct GenerationEngine::Impl {
   CausalLM model;
   KvPool pool;
   TokenSampler sampler;
-  std::vector<int64_t> stop;
 
   std::vector<std::optional<Row>> rows;  // by slot
   std::vector<int64_t> free_slots;       // a stack: low slots first, so active rows stay packed
