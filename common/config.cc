@@ -313,6 +313,23 @@ const std::vector<Field>& Fields() {
                      &LearnerConfig::overlap_allreduce));
     f.push_back(Make("learner.bucket_mb", "all-reduce bucket size in MiB", &C::learner,
                      &LearnerConfig::bucket_mb));
+    f.push_back(Make("learner.micro_batch_tokens",
+                     "tokens (prompt + response) per packed forward/backward; gradients "
+                     "accumulate over them (0: a rank's whole share at once)",
+                     &C::learner, &LearnerConfig::micro_batch_tokens));
+    f.push_back(Make("learner.activation_checkpointing",
+                     "keep only each decoder layer's input, recompute the layer in backward",
+                     &C::learner, &LearnerConfig::activation_checkpointing));
+    f.push_back(Make("learner.logprob_chunk_tokens",
+                     "response tokens per lm_head + log-softmax chunk (bounds the logits' memory)",
+                     &C::learner, &LearnerConfig::logprob_chunk_tokens));
+    f.push_back(Make("learner.dtype",
+                     "compute dtype: float32 | bfloat16 (float32 master weights and AdamW state)",
+                     &C::learner, &LearnerConfig::dtype));
+    f.push_back(Make("learner.zero_stage",
+                     "0 | 1: shard the AdamW state across ranks | 2: also reduce-scatter the "
+                     "gradients (float32 only)",
+                     &C::learner, &LearnerConfig::zero_stage));
     f.push_back(Make("learner.collective_timeout_seconds",
                      "a collective waiting longer than this fails (a dead rank)", &C::learner,
                      &LearnerConfig::collective_timeout_seconds));
@@ -603,6 +620,13 @@ absl::Status ValidateConfig(const Config& c) {
                 !(c.learner.backend == "nccl" && c.learner.device == "cpu"),
             "learner.backend", "gloo with learner.device cpu, nccl with cuda (or auto)"),
       Check(c.learner.bucket_mb > 0, "learner.bucket_mb", "> 0"),
+      Check(c.learner.micro_batch_tokens >= 0, "learner.micro_batch_tokens", ">= 0"),
+      Check(c.learner.logprob_chunk_tokens > 0, "learner.logprob_chunk_tokens", "> 0"),
+      OneOf("learner.dtype", c.learner.dtype, {"float32", "bfloat16"}),
+      Check(c.learner.zero_stage >= 0 && c.learner.zero_stage <= 2, "learner.zero_stage",
+            "0, 1 or 2"),
+      Check(c.learner.zero_stage == 0 || c.learner.dtype == "float32", "learner.zero_stage",
+            "0 with learner.dtype bfloat16 (sharding covers float32 training only)"),
       Check(c.learner.collective_timeout_seconds > 0, "learner.collective_timeout_seconds", "> 0"),
       Check(c.learner.checksum_every >= 0, "learner.checksum_every", ">= 0"),
       Check(c.local.learners >= 1 && c.local.learners <= 16, "local.learners", "in 1..16"),

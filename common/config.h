@@ -118,6 +118,12 @@ struct LearnerConfig {
   int64_t warmup_steps = 20;
   double weight_decay = 0.0;
   double grad_clip = 1.0;
+  // Memory (learner/micro_batch.h, learner/chunked_logprobs.h).
+  int64_t micro_batch_tokens = 4096;      // tokens per forward/backward (0: a rank's share at once)
+  bool activation_checkpointing = false;  // keep layer inputs only; recompute in backward
+  int64_t logprob_chunk_tokens = 512;     // response tokens per lm_head + log-softmax chunk
+  std::string dtype = "float32";          // float32 | bfloat16 (fp32 master weights + AdamW)
+  int64_t zero_stage = 0;  // 0 | 1 (shard AdamW state) | 2 (and reduce-scatter gradients)
   // Schedule.
   int64_t updates = 100;
   double max_seconds = 0;  // 0: no time limit

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <string>
 
 namespace pmdrl {
 namespace {
@@ -33,6 +34,21 @@ void LimitBlasThreads() {
   if (auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
     set(1);
   }
+}
+
+void SetBlasThreads(int threads) {
+  static const bool user_set = [] {
+    const char* v = std::getenv("OPENBLAS_NUM_THREADS");
+    return v != nullptr && std::string(v) != "1";
+  }();
+  if (user_set || threads < 1) return;
+  using SetThreads = void (*)(int);
+  using GetThreads = int (*)();
+  static const auto set =
+      reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  static const auto get =
+      reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  if (set != nullptr && (get == nullptr || get() != threads)) set(threads);
 }
 
 }  // namespace pmdrl

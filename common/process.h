@@ -18,6 +18,10 @@ inline bool StopRequested() { return StopSignal() != 0; }
 // API when it exports one. Without this, Torch's threads times OpenBLAS's threads
 // oversubscribe the cores (DESIGN.md: 2.5x slower). A value the user set is kept.
 void LimitBlasThreads();
+// Sets the running OpenBLAS's thread count (no-op under another BLAS), unless the user
+// set OPENBLAS_NUM_THREADS. For phases made of large products on the calling thread (the
+// learner's forward and backward), where Torch's pool does not split the product.
+void SetBlasThreads(int threads);
 
 }  // namespace pmdrl
 

@@ -1,7 +1,9 @@
 #include "learner/communicator.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <iterator>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -78,6 +80,34 @@ absl::StatusOr<std::string> ScatterThroughStore(StoreClient& store, const CommOp
   // Frees the server's copy; a failure here costs memory, not correctness.
   (void)store.Delete(key(options.rank));
   return mine;
+}
+
+std::string ShardPairProblem(const at::Tensor& full, absl::string_view full_name,
+                             const at::Tensor& shard, absl::string_view shard_name,
+                             const CommOptions& options) {
+  if (full.scalar_type() != shard.scalar_type()) {
+    return absl::StrCat(shard_name, " has dtype ", std::string(c10::toString(shard.scalar_type())),
+                        " but ", full_name, " has ",
+                        std::string(c10::toString(full.scalar_type())));
+  }
+  const int64_t n = shard.numel();
+  if (full.numel() != options.world_size * n) {
+    return absl::StrCat(full_name, " has ", full.numel(), " elements, want world_size * ",
+                        shard_name, ".numel() = ", options.world_size, " * ", n, " = ",
+                        options.world_size * n);
+  }
+  if (n == 0) return "";
+  // Addresses as integers: the tensors may belong to unrelated allocations.
+  const uintptr_t f = reinterpret_cast<uintptr_t>(full.data_ptr());
+  const uintptr_t s = reinterpret_cast<uintptr_t>(shard.data_ptr());
+  const uintptr_t shard_bytes = static_cast<uintptr_t>(n) * full.element_size();
+  const uintptr_t full_bytes = shard_bytes * static_cast<uintptr_t>(options.world_size);
+  const bool overlap = s < f + full_bytes && f < s + shard_bytes;
+  if (overlap && s != f + static_cast<uintptr_t>(options.rank) * shard_bytes) {
+    return absl::StrCat(shard_name, " and ", full_name, " overlap, and ", shard_name,
+                        " is not this rank's slice of ", full_name, " (the one in-place layout)");
+  }
+  return "";
 }
 
 absl::Status Annotate(const absl::Status& s, absl::string_view op, const CommOptions& options) {

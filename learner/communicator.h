@@ -40,12 +40,16 @@ struct CommOptions {
   std::string local_address;
 };
 
-// All-reduce / broadcast / barrier / scatter over a fixed group of ranks.
+// All-reduce / broadcast / barrier / scatter, and the all-gather / reduce-scatter pair
+// of sharded optimizer state (ZeRO-1/2), over a fixed group of ranks.
 //
 // Promises: every rank must make the same collective calls, in the same order, with
-// tensors of the same dtypes and shapes; the tensors are updated in place and stay
-// owned by the caller. After a call fails (timeout, lost peer) the group is broken:
-// every later call fails too, and the caller should tear the group down.
+// tensors of the same dtypes and shapes; the tensors are updated in place (AllGather
+// and ReduceScatter: `output` is overwritten, `input` is only read) and stay owned by
+// the caller. Bad arguments (dtype, device, shape, layout) fail with InvalidArgument
+// before anything is sent, and leave the group usable. After a call fails otherwise
+// (timeout, lost peer) the group is broken: every later call fails too, and the caller
+// should tear the group down.
 // Not thread-safe: one thread drives a Communicator.
 class Communicator {
  public:
@@ -61,6 +65,19 @@ class Communicator {
   virtual absl::Status AllReduce(std::vector<at::Tensor>& tensors, bool average) = 0;
   // Overwrites every rank's tensors with those of `root`.
   virtual absl::Status Broadcast(std::vector<at::Tensor>& tensors, int root) = 0;
+  // Sharded state, for a tensor of n = input.numel() elements per rank: every rank
+  // passes `input` (n elements, the same n on every rank) and `output` of world_size * n
+  // elements; afterwards output[r*n:(r+1)*n] (flat) holds rank r's input. Shapes beyond
+  // the element counts do not matter. Same dtypes and devices as AllReduce; both
+  // tensors contiguous, of one dtype, and not overlapping, except that `input` may be
+  // this rank's slice of `output` (in place: input.data_ptr() == output.data_ptr() +
+  // rank * n elements).
+  virtual absl::Status AllGather(const at::Tensor& input, at::Tensor& output) = 0;
+  // The converse: every rank passes `input` of world_size * n elements and `output` of
+  // n; afterwards rank k's output is the sum over all ranks of their input[k*n:(k+1)*n]
+  // (flat; average: then divided by world_size, floating dtypes only). Same rules as
+  // AllGather; in place: `output` is this rank's slice of `input`.
+  virtual absl::Status ReduceScatter(const at::Tensor& input, at::Tensor& output, bool average) = 0;
   // Returns once every rank has entered it.
   virtual absl::Status Barrier() = 0;
   // Hands rank r payloads_at_root[r], sent by rank 0 (which passes world_size payloads

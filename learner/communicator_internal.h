@@ -45,6 +45,16 @@ absl::StatusOr<std::string> ScatterThroughStore(StoreClient& store, const CommOp
                                                 int64_t seq,
                                                 const std::vector<std::string>& payloads_at_root);
 
+// What is wrong with the pair of tensors of an AllGather or ReduceScatter, beyond what
+// the backend checks on each tensor alone (defined, device, contiguous, dtype): `shard`
+// (AllGather's input, ReduceScatter's output, named shard_name) must have the dtype of
+// `full` (named full_name) and world_size times fewer elements, and the two must not
+// overlap unless `shard` is exactly this rank's slice of `full` (in place). Returns ""
+// when the pair is fine; both tensors must be defined.
+std::string ShardPairProblem(const at::Tensor& full, absl::string_view full_name,
+                             const at::Tensor& shard, absl::string_view shard_name,
+                             const CommOptions& options);
+
 // Copies `s` with "<op> on rank R of N: " in front of its message.
 absl::Status Annotate(const absl::Status& s, absl::string_view op, const CommOptions& options);
 

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "gloo/allgather.h"
 #include "gloo/allreduce.h"
 #include "gloo/barrier.h"
 #include "gloo/broadcast.h"
@@ -56,6 +57,30 @@ void DivideInPlace(void* data, int64_t n, int divisor) {
   for (int64_t i = 0; i < n; ++i) p[i] /= d;
 }
 
+// Calls fn(T{}) with T the C++ type of a dtype that SumFor supports (checked before).
+template <typename Fn>
+void WithType(at::ScalarType dtype, Fn&& fn) {
+  switch (dtype) {
+    case at::kFloat:
+      fn(float{});
+      break;
+    case at::kDouble:
+      fn(double{});
+      break;
+    case at::kInt:
+      fn(int32_t{});
+      break;
+    default:
+      fn(int64_t{});
+      break;  // kLong (checked)
+  }
+}
+
+void AverageInPlace(at::ScalarType dtype, void* data, int64_t n, int world_size) {
+  if (dtype == at::kFloat) DivideInPlace<float>(data, n, world_size);
+  if (dtype == at::kDouble) DivideInPlace<double>(data, n, world_size);
+}
+
 class GlooCommunicator : public Communicator {
  public:
   GlooCommunicator(CommOptions options, StoreHandle store,
@@ -81,10 +106,77 @@ class GlooCommunicator : public Communicator {
         opts.setTimeout(options_.timeout);
         gloo::allreduce(opts);
       }
-      if (average) {
-        if (dtype == at::kFloat) DivideInPlace<float>(data, n, options_.world_size);
-        if (dtype == at::kDouble) DivideInPlace<double>(data, n, options_.world_size);
+      if (average) AverageInPlace(dtype, data, n, options_.world_size);
+    });
+  }
+
+  absl::Status AllGather(const at::Tensor& input, at::Tensor& output) override {
+    if (absl::Status s = CheckShardPair("AllGather", input, output, /*gather=*/true, false);
+        !s.ok()) {
+      return s;
+    }
+    const size_t bytes = static_cast<size_t>(input.numel()) * input.element_size();
+    // Debian's Gloo (2022) divides by the size of an empty buffer; nothing to move anyway,
+    // and every rank skips alike (same numel everywhere).
+    if (bytes == 0) return absl::OkStatus();
+    return Run("AllGather", [&] {
+      auto* out = static_cast<uint8_t*>(output.data_ptr());
+      auto* in = static_cast<uint8_t*>(input.data_ptr());
+      if (options_.world_size == 1) {
+        if (in != out) std::memcpy(out, in, bytes);
+        return;
       }
+      gloo::AllgatherOptions opts(context_);
+      // Bytes are bytes: all-gather never looks at the values. Ring all-gather.
+      opts.setOutput(out, bytes * static_cast<size_t>(options_.world_size));
+      // In place (input is this rank's slice of output) Gloo wants no input.
+      if (in != out + static_cast<size_t>(options_.rank) * bytes) opts.setInput(in, bytes);
+      opts.setTag(NextTag());
+      opts.setTimeout(options_.timeout);
+      gloo::allgather(opts);
+    });
+  }
+
+  // Debian's Gloo has no reduce-scatter in its current API (options, tags, per-call
+  // timeout, unbound buffers): gloo/reduce_scatter.h's ReduceScatterHalvingDoubling is
+  // of the old kind, meant to be built once and run many times. Built per call, it takes
+  // fresh slots from an int counter every time (4 * N * (N - 1) of them), takes an int
+  // count, and while a peer that is ahead has sent for slots this rank has not yet
+  // registered, this rank's device thread busy-waits. So this all-reduces the whole
+  // input (gloo::allreduce, ring) into a staging buffer and keeps this rank's slice:
+  // correct, but it moves about twice the bytes of a true reduce-scatter and stages
+  // world_size * n elements.
+  absl::Status ReduceScatter(const at::Tensor& input, at::Tensor& output, bool average) override {
+    if (absl::Status s = CheckShardPair("ReduceScatter", input, output, /*gather=*/false, average);
+        !s.ok()) {
+      return s;
+    }
+    const at::ScalarType dtype = output.scalar_type();
+    const int64_t n = output.numel();
+    const size_t bytes = static_cast<size_t>(n) * c10::elementSize(dtype);
+    if (bytes == 0) return absl::OkStatus();  // every rank skips alike
+    return Run("ReduceScatter", [&] {
+      void* out = output.data_ptr();
+      void* in = input.data_ptr();  // only read
+      if (options_.world_size == 1) {
+        std::memmove(out, in, bytes);  // may be in place
+      } else {
+        const size_t total = static_cast<size_t>(n) * static_cast<size_t>(options_.world_size);
+        staging_.resize(total * c10::elementSize(dtype));
+        gloo::AllreduceOptions opts(context_);
+        WithType(dtype, [&](auto zero) {
+          using T = decltype(zero);
+          opts.setInput(static_cast<T*>(in), total);  // Gloo only reads it
+          opts.setOutput(reinterpret_cast<T*>(staging_.data()), total);
+        });
+        opts.setReduceFunction(SumFor(dtype));
+        opts.setTag(NextTag());
+        opts.setTimeout(options_.timeout);
+        gloo::allreduce(opts);
+        // The input is read in full by now, so an in-place output may be overwritten.
+        std::memcpy(out, staging_.data() + static_cast<size_t>(options_.rank) * bytes, bytes);
+      }
+      if (average) AverageInPlace(dtype, out, n, options_.world_size);
     });
   }
 
@@ -132,21 +224,9 @@ class GlooCommunicator : public Communicator {
  private:
   // AllreduceOptions has typed setters only.
   static void SetOutput(gloo::AllreduceOptions& opts, at::ScalarType dtype, void* data, int64_t n) {
-    const size_t count = static_cast<size_t>(n);
-    switch (dtype) {
-      case at::kFloat:
-        opts.setOutput(static_cast<float*>(data), count);
-        break;
-      case at::kDouble:
-        opts.setOutput(static_cast<double*>(data), count);
-        break;
-      case at::kInt:
-        opts.setOutput(static_cast<int32_t*>(data), count);
-        break;
-      default:
-        opts.setOutput(static_cast<int64_t*>(data), count);
-        break;  // kLong (checked)
-    }
+    WithType(dtype, [&](auto zero) {
+      opts.setOutput(static_cast<decltype(zero)*>(data), static_cast<size_t>(n));
+    });
   }
 
   uint32_t NextTag() { return next_tag_++; }
@@ -157,30 +237,53 @@ class GlooCommunicator : public Communicator {
                     absl::StrCat("Gloo ", op), options_);
   }
 
+  // What is wrong with one tensor of a collective ("" when nothing); reduce: its dtype
+  // must be one SumFor supports.
+  static std::string Problem(const at::Tensor& t, bool reduce, bool average) {
+    if (!t.defined()) return "is undefined";
+    if (!t.device().is_cpu()) {
+      return absl::StrCat("is on ", t.device().str(), ", the gloo backend wants CPU tensors");
+    }
+    if (!t.is_contiguous()) return "is not contiguous";
+    if (reduce && SumFor(t.scalar_type()) == nullptr) {
+      return absl::StrCat("has dtype ", std::string(c10::toString(t.scalar_type())),
+                          "; supported are float32, float64, int32, int64");
+    }
+    if (average && !c10::isFloatingType(t.scalar_type())) {
+      return "is not floating point, so it cannot be averaged";
+    }
+    return "";
+  }
+
   absl::Status Check(absl::string_view op, const std::vector<at::Tensor>& tensors, bool reduce,
                      bool average) {
     if (!broken_.ok()) return Broken(op);
     for (size_t i = 0; i < tensors.size(); ++i) {
-      const at::Tensor& t = tensors[i];
-      std::string problem;
-      if (!t.defined()) {
-        problem = "is undefined";
-      } else if (!t.device().is_cpu()) {
-        problem = absl::StrCat("is on ", t.device().str(), ", the gloo backend wants CPU tensors");
-      } else if (!t.is_contiguous()) {
-        problem = "is not contiguous";
-      } else if (reduce && SumFor(t.scalar_type()) == nullptr) {
-        problem = absl::StrCat("has dtype ", std::string(c10::toString(t.scalar_type())),
-                               "; all-reduce supports float32, float64, int32, int64");
-      } else if (average && !c10::isFloatingType(t.scalar_type())) {
-        problem = "is not floating point, so it cannot be averaged";
-      }
-      if (!problem.empty()) {
+      if (std::string problem = Problem(tensors[i], reduce, average); !problem.empty()) {
         return Annotate(absl::InvalidArgumentError(absl::StrCat("tensor ", i, " ", problem)),
                         absl::StrCat("Gloo ", op), options_);
       }
     }
     return absl::OkStatus();
+  }
+
+  // Checks the tensors of AllGather (gather: input is the shard) and ReduceScatter
+  // (output is the shard) before anything is sent; both take AllReduce's dtypes.
+  absl::Status CheckShardPair(absl::string_view op, const at::Tensor& input,
+                              const at::Tensor& output, bool gather, bool average) {
+    if (!broken_.ok()) return Broken(op);
+    std::string problem;
+    if (std::string p = Problem(input, /*reduce=*/true, average); !p.empty()) {
+      problem = absl::StrCat("input ", p);
+    } else if (p = Problem(output, /*reduce=*/true, average); !p.empty()) {
+      problem = absl::StrCat("output ", p);
+    } else if (gather) {
+      problem = ShardPairProblem(output, "output", input, "input", options_);
+    } else {
+      problem = ShardPairProblem(input, "input", output, "output", options_);
+    }
+    if (problem.empty()) return absl::OkStatus();
+    return Annotate(absl::InvalidArgumentError(problem), absl::StrCat("Gloo ", op), options_);
   }
 
   // Runs fn(dtype, data, numel) once per bucket: a lone tensor in place, several packed

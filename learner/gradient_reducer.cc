@@ -44,7 +44,13 @@ GradientReducer::GradientReducer(const std::vector<at::Tensor>& params, Communic
   for (const Slot& s : slots_) {
     Bucket& b = buckets_[s.bucket];
     if (!b.flat.defined()) {
-      b.flat = at::zeros({bucket_elems[s.bucket]}, s.param.options().requires_grad(false));
+      // Half-precision gradients are summed in float32: the collectives take float32, and
+      // the sum of several passes and ranks keeps its precision until Finish.
+      const bool half =
+          s.param.scalar_type() == at::kBFloat16 || s.param.scalar_type() == at::kHalf;
+      b.flat = at::zeros(
+          {bucket_elems[s.bucket]},
+          s.param.options().dtype(half ? at::kFloat : s.param.scalar_type()).requires_grad(false));
     }
   }
   for (size_t i = 0; i < slots_.size(); ++i) {
@@ -72,6 +78,8 @@ void GradientReducer::Begin() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     for (Slot& s : slots_) s.arrived = false;
+    for (Bucket& b : buckets_) b.flat.zero_();
+    final_pass_ = true;
     for (Bucket& b : buckets_) b.pending = 0;
     for (const Slot& s : slots_) buckets_[s.bucket].pending++;
     worker_status_ = absl::OkStatus();
@@ -79,15 +87,19 @@ void GradientReducer::Begin() {
   if (overlap_) worker_ = std::thread([this] { Worker(); });
 }
 
+void GradientReducer::SetFinalPass(bool final_pass) { final_pass_ = final_pass; }
+
 void GradientReducer::OnGradient(size_t slot, const at::Tensor& grad) {
   Slot& s = slots_[slot];
-  // Runs on the autograd thread; on CUDA the copy is stream-ordered before the bucket's
-  // collective, which the NCCL backend enqueues after the default stream's work.
+  // Runs on the autograd thread; on CUDA the add is stream-ordered before the bucket's
+  // collective, which the NCCL backend enqueues after the default stream's work. The
+  // bucket was zeroed by Begin, so it holds the sum of this step's passes.
   at::Tensor dst = buckets_[s.bucket].flat.narrow(0, s.offset, s.param.numel());
   {
     c10::NoGradGuard no_grad;
-    dst.copy_(grad.reshape({-1}));
+    dst.add_(grad.reshape({-1}));
   }
+  if (!final_pass_) return;
   std::lock_guard<std::mutex> lock(mutex_);
   if (!s.arrived) MarkArrived(slot);
 }
@@ -127,10 +139,9 @@ absl::Status GradientReducer::Finish() {
     c10::NoGradGuard no_grad;
     std::lock_guard<std::mutex> lock(mutex_);
     for (size_t i = 0; i < slots_.size(); ++i) {
-      if (slots_[i].arrived) continue;
-      // No gradient this step (a rank without rows, an unused weight): contribute zeros.
-      buckets_[slots_[i].bucket].flat.narrow(0, slots_[i].offset, slots_[i].param.numel()).zero_();
-      MarkArrived(i);
+      // No gradient in the final pass (a rank without rows, an unused weight): the bucket
+      // holds what earlier passes added, or the zeros of Begin.
+      if (!slots_[i].arrived) MarkArrived(i);
     }
   }
   absl::Status status;

@@ -29,8 +29,11 @@ class Communicator;
 // contract) even when ranks' backward passes differ in timing or a rank has no rows
 // (it calls Finish without a backward pass and contributes zeros).
 //
-// Usage, once per optimizer step: Begin(); loss.backward() (optional); Finish(). After
-// a successful Finish every parameter's grad() holds the cross-rank sum. Borrows `comm`
+// Usage, once per optimizer step: Begin(); loss.backward() (optional); Finish(). With
+// gradient accumulation over micro-batches: Begin(); then per micro-batch
+// SetFinalPass(is_last) and its backward; Finish(). Earlier passes only add into the
+// buckets; buckets go out during the final pass. After a successful Finish every
+// parameter's grad() holds the cross-rank sum of all passes. Borrows `comm`
 // and the parameters; the hooks it installs are removed by the destructor, so it must
 // outlive any backward pass run between Begin and Finish. The communicator must not be
 // used by anyone else between Begin and Finish (it is driven from the background thread).
@@ -45,6 +48,8 @@ class GradientReducer {
   GradientReducer& operator=(const GradientReducer&) = delete;
 
   void Begin();
+  // Whether the next backward pass is the step's last (the default after Begin).
+  void SetFinalPass(bool final_pass);
   // Fills in zeros for parameters that got no gradient, waits for every bucket's
   // all-reduce and writes the sums into the parameters' grad(). An error (a dead rank, a
   // timeout) comes from the first failed collective; the group is broken after it.
@@ -71,6 +76,7 @@ class GradientReducer {
 
   Communicator* comm_;
   bool overlap_;
+  bool final_pass_ = true;  // set between backward passes, read by the hooks
   std::vector<Slot> slots_;
   std::vector<Bucket> buckets_;
   std::vector<unsigned> hook_ids_;

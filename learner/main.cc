@@ -26,6 +26,7 @@
 #include "learner/communicator.h"
 #include "learner/coordinator.h"
 #include "learner/learner_service.h"
+#include "learner/peak_memory.h"
 #include "learner/prompt_source.h"
 #include "learner/trainer.h"
 #include "learner/weight_publisher.h"
@@ -119,7 +120,8 @@ class MetricsCsv {
       out_ << "update,version,elapsed_seconds,mean_reward,eval_accuracy,loss,grad_norm,"
               "mixed_groups_fraction,trained_tokens_per_second,sampled_tokens_per_second,"
               "staleness_mean,logprob_mismatch,groups_accepted,groups_dropped_stale,"
-              "mean_abs_delta,entropy,eval_avg_at_k,eval_pass_at_k,importance_weight_mean\n";
+              "mean_abs_delta,entropy,eval_avg_at_k,eval_pass_at_k,importance_weight_mean,"
+              "peak_memory_bytes,oversize_sequences\n";
     }
     out_.flush();
     return absl::OkStatus();
@@ -131,15 +133,16 @@ class MetricsCsv {
     const std::string avg = eval != nullptr ? cell(eval->avg_at_k) : "";
     const std::string pass = eval != nullptr ? cell(eval->pass_at_k) : "";
     if (s == nullptr) {
-      out_ << absl::StrFormat("%d,%d,%.2f,,%s,,,,,,,,%d,%d,,,%s,%s,\n", update, version, elapsed, e,
-                              c.accepted, c.stale, avg, pass);
+      out_ << absl::StrFormat("%d,%d,%.2f,,%s,,,,,,,,%d,%d,,,%s,%s,,,\n", update, version, elapsed,
+                              e, c.accepted, c.stale, avg, pass);
     } else {
       out_ << absl::StrFormat(
-          "%d,%d,%.2f,%.4f,%s,%.6g,%.6g,%.4f,%.1f,%.1f,%.3f,%.6g,%d,%d,%.6g,%.6g,%s,%s,%.4f\n",
+          "%d,%d,%.2f,%.4f,%s,%.6g,%.6g,%.4f,%.1f,%.1f,%.3f,%.6g,%d,%d,%.6g,%.6g,%s,%s,%.4f,%d,%"
+          "d\n",
           update, version, elapsed, s->mean_reward, e, s->loss, s->grad_norm, s->mixed_fraction,
           s->seconds > 0 ? s->trained_tokens / s->seconds : 0.0, sampled_tps, s->staleness_mean,
           s->logprob_mismatch, c.accepted, c.stale, s->mean_abs_delta, s->entropy, avg, pass,
-          s->importance_weight_mean);
+          s->importance_weight_mean, s->peak_memory_bytes, s->oversize_sequences);
     }
     out_.flush();
   }
@@ -147,6 +150,23 @@ class MetricsCsv {
  private:
   std::ofstream out_;
 };
+
+// learner.micro_batch_tokens must hold every prompt of the dataset with at least one
+// response token: a budget below that would put every completion of the prompt into a
+// micro-batch of its own, for the whole run. (Longer completions are only counted.)
+absl::Status CheckMicroBatchBudget(const Config& config, const PromptSource& source) {
+  const int64_t budget = config.learner.micro_batch_tokens;
+  if (budget <= 0) return absl::OkStatus();
+  size_t longest = 0;
+  for (int64_t i = 0; i < source.ItemsPerEpoch(); ++i) {
+    longest = std::max(longest, source.Get(0, i).tokens.size());
+  }
+  if (static_cast<int64_t>(longest) < budget) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("learner.micro_batch_tokens: ", budget, " tokens cannot hold the dataset's ",
+                   "longest prompt (", longest, " tokens) and a response; raise it above ", longest,
+                   " or set 0 for no limit"));
+}
 
 // Ranks >= 1: train on the shares rank 0 hands out until it says stop. A rank 0 that
 // dies shows as a failed collective after learner.collective_timeout_seconds at most.
@@ -161,6 +181,8 @@ int RunFollower(const Config& config, Trainer& trainer, Communicator& comm,
   }
   auto& m_update = metrics.Gauge("pmdrl_learner_update", "policy updates done");
   auto& m_step = metrics.Gauge("pmdrl_learner_step_seconds", "seconds of the last update");
+  auto& m_peak = metrics.Gauge("pmdrl_learner_peak_memory_bytes",
+                               "peak resident (cpu) or allocated (cuda) bytes of the last update");
   spdlog::info("rank {} of {} ready", rank, comm.world_size());
   int exit_code = 0;
   while (true) {
@@ -181,7 +203,16 @@ int RunFollower(const Config& config, Trainer& trainer, Communicator& comm,
       spdlog::info("rank {}: rank 0 says training is over", rank);
       break;
     }
+    if (share.gather_optimizer()) {  // rank 0 is about to checkpoint a sharded optimizer
+      if (absl::Status s = trainer.GatherOptimizerState(&comm); !s.ok()) {
+        spdlog::error("rank {}: {}", rank, s.message());
+        exit_code = 1;
+        break;
+      }
+      continue;
+    }
     if (share.mini_batches_size() == 0) continue;  // rank 0 is waiting for data
+    ResetPeakMemory(config.learner.device);
     absl::StatusOr<UpdateStats> stats = trainer.TrainShare(share, &comm);
     if (!stats.ok()) {
       spdlog::error("rank {}: update {} failed: {}", rank, share.update(),
@@ -191,6 +222,7 @@ int RunFollower(const Config& config, Trainer& trainer, Communicator& comm,
     }
     m_update.Set(static_cast<double>(share.update()));
     m_step.Set(stats->seconds);
+    m_peak.Set(static_cast<double>(PeakMemoryBytes(config.learner.device)));
     const int64_t update = static_cast<int64_t>(share.update());
     if (config.learner.checksum_every > 0 && update % config.learner.checksum_every == 0) {
       if (absl::Status s = trainer.CheckReplicas(&comm, update); !s.ok()) {
@@ -248,6 +280,10 @@ int Run(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<PromptSource>> source = MakePromptSource(config);
   if (!source.ok()) {
     spdlog::error("{}", source.status().message());
+    return 2;
+  }
+  if (absl::Status s = CheckMicroBatchBudget(config, **source); !s.ok()) {
+    spdlog::error("{}", s.message());
     return 2;
   }
 
@@ -426,6 +462,11 @@ int Run(int argc, char** argv) {
   auto& m_eval_pass = metrics.Gauge("pmdrl_learner_eval_pass_at_k",
                                     "held-out fraction of problems with a correct sample of k");
   auto& m_trained = metrics.Counter("pmdrl_learner_groups_trained_total", "groups trained on");
+  auto& m_peak = metrics.Gauge("pmdrl_learner_peak_memory_bytes",
+                               "peak resident (cpu) or allocated (cuda) bytes of the last update");
+  auto& m_oversize =
+      metrics.Counter("pmdrl_learner_oversize_sequences_total",
+                      "sequences longer than learner.micro_batch_tokens, trained alone");
   auto& m_wait = metrics.Counter("pmdrl_learner_wait_seconds_total",
                                  "seconds the learner waited for rollout data");
 
@@ -480,6 +521,19 @@ int Run(int argc, char** argv) {
   m_version.Set(static_cast<double>(version));
   m_update.Set(static_cast<double>(update));
 
+  // ZeRO: the ranks hand their optimizer shards to rank 0 before it checkpoints, while
+  // they still listen for shares.
+  auto gather_optimizer = [&]() -> bool {
+    if (comm == nullptr || config.learner.zero_stage == 0) return true;
+    v1::RankShare gather;
+    gather.set_version(version);
+    gather.set_gather_optimizer(true);
+    absl::Status s =
+        comm->Scatter(std::vector<std::string>(world, gather.SerializeAsString())).status();
+    if (s.ok()) s = trainer.GatherOptimizerState(comm.get());
+    if (!s.ok()) spdlog::error("checkpoint: gathering the optimizer shards: {}", s.message());
+    return s.ok();
+  };
   auto checkpoint_now = [&]() {
     TrainerState st;
     st.update = update;
@@ -507,7 +561,13 @@ int Run(int argc, char** argv) {
   double best_reward = -std::numeric_limits<double>::infinity();
   int64_t last_checkpoint_update = update;
   auto last_update_time = std::chrono::steady_clock::now();
+  // Peak memory windows tile the run: one opens when the previous update is logged.
+  bool memory_window_open = false;
   while (!StopRequested() && update < config.learner.updates) {
+    if (!memory_window_open) {
+      ResetPeakMemory(config.learner.device);
+      memory_window_open = true;
+    }
     if (config.learner.max_seconds > 0 && progress.Elapsed() >= config.learner.max_seconds) {
       spdlog::info("learner.max_seconds reached after {} updates", update);
       break;
@@ -592,14 +652,22 @@ int Run(int argc, char** argv) {
     m_mixed.Set(stats->mixed_fraction);
     m_equal.Increment(static_cast<double>(stats->equal_reward_groups));
     m_trained.Increment(static_cast<double>(batch->size()));
+    m_oversize.Increment(static_cast<double>(stats->oversize_sequences));
+    stats->peak_memory_bytes = PeakMemoryBytes(config.learner.device);
+    memory_window_open = false;
+    m_peak.Set(static_cast<double>(stats->peak_memory_bytes));
     csv.Row(update, version, progress.Elapsed(), &*stats, eval >= 0 ? &last_eval : nullptr,
             coordinator.counts(), sampled_tps);
     spdlog::info(
         "update {} version {}: loss {:.4g} reward {:.3f} mixed {:.2f} grad {:.3g} |delta| {:.3g} "
-        "mismatch {:.2g} {:.0f} tok/s{}",
+        "mismatch {:.2g} {:.0f} tok/s peak memory {:.2f} GB{}{}",
         update, version, stats->loss, stats->mean_reward, stats->mixed_fraction, stats->grad_norm,
         stats->mean_abs_delta, stats->logprob_mismatch,
-        stats->trained_tokens / std::max(stats->seconds, 1e-9),
+        stats->trained_tokens / std::max(stats->seconds, 1e-9), stats->peak_memory_bytes / 1e9,
+        stats->oversize_sequences > 0
+            ? absl::StrCat(" (", stats->oversize_sequences,
+                           " sequences over learner.micro_batch_tokens, each trained alone)")
+            : "",
         eval >= 0 ? absl::StrCat(" eval ", describe(last_eval)) : "");
     best_reward = std::max(best_reward, stats->mean_reward);
     // A policy that had signal and lost it: sampled reward near the floor and almost no
@@ -611,9 +679,14 @@ int Run(int argc, char** argv) {
           stats->mean_reward, 100 * stats->mixed_fraction);
     }
     if (config.learner.checkpoint_every > 0 && update % config.learner.checkpoint_every == 0) {
-      checkpoint_now();
+      if (gather_optimizer()) checkpoint_now();
       last_checkpoint_update = update;
     }
+  }
+  // The final checkpoint below runs after the other ranks have stopped: gather first.
+  bool final_gathered = true;
+  if (exit_code == 0 && !StopRequested() && last_checkpoint_update != update) {
+    final_gathered = gather_optimizer();
   }
   if (comm != nullptr && exit_code == 0) {
     v1::RankShare stop;
@@ -622,7 +695,7 @@ int Run(int argc, char** argv) {
   }
   if (exit_code == 0 && !StopRequested()) {
     if (last_eval_update != update) evaluate();
-    if (last_checkpoint_update != update) checkpoint_now();
+    if (last_checkpoint_update != update && final_gathered) checkpoint_now();
     coordinator.Finish();
     spdlog::info("training finished: {} updates, final accuracy {:.1f}% (mean of last {})", update,
                  100 * progress.FinalAccuracy(), config.learner.eval_last);

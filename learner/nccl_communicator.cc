@@ -117,6 +117,40 @@ class NcclCommunicator : public Communicator {
     });
   }
 
+  absl::Status AllGather(const at::Tensor& input, at::Tensor& output) override {
+    if (absl::Status s = CheckShardPair("AllGather", input, output, /*gather=*/true, false);
+        !s.ok()) {
+      return s;
+    }
+    ncclDataType_t type = ncclFloat32;
+    ToNcclType(input.scalar_type(), &type);
+    const size_t sendcount = static_cast<size_t>(input.numel());
+    return Run("AllGather", [&]() -> absl::Status {
+      if (sendcount == 0) return absl::OkStatus();  // every rank skips alike
+      // recvbuff holds nranks * sendcount; in place when sendbuff == recvbuff + rank *
+      // sendcount (the one overlap CheckShardPair lets through).
+      return Enqueue(
+          ncclAllGather(input.data_ptr(), output.data_ptr(), sendcount, type, comm_, stream_));
+    });
+  }
+
+  absl::Status ReduceScatter(const at::Tensor& input, at::Tensor& output, bool average) override {
+    if (absl::Status s = CheckShardPair("ReduceScatter", input, output, /*gather=*/false, average);
+        !s.ok()) {
+      return s;
+    }
+    ncclDataType_t type = ncclFloat32;
+    ToNcclType(output.scalar_type(), &type);
+    const size_t recvcount = static_cast<size_t>(output.numel());
+    return Run("ReduceScatter", [&]() -> absl::Status {
+      if (recvcount == 0) return absl::OkStatus();  // every rank skips alike
+      // sendbuff holds nranks * recvcount; in place when recvbuff == sendbuff + rank *
+      // recvcount. ncclAvg (floating dtypes only, checked) divides by nranks.
+      return Enqueue(ncclReduceScatter(input.data_ptr(), output.data_ptr(), recvcount, type,
+                                       average ? ncclAvg : ncclSum, comm_, stream_));
+    });
+  }
+
   absl::Status Broadcast(std::vector<at::Tensor>& tensors, int root) override {
     if (root < 0 || root >= options_.world_size) {
       return Annotate(absl::InvalidArgumentError(absl::StrCat("root ", root, " is not a rank")),
@@ -156,32 +190,54 @@ class NcclCommunicator : public Communicator {
                     absl::StrCat("NCCL ", op), options_);
   }
 
+  // What is wrong with one tensor of a collective ("" when nothing).
+  std::string Problem(const at::Tensor& t, bool average) const {
+    ncclDataType_t type = ncclFloat32;
+    if (!t.defined()) return "is undefined";
+    if (!t.is_cuda()) {
+      return absl::StrCat("is on ", t.device().str(), ", the nccl backend wants CUDA tensors");
+    }
+    if (t.device().has_index() && t.device().index() != device_) {
+      return absl::StrCat("is on ", t.device().str(), " but this rank uses cuda:", device_);
+    }
+    if (!t.is_contiguous()) return "is not contiguous";
+    if (!ToNcclType(t.scalar_type(), &type)) {
+      return absl::StrCat("has unsupported dtype ", std::string(c10::toString(t.scalar_type())));
+    }
+    if (average && !c10::isFloatingType(t.scalar_type())) {
+      return "is not floating point, so it cannot be averaged";
+    }
+    return "";
+  }
+
   absl::Status Check(absl::string_view op, const std::vector<at::Tensor>& tensors, bool average) {
     if (!broken_.ok()) return Broken(op);
     for (size_t i = 0; i < tensors.size(); ++i) {
-      const at::Tensor& t = tensors[i];
-      ncclDataType_t type = ncclFloat32;
-      std::string problem;
-      if (!t.defined()) {
-        problem = "is undefined";
-      } else if (!t.is_cuda()) {
-        problem = absl::StrCat("is on ", t.device().str(), ", the nccl backend wants CUDA tensors");
-      } else if (t.device().has_index() && t.device().index() != device_) {
-        problem = absl::StrCat("is on ", t.device().str(), " but this rank uses cuda:", device_);
-      } else if (!t.is_contiguous()) {
-        problem = "is not contiguous";
-      } else if (!ToNcclType(t.scalar_type(), &type)) {
-        problem =
-            absl::StrCat("has unsupported dtype ", std::string(c10::toString(t.scalar_type())));
-      } else if (average && !c10::isFloatingType(t.scalar_type())) {
-        problem = "is not floating point, so it cannot be averaged";
-      }
-      if (!problem.empty()) {
+      if (std::string problem = Problem(tensors[i], average); !problem.empty()) {
         return Annotate(absl::InvalidArgumentError(absl::StrCat("tensor ", i, " ", problem)),
                         absl::StrCat("NCCL ", op), options_);
       }
     }
     return absl::OkStatus();
+  }
+
+  // Checks the tensors of AllGather (gather: input is the shard) and ReduceScatter
+  // (output is the shard) before anything is enqueued.
+  absl::Status CheckShardPair(absl::string_view op, const at::Tensor& input,
+                              const at::Tensor& output, bool gather, bool average) {
+    if (!broken_.ok()) return Broken(op);
+    std::string problem;
+    if (std::string p = Problem(input, average); !p.empty()) {
+      problem = absl::StrCat("input ", p);
+    } else if (p = Problem(output, average); !p.empty()) {
+      problem = absl::StrCat("output ", p);
+    } else if (gather) {
+      problem = ShardPairProblem(output, "output", input, "input", options_);
+    } else {
+      problem = ShardPairProblem(input, "input", output, "output", options_);
+    }
+    if (problem.empty()) return absl::OkStatus();
+    return Annotate(absl::InvalidArgumentError(problem), absl::StrCat("NCCL ", op), options_);
   }
 
   absl::Status EnsureStaging(size_t bytes) {

@@ -13,10 +13,14 @@
 #include "common/nn/model.h"
 #include "common/nn/model_dir.h"
 #include "common/nn/sampler.h"
+#include "common/process.h"
+#include "learner/chunked_logprobs.h"
 #include "learner/communicator.h"
 #include "learner/gradient_reducer.h"
+#include "learner/micro_batch.h"
 #include "learner/policy_loss.h"
 #include "learner/sequence_logprobs.h"
+#include "learner/sharded_adamw.h"
 #include "spdlog/spdlog.h"
 #include "verifier/grader.h"
 
@@ -42,11 +46,27 @@ ModelConfig ModelConfigFromConfig(const Config& config, const Tokenizer& tokeniz
   return m;
 }
 
+// A micro-batch's response-token log-probs (Trainer::Impl::Score).
+struct ScoredTokens {
+  torch::Tensor token_logp;  // [n, T-1] in the packed frame
+  double entropy_sum = 0, entropy_tokens = 0;
+};
+
 struct Trainer::Impl {
   Config config;
   torch::Device device{torch::kCPU};
+  // The float32 weights the optimizer updates (master weights), which evaluation,
+  // snapshots and checkpoints read.
   CausalLM model{nullptr};
+  // What the training forward and backward run: `model` itself in float32; with
+  // learner.dtype bfloat16 a bfloat16 copy whose gradients are handed to the master
+  // weights before each step and which takes their new values after it.
+  CausalLM compute{nullptr};
+  // The optimizer of an unsharded rank. With ZeRO (learner.zero_stage > 0 and several
+  // ranks) `sharded` updates the parameters instead, and `optimizer` only carries whole
+  // state between a checkpoint file and the shards (LoadOptimizer, GatherOptimizerState).
   std::unique_ptr<torch::optim::AdamW> optimizer;
+  std::unique_ptr<ShardedAdamW> sharded;
   int64_t steps = 0;
   LossKind loss = LossKind::kPmdMean;
   Baseline baseline = Baseline::kMean;
@@ -67,6 +87,89 @@ struct Trainer::Impl {
     const int64_t w = config.learner.warmup_steps;
     if (w <= 0 || steps >= w) return base;
     return base * static_cast<double>(steps + 1) / static_cast<double>(w);
+  }
+
+  // Token log-probs of a packed micro-batch's response tokens under the current policy,
+  // in its padded frame ([n, T-1], 0 outside the responses; differentiable unless grad
+  // mode is off), and their entropy's sum over the response tokens. With activation
+  // checkpointing, backward runs the layers again through `attention`, so it must
+  // outlive the backward pass.
+  ScoredTokens Score(const PackedSequences& packed, PackedSequenceAttention& attention,
+                     bool entropy) {
+    torch::Tensor hidden = compute->ForwardHidden(packed.input, packed.positions, attention,
+                                                  config.learner.activation_checkpointing);
+    hidden = hidden.squeeze(0).index_select(0, packed.score_positions);
+    ChunkedLogProbs lp =
+        ChunkedTokenLogProbs(hidden, compute->LmHeadWeight(), packed.score_targets, temperature,
+                             never_sampled, config.learner.logprob_chunk_tokens);
+    const PackedRows& frame = packed.frame;
+    ScoredTokens out;
+    out.token_logp = torch::zeros({frame.response_mask.numel()}, lp.logp.options())
+                         .scatter(0, packed.frame_index, lp.logp)
+                         .view(frame.response_mask.sizes());
+    if (entropy) {
+      out.entropy_sum = lp.entropy.sum().item<double>();
+      out.entropy_tokens = static_cast<double>(lp.entropy.numel());
+    }
+    return out;
+  }
+
+  bool mixed_precision() const { return compute.ptr() != model.ptr(); }
+
+  // The whole AdamW state per parameter, as `optimizer` holds it (loaded from a
+  // checkpoint): what the shards start from. False if it holds none.
+  bool WholeOptimizerState(std::vector<torch::Tensor>* exp_avg,
+                           std::vector<torch::Tensor>* exp_avg_sq, int64_t* step) {
+    auto& states = optimizer->state();
+    for (const torch::Tensor& p : model->parameters()) {
+      auto it = states.find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+      if (it == states.end()) return false;
+      auto& st = static_cast<torch::optim::AdamWParamState&>(*it->second);
+      exp_avg->push_back(st.exp_avg());
+      exp_avg_sq->push_back(st.exp_avg_sq());
+      *step = st.step();
+    }
+    return true;
+  }
+
+  // ZeRO: the sharded optimizer, made at the first update with a communicator, from the
+  // state a checkpoint loaded into `optimizer` if any (which is then dropped).
+  absl::Status ShardOptimizer(Communicator* comm) {
+    if (sharded != nullptr || comm == nullptr || config.learner.zero_stage == 0 ||
+        comm->world_size() < 2) {
+      return absl::OkStatus();
+    }
+    std::vector<torch::Tensor> exp_avg, exp_avg_sq;
+    int64_t step = 0;
+    const bool resumed = WholeOptimizerState(&exp_avg, &exp_avg_sq, &step);
+    ShardedAdamWOptions o;
+    o.stage = static_cast<int>(config.learner.zero_stage);
+    o.weight_decay = config.learner.weight_decay;
+    sharded = std::make_unique<ShardedAdamW>(model->parameters(), comm, o);
+    if (resumed) {
+      if (absl::Status s = sharded->LoadState(exp_avg, exp_avg_sq, step); !s.ok()) return s;
+    }
+    optimizer->state().clear();
+    return absl::OkStatus();
+  }
+
+  // The compute copy's gradients into the master weights' (mixed precision).
+  void GradientsToMaster() {
+    if (!mixed_precision()) return;
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> master = model->parameters(), low = compute->parameters();
+    for (size_t i = 0; i < master.size(); ++i) {
+      const torch::Tensor& g = low[i].grad();
+      master[i].mutable_grad() = g.defined() ? g.to(torch::kFloat) : torch::zeros_like(master[i]);
+    }
+  }
+
+  // The master weights' values into the compute copy (mixed precision).
+  void MasterToCompute() {
+    if (!mixed_precision()) return;
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> master = model->parameters(), low = compute->parameters();
+    for (size_t i = 0; i < master.size(); ++i) low[i].copy_(master[i]);
   }
 
   double ClipAndNorm(double clip) {
@@ -114,6 +217,21 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config,
         absl::StrCat("moving the model to ", impl->device.str(), ": ", e.what_without_backtrace()));
   }
   impl->model->train();
+  impl->compute = impl->model;
+  if (config.learner.dtype == "bfloat16") {
+    try {
+      CausalLMOptions low;
+      low.dtype = torch::kBFloat16;
+      low.device = impl->device;
+      low.random_init = false;
+      impl->compute = CausalLM(impl->model->config(), low);
+      impl->compute->train();
+      impl->MasterToCompute();
+    } catch (const c10::Error& e) {
+      return absl::InternalError(
+          absl::StrCat("learner.dtype bfloat16: ", e.what_without_backtrace()));
+    }
+  }
   impl->optimizer = std::make_unique<torch::optim::AdamW>(
       impl->model->parameters(),
       torch::optim::AdamWOptions(config.learner.lr).weight_decay(config.learner.weight_decay));
@@ -261,15 +379,24 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
   const bool pre_forward = recompute || m.truncated_is;
   const bool need_actor_logprobs = !recompute || m.truncated_is;
   // Per-rank sums, combined across ranks at the end: loss, grad norm, mismatch
-  // sum/tokens, |delta| sum/count, entropy sum/tokens, tokens, importance weight sum/count.
+  // sum/tokens, |delta| sum/count, entropy sum/tokens, tokens, importance weight sum/count,
+  // oversize rows.
   double loss_sum = 0, norm_sum = 0, mismatch_sum = 0, delta_sum = 0, entropy_sum = 0;
   double mismatch_tokens = 0, delta_count = 0, entropy_tokens = 0, trained_tokens = 0;
-  double weight_sum = 0, weight_count = 0;
+  double weight_sum = 0, weight_count = 0, oversize = 0;
 
-  auto pack = [&](const v1::MiniBatchShare& mb) {
+  // A micro-batch: some rows of a mini-batch, packed into one row of sequences, with
+  // what stays fixed through the update (π_old's token log-probs, importance weights).
+  struct MicroBatch {
+    std::vector<int> rows;  // indices into the mini-batch's rows
+    PackedSequences packed;
+    torch::Tensor token_old, weights;  // [n, T-1] in packed.frame; [n] or undefined
+  };
+  auto pack = [&](const v1::MiniBatchShare& mb, const std::vector<int>& rows) {
     std::vector<std::vector<int32_t>> prompts, responses;
     std::vector<const std::vector<int32_t>*> p, r;
-    for (const v1::TrainRow& row : mb.rows()) {
+    for (int i : rows) {
+      const v1::TrainRow& row = mb.rows(i);
       prompts.emplace_back(row.prompt_tokens().begin(), row.prompt_tokens().end());
       responses.emplace_back(row.response_tokens().begin(), row.response_tokens().end());
     }
@@ -277,18 +404,18 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
       p.push_back(&prompts[i]);
       r.push_back(&responses[i]);
     }
-    PackedRows packed = Pack(p, r, pad);
+    PackedSequences packed = PackSequences(p, r, pad);
     packed.To(m.device);
     return packed;
   };
-  // The actor's per-token log-probs of mini-batch k in the packed frame, on the device.
+  // The actor's per-token log-probs of a micro-batch in its frame, on the device.
   auto actor_token_logprobs = [&](int k, const v1::MiniBatchShare& mb,
-                                  const PackedRows& packed) -> absl::StatusOr<torch::Tensor> {
+                                  const MicroBatch& micro) -> absl::StatusOr<torch::Tensor> {
     std::vector<std::vector<float>> values;
-    for (const v1::TrainRow& row : mb.rows()) {
-      values.emplace_back(row.actor_logprobs().begin(), row.actor_logprobs().end());
+    for (int i : micro.rows) {
+      values.emplace_back(mb.rows(i).actor_logprobs().begin(), mb.rows(i).actor_logprobs().end());
     }
-    absl::StatusOr<at::Tensor> t = ResponseTokenValues(packed, values);
+    absl::StatusOr<at::Tensor> t = ResponseTokenValues(micro.packed.frame, values);
     if (!t.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("mini-batch ", k, ": actor log-probs: ", t.status().message()));
@@ -297,95 +424,112 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
   };
   // Mean |learner - actor| token log-prob over rows sampled by the current weights:
   // nonzero means the sampler and the learner disagree about the policy.
-  auto mismatch = [&](const v1::MiniBatchShare& mb, const torch::Tensor& token_lp_any) {
+  auto mismatch = [&](const v1::MiniBatchShare& mb, const MicroBatch& micro,
+                      const torch::Tensor& token_lp_any) {
     torch::Tensor token_lp = token_lp_any.to(torch::kCPU);
     auto lp = token_lp.accessor<float, 2>();
-    for (int i = 0; i < mb.rows_size(); ++i) {
-      const v1::TrainRow& row = mb.rows(i);
+    for (size_t j = 0; j < micro.rows.size(); ++j) {
+      const v1::TrainRow& row = mb.rows(micro.rows[j]);
       if (!row.sampled_now()) continue;
       const int64_t np = row.prompt_tokens_size();
       for (int t = 0; t < row.actor_logprobs_size(); ++t) {
-        mismatch_sum += std::abs(lp[i][np - 1 + t] - row.actor_logprobs(t));
+        mismatch_sum += std::abs(lp[j][np - 1 + t] - row.actor_logprobs(t));
         mismatch_tokens++;
       }
     }
   };
 
+  // The products run on the calling thread: OpenBLAS gets the learner's threads.
+  SetBlasThreads(static_cast<int>(m.config.learner.threads));
   try {
-    m.model->train();
-    // Per mini-batch, fixed before any step: π_old's token log-probs (the actor's, or
-    // the learner's own) and, with importance_weights truncated, the weights
-    // w_j = min(is_cap, exp(Σ_t lp_learner − Σ_t lp_actor)).
+    m.compute->train();
     const int n_mini = share.mini_batches_size();
-    // Each mini-batch is packed once, here, and trained from the same tensors below.
-    std::vector<PackedRows> packed_rows(n_mini);
-    std::vector<torch::Tensor> token_old(n_mini), weights(n_mini);
+    // Every mini-batch is planned and packed once, here, and trained from the same
+    // tensors below. Per micro-batch, fixed before any step: π_old's token log-probs (the
+    // actor's, or the learner's own) and, with importance_weights truncated, the weights
+    // w_j = min(is_cap, exp(Σ_t lp_learner − Σ_t lp_actor)).
+    std::vector<std::vector<MicroBatch>> micro_batches(n_mini);
     for (int k = 0; k < n_mini; ++k) {
       const v1::MiniBatchShare& mb = share.mini_batches(k);
-      if (mb.rows_size() == 0) continue;
-      packed_rows[k] = pack(mb);
-      const PackedRows& packed = packed_rows[k];
-      torch::Tensor actor_lp;
-      if (need_actor_logprobs) {
-        absl::StatusOr<torch::Tensor> a = actor_token_logprobs(k, mb, packed);
-        if (!a.ok()) return a.status();
-        actor_lp = *std::move(a);
+      std::vector<int64_t> row_tokens;
+      for (const v1::TrainRow& row : mb.rows()) {
+        row_tokens.push_back(row.prompt_tokens_size() + row.response_tokens_size());
       }
-      token_old[k] = actor_lp;
-      if (!pre_forward) continue;
-      torch::NoGradGuard no_grad;
-      torch::Tensor logits = m.model->forward(packed.input, packed.positions, packed.valid);
-      torch::Tensor token_lp =
-          NextTokenLogProbs(SamplingLogProbs(logits, m.temperature, m.never_sampled), packed.input,
-                            packed.response_mask);
-      if (k == 0) mismatch(mb, token_lp);
-      if (recompute) token_old[k] = token_lp;
-      if (m.truncated_is) {
-        torch::Tensor log_w = MaskedRowSums(token_lp, packed.response_mask).to(torch::kFloat64) -
-                              MaskedRowSums(actor_lp, packed.response_mask).to(torch::kFloat64);
-        weights[k] = log_w.exp().clamp_max(m.config.learner.is_cap);
-        weight_sum += weights[k].sum().item<double>();
-        weight_count += mb.rows_size();
+      MicroBatchPlan plan = PlanMicroBatches(row_tokens, m.config.learner.micro_batch_tokens);
+      oversize += static_cast<double>(plan.oversize_rows);
+      for (std::vector<int>& rows : plan.batches) {
+        MicroBatch micro;
+        micro.packed = pack(mb, rows);
+        micro.rows = std::move(rows);
+        torch::Tensor actor_lp;
+        if (need_actor_logprobs) {
+          absl::StatusOr<torch::Tensor> a = actor_token_logprobs(k, mb, micro);
+          if (!a.ok()) return a.status();
+          actor_lp = *std::move(a);
+        }
+        micro.token_old = actor_lp;
+        if (pre_forward) {
+          torch::NoGradGuard no_grad;
+          PackedSequenceAttention attention(micro.packed.starts);
+          ScoredTokens scored = m.Score(micro.packed, attention, /*entropy=*/false);
+          if (k == 0) mismatch(mb, micro, scored.token_logp);
+          if (recompute) micro.token_old = scored.token_logp;
+          if (m.truncated_is) {
+            const torch::Tensor& mask = micro.packed.frame.response_mask;
+            torch::Tensor log_w = MaskedRowSums(scored.token_logp, mask).to(torch::kFloat64) -
+                                  MaskedRowSums(actor_lp, mask).to(torch::kFloat64);
+            micro.weights = log_w.exp().clamp_max(m.config.learner.is_cap);
+            weight_sum += micro.weights.sum().item<double>();
+            weight_count += static_cast<double>(micro.rows.size());
+          }
+        }
+        micro_batches[k].push_back(std::move(micro));
       }
     }
 
-    std::vector<torch::Tensor> params = m.model->parameters();
+    if (absl::Status s = m.ShardOptimizer(comm); !s.ok()) return s;
+    std::vector<torch::Tensor> params = m.compute->parameters();
     std::unique_ptr<GradientReducer> reducer;
-    if (comm != nullptr) {
+    // ZeRO-2 sums the gradients itself, with a reduce-scatter in its step.
+    const bool zero2 = m.sharded != nullptr && m.config.learner.zero_stage == 2;
+    if (comm != nullptr && !zero2) {
       reducer = std::make_unique<GradientReducer>(params, comm, m.config.learner.bucket_mb << 20,
                                                   m.config.learner.overlap_allreduce);
     }
     for (int k = 0; k < n_mini; ++k) {
       const v1::MiniBatchShare& mb = share.mini_batches(k);
-      m.optimizer->zero_grad();
+      if (m.sharded != nullptr) {
+        m.sharded->ZeroGrad();
+      } else {
+        m.optimizer->zero_grad();
+      }
+      if (m.mixed_precision()) m.compute->zero_grad();
       if (reducer != nullptr) reducer->Begin();
       double loss_value = 0;
-      if (mb.rows_size() > 0) {
-        const PackedRows& packed = packed_rows[k];
-        trained_tokens += static_cast<double>(packed.tokens);
-        torch::Tensor logits = m.model->forward(packed.input, packed.positions, packed.valid);
-        torch::Tensor logp = SamplingLogProbs(logits, m.temperature, m.never_sampled);
-        torch::Tensor token_lp = NextTokenLogProbs(logp, packed.input, packed.response_mask);
-        if (k == 0 && !pre_forward) mismatch(mb, token_lp.detach());
-        {
-          torch::NoGradGuard no_grad;
-          torch::Tensor lp = logp.narrow(1, 0, logp.size(1) - 1);
-          torch::Tensor ent = -(lp.exp() * lp.masked_fill(torch::isinf(lp), 0)).sum(-1);
-          entropy_sum += (ent * packed.response_mask).sum().item<double>();
-          entropy_tokens += packed.response_mask.sum().item<double>();
-        }
+      for (size_t j = 0; j < micro_batches[k].size(); ++j) {
+        const MicroBatch& micro = micro_batches[k][j];
+        const PackedRows& frame = micro.packed.frame;
+        trained_tokens += static_cast<double>(micro.packed.tokens);
+        // The reducer sends gradients during the last micro-batch's backward only: the
+        // earlier ones accumulate locally.
+        if (reducer != nullptr) reducer->SetFinalPass(j + 1 == micro_batches[k].size());
+        PackedSequenceAttention attention(micro.packed.starts);  // lives through backward
+        ScoredTokens scored = m.Score(micro.packed, attention, /*entropy=*/true);
+        if (k == 0 && !pre_forward) mismatch(mb, micro, scored.token_logp.detach());
+        entropy_sum += scored.entropy_sum;
+        entropy_tokens += scored.entropy_tokens;
         std::vector<float> adv_v, len_v;
-        for (const v1::TrainRow& row : mb.rows()) {
-          adv_v.push_back(static_cast<float>(row.advantage()));
-          len_v.push_back(static_cast<float>(row.response_tokens_size()));
+        for (int i : micro.rows) {
+          adv_v.push_back(static_cast<float>(mb.rows(i).advantage()));
+          len_v.push_back(static_cast<float>(mb.rows(i).response_tokens_size()));
         }
         PolicyLossInputs in;
-        in.token_logp_new = token_lp;
-        in.token_logp_old = token_old[k];
-        in.mask = packed.response_mask;
+        in.token_logp_new = scored.token_logp;
+        in.token_logp_old = micro.token_old;
+        in.mask = frame.response_mask;
         in.advantages = torch::tensor(adv_v).to(m.device);
         in.lengths = torch::tensor(len_v).to(m.device);
-        in.weights = weights[k];
+        in.weights = micro.weights;
         PolicyLossOptions opt;
         opt.kind = m.loss;
         opt.tau = m.config.learner.tau;
@@ -400,19 +544,19 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
         }
         {
           torch::NoGradGuard no_grad;
-          delta_sum += (MaskedRowSums(token_lp.detach(), packed.response_mask) -
-                        MaskedRowSums(in.token_logp_old, packed.response_mask))
+          delta_sum += (MaskedRowSums(scored.token_logp.detach(), frame.response_mask) -
+                        MaskedRowSums(in.token_logp_old, frame.response_mask))
                            .abs()
                            .sum()
                            .item<double>();
-          delta_count += mb.rows_size();
+          delta_count += static_cast<double>(micro.rows.size());
         }
         torch::Tensor loss = PolicyLoss(in, opt);
         loss.backward();
-        loss_value = loss.item<double>();
+        loss_value += loss.item<double>();
       }
-      // The buckets went out during backward; a rank with no rows still joins every
-      // all-reduce, with zero gradients.
+      // The buckets went out during the last backward; a rank with no rows still joins
+      // every all-reduce, with zero gradients.
       if (reducer != nullptr) {
         if (absl::Status s = reducer->Finish(); !s.ok()) return s;
       } else {
@@ -420,21 +564,40 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
           if (!t.grad().defined()) t.mutable_grad() = torch::zeros_like(t);
         }
       }
-      double norm = m.ClipAndNorm(m.config.learner.grad_clip);
+      double norm = 0;
+      if (m.sharded != nullptr) {
+        absl::StatusOr<double> n = m.sharded->Step(m.ScheduledLr(), m.config.learner.grad_clip);
+        if (!n.ok()) return n.status();
+        norm = *n;
+      } else {
+        m.GradientsToMaster();
+        norm = m.ClipAndNorm(m.config.learner.grad_clip);
+      }
       if (!std::isfinite(norm)) {
         return absl::InternalError(
             absl::StrCat("non-finite gradient norm at optimizer step ", m.steps));
       }
-      m.SetLr(m.ScheduledLr());
-      m.optimizer->step();
+      if (m.sharded == nullptr) {
+        m.SetLr(m.ScheduledLr());
+        m.optimizer->step();
+        m.MasterToCompute();
+      }
       m.steps++;
       loss_sum += loss_value;
       norm_sum += norm;
     }
+    // The gradients are not needed until the next update's backward: freeing them here
+    // keeps a model's worth of memory out of everything between updates (the weight
+    // snapshot for the actors, evaluation, checkpoints).
+    if (m.sharded != nullptr) m.sharded->ReleaseGradients();
+    for (torch::Tensor& p : m.model->parameters()) p.mutable_grad().reset();
+    if (m.mixed_precision()) {
+      for (torch::Tensor& p : params) p.mutable_grad().reset();
+    }
     // Combine the per-rank metrics: the loss parts add up to the global mini-batch loss.
     torch::Tensor sums =
         torch::tensor({loss_sum, mismatch_sum, mismatch_tokens, delta_sum, delta_count, entropy_sum,
-                       entropy_tokens, trained_tokens, weight_sum, weight_count},
+                       entropy_tokens, trained_tokens, weight_sum, weight_count, oversize},
                       torch::kFloat64)
             .to(m.device);
     if (comm != nullptr) {
@@ -451,6 +614,7 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
     stats.entropy = a[6] > 0 ? a[5] / a[6] : 0.0;
     stats.trained_tokens = static_cast<int64_t>(a[7]);
     stats.importance_weight_mean = a[9] > 0 ? a[8] / a[9] : 1.0;
+    stats.oversize_sequences = static_cast<int64_t>(a[10]);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("update failed: ", e.what_without_backtrace()));
   }
@@ -540,7 +704,9 @@ absl::Status Trainer::BroadcastWeights(Communicator* comm) {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> params;
   for (auto& p : impl_->model->parameters()) params.push_back(p.data());
-  return comm->Broadcast(params, /*root=*/0);
+  absl::Status s = comm->Broadcast(params, /*root=*/0);
+  impl_->MasterToCompute();
+  return s;
 }
 
 absl::Status Trainer::CheckReplicas(Communicator* comm, int64_t update) {
@@ -582,10 +748,37 @@ absl::Status Trainer::Save(const std::string& dir) {
   absl::Status s = SaveModelDir(impl_->model, dir);
   if (!s.ok()) return s;
   try {
+    if (impl_->sharded != nullptr && impl_->optimizer->state().empty()) {
+      return absl::FailedPreconditionError(
+          "saving a ZeRO-sharded optimizer: GatherOptimizerState must run on every rank first");
+    }
     torch::save(*impl_->optimizer, (std::filesystem::path(dir) / "optimizer.pt").string());
+    // The gathered whole state was only for the file.
+    if (impl_->sharded != nullptr) impl_->optimizer->state().clear();
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat("saving optimizer state to ", dir, ": ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::GatherOptimizerState(Communicator* comm) {
+  Impl& m = *impl_;
+  if (m.sharded == nullptr) return absl::OkStatus();
+  std::vector<torch::Tensor> exp_avg, exp_avg_sq;
+  if (absl::Status s = m.sharded->GatherState(&exp_avg, &exp_avg_sq); !s.ok()) {
+    return absl::Status(s.code(),
+                        absl::StrCat("gathering the ZeRO optimizer state: ", s.message()));
+  }
+  if (comm->rank() != 0) return absl::OkStatus();
+  auto& states = m.optimizer->state();
+  std::vector<torch::Tensor> params = m.model->parameters();
+  for (size_t i = 0; i < params.size(); ++i) {
+    auto st = std::make_unique<torch::optim::AdamWParamState>();
+    st->step(m.sharded->steps());
+    st->exp_avg(exp_avg[i].clone());
+    st->exp_avg_sq(exp_avg_sq[i].clone());
+    states[c10::guts::to_string(params[i].unsafeGetTensorImpl())] = std::move(st);
   }
   return absl::OkStatus();
 }
@@ -627,6 +820,7 @@ absl::StatusOr<double> Trainer::SupervisedStep(const std::vector<std::vector<int
     m.ClipAndNorm(1.0);
     m.SetLr(lr);
     m.optimizer->step();
+    m.MasterToCompute();  // SFT trains the float32 weights directly
     m.steps++;
     return loss.item<double>();
   } catch (const c10::Error& e) {

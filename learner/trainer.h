@@ -39,7 +39,12 @@ struct UpdateStats {
   int64_t trained_tokens = 0;  // prompt + response tokens through forward/backward
   int64_t response_tokens = 0;
   int64_t completions = 0;
+  // Rows longer than learner.micro_batch_tokens, each trained in a micro-batch of its own.
+  int64_t oversize_sequences = 0;
   double seconds = 0;
+  // Peak resident (CPU) or allocated (CUDA) bytes of the process over the update:
+  // measured by whoever owns the window (learner/peak_memory.h), not by the Trainer.
+  int64_t peak_memory_bytes = 0;
 };
 
 struct EvalResult {
@@ -98,8 +103,14 @@ class Trainer {
   absl::Status CheckReplicas(Communicator* comm, int64_t update);
   const ModelConfig& model_config() const;
 
-  // Model directory (config.json + model.safetensors) plus optimizer.pt in `dir`.
+  // Model directory (config.json + model.safetensors) plus optimizer.pt in `dir`. The
+  // file holds the whole AdamW state whatever the number of ranks: with ZeRO every rank
+  // first calls GatherOptimizerState (a collective), then rank 0 saves; LoadOptimizer
+  // reads the whole state and each rank keeps its shard at its first update.
   absl::Status Save(const std::string& dir);
+  // ZeRO (learner.zero_stage > 0, several ranks): collects the sharded AdamW state from
+  // every rank for rank 0's next Save. Every rank calls it; a no-op without sharding.
+  absl::Status GatherOptimizerState(Communicator* comm);
   absl::Status LoadOptimizer(const std::string& dir);
   int64_t optimizer_steps() const;
   void set_optimizer_steps(int64_t steps);

@@ -4,6 +4,7 @@
 #include <torch/version.h>
 
 #include <cmath>
+#include <functional>
 #include <numbers>
 #include <unordered_map>
 #include <unordered_set>
@@ -32,13 +33,19 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 
 namespace {
 
-// The attention kernel, kept behind one function so a faster one can replace it.
-// q [B,H,T,hd], k/v [B,H,S,hd], mask [B,1,T,S] bool (true = may attend; every row has at
-// least one true). LibTorch 2.x's fused scaled_dot_product_attention computes the same
-// thing; LibTorch 1.13 (Debian 12) lacks it, so it gets the eager path that mirrors HF's
-// eager attention (softmax in float32).
-at::Tensor Attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                     const at::Tensor& mask) {
+// rotate_half convention of HF Llama: x = [x1, x2] -> x*cos + [-x2, x1]*sin.
+at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor x1 = x.narrow(-1, 0, half);
+  at::Tensor x2 = x.narrow(-1, half, half);
+  return x * cos + at::cat({-x2, x1}, -1) * sin;
+}
+
+}  // namespace
+}  // namespace internal
+
+at::Tensor MaskedAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& mask) {
   if (q.size(2) == 1 && q.device().is_cpu()) {
     // One query per row (a decode step): CPU bmm over B*H tiny matrices runs a slow
     // per-matrix loop, so contract with broadcast multiply-sum instead; the temporaries are
@@ -62,15 +69,15 @@ at::Tensor Attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 #endif
 }
 
-// rotate_half convention of HF Llama: x = [x1, x2] -> x*cos + [-x2, x1]*sin.
-at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const int64_t half = x.size(-1) / 2;
-  at::Tensor x1 = x.narrow(-1, 0, half);
-  at::Tensor x2 = x.narrow(-1, half, half);
-  return x * cos + at::cat({-x2, x1}, -1) * sin;
+at::Tensor ExpandKvHeads(const at::Tensor& kv, int64_t heads) {
+  const int64_t b = kv.size(0), kv_heads = kv.size(1), s = kv.size(2), hd = kv.size(3);
+  if (kv_heads == heads) return kv;
+  // Query head h reads kv head h / rep (HF repeat_kv).
+  const int64_t rep = heads / kv_heads;
+  return kv.unsqueeze(2).expand({b, kv_heads, rep, s, hd}).reshape({b, heads, s, hd});
 }
 
-}  // namespace
+namespace internal {
 
 class ProjImpl : public torch::nn::Module {
  public:
@@ -169,17 +176,7 @@ class SelfAttentionImpl : public torch::nn::Module {
       *cache_k = k;
       *cache_v = v;
     }
-    if (heads_ !=
-        kv_heads_) {  // grouped-query: query head h reads kv head h / n_rep (HF repeat_kv)
-      const int64_t rep = heads_ / kv_heads_, s = k.size(2);
-      k = k.unsqueeze(2)
-              .expand({b, kv_heads_, rep, s, head_dim_})
-              .reshape({b, heads_, s, head_dim_});
-      v = v.unsqueeze(2)
-              .expand({b, kv_heads_, rep, s, head_dim_})
-              .reshape({b, heads_, s, head_dim_});
-    }
-    at::Tensor o = Attention(q, k, v, mask);
+    at::Tensor o = MaskedAttention(q, ExpandKvHeads(k, heads_), ExpandKvHeads(v, heads_), mask);
     return o_proj(o.transpose(1, 2).reshape({b, t, heads_ * head_dim_}));
   }
 
@@ -363,22 +360,72 @@ std::pair<at::Tensor, at::Tensor> CausalLMImpl::RopeTables(const at::Tensor& pos
   return {emb.cos().to(act_dtype), emb.sin().to(act_dtype)};
 }
 
+namespace {
+
+// Activation checkpointing of one decoder layer: the forward runs without a graph and
+// keeps only the layer's input; backward recomputes the layer with a graph and runs a
+// nested (reentrant) backward through it, which accumulates the layer's parameter
+// gradients directly and hands back the input's. LibTorch has no checkpoint utility (it
+// is Python-only in torch.utils.checkpoint), so this is its reentrant variant by hand.
+struct LayerRecompute : torch::CustomClassHolder {
+  std::function<at::Tensor(const at::Tensor&)> run;
+};
+
+class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            c10::intrusive_ptr<LayerRecompute> layer) {
+    ctx->save_for_backward({x});
+    at::Tensor y = layer->run(x);
+    ctx->saved_data["layer"] = at::IValue::make_capsule(std::move(layer));
+    return y;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto layer =
+        c10::static_intrusive_pointer_cast<LayerRecompute>(ctx->saved_data["layer"].toCapsule());
+    at::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    at::Tensor y;
+    {
+      torch::AutoGradMode grad(true);
+      y = layer->run(x);
+    }
+    torch::autograd::backward({y}, {grad_out[0]});
+    return {x.grad(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
 at::Tensor CausalLMImpl::ForwardHidden(const at::Tensor& input_ids, const at::Tensor& positions,
-                                       AttentionBackend& backend) {
+                                       AttentionBackend& backend, bool checkpoint_layers) {
   TORCH_CHECK(input_ids.dim() == 2, "CausalLM: input_ids must be [B,T]");
   TORCH_CHECK(positions.sizes() == input_ids.sizes(),
               "CausalLM: positions must have input_ids' shape [B,T]");
   auto [cos, sin] = RopeTables(positions);
   at::Tensor h = model_->embed_tokens(input_ids);
+  const bool checkpoint = checkpoint_layers && at::GradMode::is_enabled();
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-    h = model_->typed_layers[i]->ForwardWith(h, cos, sin, backend, i);
+    std::shared_ptr<internal::DecoderLayerImpl> layer = model_->typed_layers[i].ptr();
+    if (!checkpoint) {
+      h = layer->ForwardWith(h, cos, sin, backend, i);
+      continue;
+    }
+    auto recompute = c10::make_intrusive<LayerRecompute>();
+    recompute->run = [layer, cos = cos, sin = sin, &backend, i](const at::Tensor& x) {
+      return layer->ForwardWith(x, cos, sin, backend, i);
+    };
+    h = CheckpointedLayer::apply(h, std::move(recompute));
   }
   return model_->norm(h);
 }
 
+at::Tensor CausalLMImpl::LmHeadWeight() const {
+  return lm_head_ ? lm_head_->weight : model_->embed_tokens->weight;
+}
+
 at::Tensor CausalLMImpl::Logits(const at::Tensor& hidden) {
-  const at::Tensor& head = lm_head_ ? lm_head_->weight : model_->embed_tokens->weight;
-  return internal::Linear(hidden, head, at::Tensor()).to(at::kFloat);
+  return internal::Linear(hidden, LmHeadWeight(), at::Tensor()).to(at::kFloat);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> NamedWeights(CausalLM& model) {

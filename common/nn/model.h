@@ -83,12 +83,18 @@ class CausalLMImpl : public torch::nn::Module {
 
   // The decoder stack with the keys/values kept by `backend`: input_ids and positions
   // [B,T] int64. Returns the final-norm hidden states [B,T,D] in the parameters' dtype;
-  // Logits() turns the rows that need it into logits.
+  // Logits() turns the rows that need it into logits. checkpoint_layers (with grad
+  // mode on): activation checkpointing per decoder layer, keeping only each layer's
+  // input and recomputing the layer in backward (the same gradients, one more forward);
+  // `backend` is then called again during backward, so it must outlive it and answer
+  // the same way.
   at::Tensor ForwardHidden(const at::Tensor& input_ids, const at::Tensor& positions,
-                           AttentionBackend& backend);
+                           AttentionBackend& backend, bool checkpoint_layers = false);
   // Float32 logits [..., vocab] of final-norm hidden states [..., D] (lm_head in the
   // parameters' dtype, then cast, as forward does).
   at::Tensor Logits(const at::Tensor& hidden);
+  // The output projection [vocab, D]: lm_head.weight, or the embedding table when tied.
+  at::Tensor LmHeadWeight() const;
 
   const ModelConfig& config() const { return config_; }
 
@@ -108,6 +114,14 @@ TORCH_MODULE(CausalLM);
 // float32 tensor operations as transformers' _compute_default_rope_parameters and (for
 // rope_scaling llama3) _compute_llama3_parameters, so they agree bit for bit.
 at::Tensor RopeInverseFrequencies(const ModelConfig& config);
+
+// Attention of q [B,H,T,hd] over k, v [B,H,S,hd] where mask [B,1,T,S] (bool) is true;
+// every query row must allow at least one key. Softmax in float32, as HF's eager path.
+at::Tensor MaskedAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& mask);
+// Grouped-query attention's key/value heads [B,KV,S,hd] repeated to [B,heads,S,hd] (query
+// head h reads kv head h / (heads / KV)), as HF's repeat_kv.
+at::Tensor ExpandKvHeads(const at::Tensor& kv, int64_t heads);
 
 // HF-named parameters in a stable order (named_parameters order), tied lm_head omitted.
 // The tensors are the parameters themselves (not copies).

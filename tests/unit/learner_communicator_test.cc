@@ -166,6 +166,91 @@ TEST_P(CommunicatorWorldTest, ScatterHandsEachRankItsPayload) {
   });
 }
 
+// Rank r's shard for the sharded collectives: integer values, distinct per rank and
+// element, so a gathered or summed result is exact.
+at::Tensor Shard(int r, int64_t n, at::ScalarType dtype) {
+  return (at::arange(n, at::kLong) * 10 + 1000 * r - 3).to(dtype);
+}
+
+TEST_P(CommunicatorWorldTest, AllGatherConcatenatesEveryRanksInput) {
+  const int world = GetParam();
+  RunRanks(BaseOptions(world), [&](int r, Communicator& comm) {
+    for (at::ScalarType dtype : {at::kFloat, at::kLong}) {
+      for (int64_t n : {1, 7, 1000}) {
+        std::vector<at::Tensor> parts;
+        for (int q = 0; q < world; ++q) parts.push_back(Shard(q, n, dtype));
+        const at::Tensor want = at::cat(parts);
+
+        // Output shaped apart from the input: only the element counts matter.
+        at::Tensor input = Shard(r, n, dtype);
+        at::Tensor output = at::full({world, n}, -1, dtype);
+        absl::Status s = comm.AllGather(input, output);
+        ASSERT_TRUE(s.ok()) << s;
+        EXPECT_TRUE(at::equal(output.reshape({-1}), want))
+            << "rank " << r << " " << dtype << " n=" << n;
+        EXPECT_TRUE(at::equal(input, Shard(r, n, dtype)));  // only read
+
+        // In place: the input is this rank's slice of the output.
+        at::Tensor flat = at::full({world * n}, -1, dtype);
+        at::Tensor slice = flat.narrow(0, r * n, n);
+        slice.copy_(Shard(r, n, dtype));
+        s = comm.AllGather(slice, flat);
+        ASSERT_TRUE(s.ok()) << s;
+        EXPECT_TRUE(at::equal(flat, want)) << "in place, rank " << r << " " << dtype;
+      }
+    }
+    // Empty shards move nothing and succeed.
+    at::Tensor none = at::zeros({0});
+    at::Tensor none_out = at::zeros({0});
+    EXPECT_TRUE(comm.AllGather(none, none_out).ok());
+  });
+}
+
+TEST_P(CommunicatorWorldTest, ReduceScatterSumsAndAveragesEachRanksSlice) {
+  const int world = GetParam();
+  // Rank r's input: world slices of n; slice k on rank r is Shard(r, n) + 100 * k.
+  auto input_of = [world](int r, int64_t n, at::ScalarType dtype) {
+    std::vector<at::Tensor> slices;
+    for (int k = 0; k < world; ++k) slices.push_back(Shard(r, n, dtype) + 100 * k);
+    return at::cat(slices);
+  };
+  auto want_of = [&](int k, int64_t n, at::ScalarType dtype) {
+    at::Tensor sum = at::zeros({n}, dtype);
+    for (int r = 0; r < world; ++r) sum = sum + input_of(r, n, dtype).narrow(0, k * n, n);
+    return sum;
+  };
+  RunRanks(BaseOptions(world), [&](int r, Communicator& comm) {
+    for (at::ScalarType dtype : {at::kFloat, at::kLong}) {
+      for (int64_t n : {1, 7, 1000}) {
+        const at::Tensor want = want_of(r, n, dtype);
+        at::Tensor input = input_of(r, n, dtype).reshape({world, n});
+        at::Tensor output = at::full({n}, -1, dtype);
+        absl::Status s = comm.ReduceScatter(input, output, /*average=*/false);
+        ASSERT_TRUE(s.ok()) << s;
+        EXPECT_TRUE(at::equal(output, want)) << "rank " << r << " " << dtype << " n=" << n;
+        EXPECT_TRUE(at::equal(input.reshape({-1}), input_of(r, n, dtype)));  // only read
+
+        // In place: the output is this rank's slice of the input.
+        at::Tensor flat = input_of(r, n, dtype);
+        at::Tensor slice = flat.narrow(0, r * n, n);
+        s = comm.ReduceScatter(flat, slice, false);
+        ASSERT_TRUE(s.ok()) << s;
+        EXPECT_TRUE(at::equal(slice, want)) << "in place, rank " << r << " " << dtype;
+
+        if (dtype == at::kFloat) {
+          at::Tensor avg = at::full({n}, -1, dtype);
+          s = comm.ReduceScatter(input_of(r, n, dtype), avg, /*average=*/true);
+          ASSERT_TRUE(s.ok()) << s;
+          EXPECT_TRUE(at::equal(avg, DivideEach(want, world))) << "average, rank " << r;
+        }
+      }
+    }
+    at::Tensor none = at::zeros({0}, at::kLong);
+    at::Tensor none_out = at::zeros({0}, at::kLong);
+    EXPECT_TRUE(comm.ReduceScatter(none, none_out, false).ok());
+  });
+}
+
 INSTANTIATE_TEST_SUITE_P(WorldSizes, CommunicatorWorldTest, ::testing::Values(2, 3));
 
 TEST(CommunicatorTest, MissingRankFailsRendezvousWithDeadlineExceeded) {
@@ -221,6 +306,133 @@ TEST(CommunicatorTest, PeerThatSkipsACollectiveTimesOutAndBreaksTheGroup) {
       // Stays alive but never makes the call.
       while (!rank0_done) std::this_thread::sleep_for(10ms);
     }
+  });
+}
+
+TEST(CommunicatorTest, PeerThatSkipsAllGatherOrReduceScatterTimesOutAndBreaksTheGroup) {
+  for (bool gather : {true, false}) {
+    const std::string op = gather ? "AllGather" : "ReduceScatter";
+    CommOptions base = BaseOptions(2);
+    base.timeout = 2s;
+    std::atomic<bool> rank0_done{false};
+    RunRanks(base, [&](int r, Communicator& comm) {
+      if (r == 0) {
+        at::Tensor shard = at::ones({16}, at::kFloat);
+        at::Tensor full = at::ones({32}, at::kFloat);
+        absl::Status s =
+            gather ? comm.AllGather(shard, full) : comm.ReduceScatter(full, shard, false);
+        EXPECT_TRUE(absl::IsDeadlineExceeded(s)) << s;
+        EXPECT_THAT(std::string(s.message()), HasSubstr(op + " on rank 0"));
+        // Every later call fails, the sharded ones included.
+        absl::Status after =
+            gather ? comm.ReduceScatter(full, shard, false) : comm.AllGather(shard, full);
+        EXPECT_TRUE(absl::IsFailedPrecondition(after)) << after;
+        EXPECT_THAT(std::string(after.message()), HasSubstr("broken"));
+        after = comm.Barrier();
+        EXPECT_TRUE(absl::IsFailedPrecondition(after)) << after;
+        rank0_done = true;
+      } else {
+        // Stays alive but never makes the call.
+        while (!rank0_done) std::this_thread::sleep_for(10ms);
+      }
+    });
+  }
+}
+
+TEST(CommunicatorTest, AllGatherAndReduceScatterRejectBadTensorsBeforeCommunicating) {
+  // Two ranks, but only rank 0 makes the bad calls: had any of them sent or waited for
+  // anything, it would time out (or leave bytes that spoil the good calls after them).
+  CommOptions base = BaseOptions(2);
+  base.timeout = 5s;
+  RunRanks(base, [&](int r, Communicator& comm) {
+    if (r == 0) {
+      const auto start = std::chrono::steady_clock::now();
+      struct Case {
+        std::string what;
+        std::function<absl::Status()> call;
+        std::string message;
+      };
+      at::Tensor f3 = at::ones({3});
+      at::Tensor f6 = at::ones({6});
+      at::Tensor f5 = at::ones({5});
+      at::Tensor f7 = at::ones({7});
+      at::Tensor l3 = at::ones({3}, at::kLong);
+      at::Tensor l6 = at::ones({6}, at::kLong);
+      at::Tensor b3 = at::ones({3}, at::kBool);
+      at::Tensor b6 = at::ones({6}, at::kBool);
+      at::Tensor strided = at::ones({6, 2}).select(1, 0);  // 6 elements, stride 2
+      at::Tensor undefined;
+      at::Tensor six = at::zeros({6});
+      at::Tensor not_mine = six.narrow(0, 3, 3);  // rank 1's slice, not rank 0's
+      at::Tensor straddling = six.narrow(0, 1, 3);
+      std::vector<Case> cases = {
+          {"AllGather output of the wrong numel", [&] { return comm.AllGather(f3, f5); },
+           "output has 5 elements, want world_size * input.numel() = 2 * 3 = 6"},
+          {"AllGather output of the wrong numel (bigger)", [&] { return comm.AllGather(f3, f7); },
+           "output has 7 elements"},
+          {"AllGather dtype mismatch", [&] { return comm.AllGather(f3, l6); },
+           "input has dtype Float"},
+          {"AllGather unsupported dtype", [&] { return comm.AllGather(b3, b6); },
+           "input has dtype Bool"},
+          {"AllGather non-contiguous output", [&] { return comm.AllGather(f3, strided); },
+           "output is not contiguous"},
+          {"AllGather undefined input", [&] { return comm.AllGather(undefined, f6); },
+           "input is undefined"},
+          {"AllGather input overlapping another rank's slice",
+           [&] { return comm.AllGather(not_mine, six); }, "overlap"},
+          {"AllGather input straddling slices", [&] { return comm.AllGather(straddling, six); },
+           "overlap"},
+          {"ReduceScatter output of the wrong numel",
+           [&] { return comm.ReduceScatter(f6, f5, false); },
+           "input has 6 elements, want world_size * output.numel() = 2 * 5 = 10"},
+          {"ReduceScatter input of the wrong numel",
+           [&] { return comm.ReduceScatter(f7, f3, false); }, "input has 7 elements"},
+          {"ReduceScatter dtype mismatch", [&] { return comm.ReduceScatter(l6, f3, false); },
+           "output has dtype Float but input has Long"},
+          {"ReduceScatter average of int64", [&] { return comm.ReduceScatter(l6, l3, true); },
+           "cannot be averaged"},
+          {"ReduceScatter non-contiguous input",
+           [&] { return comm.ReduceScatter(strided, f3, false); }, "input is not contiguous"},
+          {"ReduceScatter output overlapping another rank's slice",
+           [&] { return comm.ReduceScatter(six, not_mine, false); }, "overlap"},
+      };
+      for (const Case& c : cases) {
+        absl::Status s = c.call();
+        EXPECT_TRUE(absl::IsInvalidArgument(s)) << c.what << ": " << s;
+        const std::string op = c.what.substr(0, c.what.find(' '));
+        EXPECT_THAT(std::string(s.message()), HasSubstr("Gloo " + op + " on rank 0 of 2: "))
+            << c.what;
+        EXPECT_THAT(std::string(s.message()), HasSubstr(c.message)) << c.what;
+      }
+      EXPECT_LT(std::chrono::steady_clock::now() - start, 1s);
+    }
+    // Invalid arguments did not break the group, and nothing of them is in flight.
+    at::Tensor gathered = at::zeros({4}, at::kLong);
+    absl::Status s = comm.AllGather(at::full({2}, r + 1, at::kLong), gathered);
+    ASSERT_TRUE(s.ok()) << s;
+    EXPECT_TRUE(at::equal(gathered, at::tensor({1, 1, 2, 2}, at::kLong)));
+    at::Tensor reduced = at::zeros({2});
+    s = comm.ReduceScatter(at::arange(4, at::kFloat) * (r + 1), reduced, false);
+    ASSERT_TRUE(s.ok()) << s;
+    EXPECT_TRUE(at::equal(reduced, at::arange(2 * r, 2 * r + 2, at::kFloat) * 3));
+  });
+}
+
+TEST(CommunicatorTest, AllGatherAndReduceScatterOnOneRank) {
+  RunRanks(BaseOptions(1), [&](int, Communicator& comm) {
+    at::Tensor out = at::zeros({4});
+    ASSERT_TRUE(comm.AllGather(at::arange(4, at::kFloat), out).ok());
+    EXPECT_TRUE(at::equal(out, at::arange(4, at::kFloat)));
+    at::Tensor avg = at::zeros({4});
+    ASSERT_TRUE(comm.ReduceScatter(at::arange(4, at::kFloat) * 3, avg, true).ok());
+    EXPECT_TRUE(at::equal(avg, at::arange(4, at::kFloat) * 3));
+    // In place is the identity.
+    at::Tensor same = at::arange(4, at::kLong);
+    ASSERT_TRUE(comm.AllGather(same, same).ok());
+    ASSERT_TRUE(comm.ReduceScatter(same, same, false).ok());
+    EXPECT_TRUE(at::equal(same, at::arange(4, at::kLong)));
+    at::Tensor short_out = out.narrow(0, 0, 3);
+    EXPECT_TRUE(absl::IsInvalidArgument(comm.AllGather(at::zeros({4}), short_out)));
   });
 }
 

@@ -167,3 +167,118 @@ TEST(DataParallel, DivergedReplicasAreReported) {
 
 }  // namespace
 }  // namespace pmdrl
+
+namespace pmdrl {
+namespace {
+
+double WorstRelative(const WeightSnapshot& a, const WeightSnapshot& b) {
+  double worst = 0;
+  for (size_t t = 0; t < a.data.size(); ++t) {
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < a.data[t].size(); ++i) {
+      diff += std::pow(double(a.data[t][i]) - b.data[t][i], 2);
+      norm += std::pow(double(a.data[t][i]), 2);
+    }
+    worst = std::max(worst, std::sqrt(diff) / std::max(std::sqrt(norm), 1e-12));
+  }
+  return worst;
+}
+
+// Updates `batches` on two ranks (rank 1 on a thread), as the learner's main loop does.
+void TrainTwoRanks(Trainer& rank0, Trainer& rank1, Communicator* c0, Communicator* c1,
+                   const std::vector<std::vector<v1::Group>>& batches, uint64_t first_version) {
+  for (size_t u = 0; u < batches.size(); ++u) {
+    const uint64_t version = first_version + u;
+    UpdateStats plan_stats;
+    auto shares = rank0.PlanUpdate(batches[u], version, 2, &plan_stats);
+    ASSERT_TRUE(shares.ok()) << shares.status();
+    absl::StatusOr<UpdateStats> s0, s1;
+    std::thread r1([&] { s1 = rank1.TrainShare((*shares)[1], c1); });
+    s0 = rank0.TrainShare((*shares)[0], c0);
+    r1.join();
+    ASSERT_TRUE(s0.ok()) << s0.status();
+    ASSERT_TRUE(s1.ok()) << s1.status();
+  }
+}
+
+// ZeRO-1 and ZeRO-2 on 2 Gloo ranks take the steps 1 unsharded rank takes (3 updates, to
+// 1e-5), the ranks stay identical, and the checkpoint does not depend on the rank count:
+// the sharded run's optimizer.pt (gathered) resumes on 1 unsharded rank, and the
+// unsharded run's resumes on 2 sharded ranks, both equal to the unsharded run's 4th update.
+TEST(DataParallel, ZeroShardedOptimizerMatchesOneRank) {
+  CharTokenizer tok;
+  Config plain = TinyConfig();
+  plain.learner.weight_decay = 0.01;  // the decoupled decay is part of the sharded step
+  std::string base = (std::filesystem::path(testing::TempDir()) / "zero_base").string();
+  {
+    auto init = Trainer::Create(plain, tok, "");
+    ASSERT_TRUE(init.ok()) << init.status();
+    ASSERT_TRUE((*init)->Save(base).ok());
+  }
+  auto batches = MakeBatches(4, tok);
+  std::vector<std::vector<v1::Group>> first3(batches.begin(), batches.begin() + 3);
+  const std::vector<std::vector<v1::Group>> fourth = {batches[3]};
+  const std::string single_ckpt =
+      (std::filesystem::path(testing::TempDir()) / "zero_single").string();
+  auto single = Trainer::Create(plain, tok, base);
+  ASSERT_TRUE(single.ok());
+  for (size_t u = 0; u < first3.size(); ++u) ASSERT_TRUE((*single)->Update(first3[u], u).ok());
+  ASSERT_TRUE((*single)->Save(single_ckpt).ok());
+  auto after3 = (*single)->Snapshot(3);
+  ASSERT_TRUE((*single)->Update(fourth[0], 3).ok());
+  auto after4 = (*single)->Snapshot(4);
+
+  for (int stage : {1, 2}) {
+    SCOPED_TRACE("zero_stage " + std::to_string(stage));
+    Config zero = plain;
+    zero.learner.zero_stage = stage;
+    auto rank0 = Trainer::Create(zero, tok, base);
+    auto rank1 = Trainer::Create(zero, tok, base);
+    ASSERT_TRUE(rank0.ok() && rank1.ok());
+    std::unique_ptr<Communicator> c0, c1;
+    ConnectGlooPair(&c0, &c1);
+    ASSERT_TRUE(c0 && c1);
+    TrainTwoRanks(**rank0, **rank1, c0.get(), c1.get(), first3, 0);
+    auto z0 = (*rank0)->Snapshot(3), z1 = (*rank1)->Snapshot(3);
+    const double d = WorstRelative(*after3, *z0);
+    EXPECT_LE(d, 1e-5);
+    EXPECT_EQ(WorstRelative(*z0, *z1), 0.0) << "the ranks diverged";
+    std::printf("ZeRO-%d, 2 ranks vs 1 unsharded: worst relative parameter difference %.3g\n",
+                stage, d);
+
+    // Gather on save: the checkpoint resumes on 1 unsharded rank.
+    const std::string ckpt =
+        (std::filesystem::path(testing::TempDir()) / ("zero_ckpt_" + std::to_string(stage)))
+            .string();
+    EXPECT_FALSE((*rank0)->Save(ckpt).ok()) << "saving needs the gathered state";
+    absl::Status g0, g1;
+    std::thread gather1([&] { g1 = (*rank1)->GatherOptimizerState(c1.get()); });
+    g0 = (*rank0)->GatherOptimizerState(c0.get());
+    gather1.join();
+    ASSERT_TRUE(g0.ok() && g1.ok()) << g0 << " " << g1;
+    ASSERT_TRUE((*rank0)->Save(ckpt).ok());
+    auto resumed = Trainer::Create(plain, tok, ckpt);
+    ASSERT_TRUE(resumed.ok());
+    ASSERT_TRUE((*resumed)->LoadOptimizer(ckpt).ok());
+    (*resumed)->set_optimizer_steps(3 * plain.learner.mini_batches);
+    ASSERT_TRUE((*resumed)->Update(fourth[0], 3).ok());
+    EXPECT_LE(WorstRelative(*after4, *(*resumed)->Snapshot(4)), 1e-5);
+
+    // Shard on load: the unsharded checkpoint resumes on 2 sharded ranks.
+    auto s0 = Trainer::Create(zero, tok, single_ckpt);
+    auto s1 = Trainer::Create(zero, tok, single_ckpt);
+    ASSERT_TRUE(s0.ok() && s1.ok());
+    for (Trainer* t : {s0->get(), s1->get()}) {
+      ASSERT_TRUE(t->LoadOptimizer(single_ckpt).ok());
+      t->set_optimizer_steps(3 * plain.learner.mini_batches);
+    }
+    std::unique_ptr<Communicator> d0, d1;
+    ConnectGlooPair(&d0, &d1);
+    ASSERT_TRUE(d0 && d1);
+    TrainTwoRanks(**s0, **s1, d0.get(), d1.get(), fourth, 3);
+    EXPECT_LE(WorstRelative(*after4, *(*s0)->Snapshot(4)), 1e-5);
+  }
+}
+
+}  // namespace
+}  // namespace pmdrl
