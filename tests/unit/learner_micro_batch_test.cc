@@ -275,6 +275,41 @@ TEST(TrainerMicroBatches, SameParametersAsSinglePass) {
   }
 }
 
+// learner.dtype bfloat16: the bf16 compute copy's updates track float32's (the master
+// weights and AdamW stay float32), and ZeRO with bf16 is refused by name.
+TEST(TrainerMixedPrecision, Bfloat16TracksFloat32) {
+  CharTokenizer tok;
+  const std::string base = FreshTempDir("micro_batch", "bf16");
+  {
+    auto init = Trainer::Create(TinyConfig({}), tok, "");
+    ASSERT_TRUE(init.ok()) << init.status();
+    ASSERT_TRUE((*init)->Save(base).ok());
+  }
+  const auto batches = MakeBatches(3, 6, 6, tok);
+  auto run = [&](const std::string& dtype) {
+    auto trainer = Trainer::Create(TinyConfig({"learner.dtype=" + dtype}), tok, base);
+    EXPECT_TRUE(trainer.ok()) << trainer.status();
+    for (size_t u = 0; u < batches.size(); ++u) {
+      absl::StatusOr<UpdateStats> s = (*trainer)->Update(batches[u], u);
+      EXPECT_TRUE(s.ok()) << s.status();
+      if (s.ok()) {
+        EXPECT_TRUE(std::isfinite(s->loss));
+      }
+    }
+    return (*trainer)->Snapshot(3);
+  };
+  auto f32 = run("float32"), bf16 = run("bfloat16");
+  auto start = Trainer::Create(TinyConfig({}), tok, base);
+  const double moved = WorstRelativeDifference(*(*start)->Snapshot(0), *f32);
+  const double apart = WorstRelativeDifference(*f32, *bf16);
+  std::printf("bfloat16 vs float32 after 3 updates: %.3g (the updates moved %.3g)\n", apart, moved);
+  EXPECT_GT(moved, 1e-4);
+  EXPECT_LT(apart, 0.1 * moved);
+  absl::StatusOr<Config> zero = LoadConfig("", {"learner.dtype=bfloat16", "learner.zero_stage=1"});
+  ASSERT_FALSE(zero.ok());
+  EXPECT_NE(std::string(zero.status().message()).find("learner.zero_stage"), std::string::npos);
+}
+
 // A mini-batch 8× larger than learner.micro_batch_tokens: the peak resident memory of an
 // update grows by less than the budget's share of what one pass over it would add.
 TEST(TrainerMicroBatches, PeakMemoryDoesNotGrowWithTheMiniBatch) {
