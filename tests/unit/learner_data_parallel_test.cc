@@ -13,6 +13,7 @@
 #include "learner/communicator.h"
 #include "learner/trainer.h"
 #include "tests/gloo_pair.h"
+#include "tests/weight_diff.h"
 
 namespace pmdrl {
 namespace {
@@ -171,19 +172,6 @@ TEST(DataParallel, DivergedReplicasAreReported) {
 namespace pmdrl {
 namespace {
 
-double WorstRelative(const WeightSnapshot& a, const WeightSnapshot& b) {
-  double worst = 0;
-  for (size_t t = 0; t < a.data.size(); ++t) {
-    double diff = 0, norm = 0;
-    for (size_t i = 0; i < a.data[t].size(); ++i) {
-      diff += std::pow(double(a.data[t][i]) - b.data[t][i], 2);
-      norm += std::pow(double(a.data[t][i]), 2);
-    }
-    worst = std::max(worst, std::sqrt(diff) / std::max(std::sqrt(norm), 1e-12));
-  }
-  return worst;
-}
-
 // Updates `batches` on two ranks (rank 1 on a thread), as the learner's main loop does.
 void TrainTwoRanks(Trainer& rank0, Trainer& rank1, Communicator* c0, Communicator* c1,
                    const std::vector<std::vector<v1::Group>>& batches, uint64_t first_version) {
@@ -240,9 +228,9 @@ TEST(DataParallel, ZeroShardedOptimizerMatchesOneRank) {
     ASSERT_TRUE(c0 && c1);
     TrainTwoRanks(**rank0, **rank1, c0.get(), c1.get(), first3, 0);
     auto z0 = (*rank0)->Snapshot(3), z1 = (*rank1)->Snapshot(3);
-    const double d = WorstRelative(*after3, *z0);
+    const double d = WorstRelativeDifference(*after3, *z0);
     EXPECT_LE(d, 1e-5);
-    EXPECT_EQ(WorstRelative(*z0, *z1), 0.0) << "the ranks diverged";
+    EXPECT_EQ(WorstRelativeDifference(*z0, *z1), 0.0) << "the ranks diverged";
     std::printf("ZeRO-%d, 2 ranks vs 1 unsharded: worst relative parameter difference %.3g\n",
                 stage, d);
 
@@ -262,7 +250,7 @@ TEST(DataParallel, ZeroShardedOptimizerMatchesOneRank) {
     ASSERT_TRUE((*resumed)->LoadOptimizer(ckpt).ok());
     (*resumed)->set_optimizer_steps(3 * plain.learner.mini_batches);
     ASSERT_TRUE((*resumed)->Update(fourth[0], 3).ok());
-    EXPECT_LE(WorstRelative(*after4, *(*resumed)->Snapshot(4)), 1e-5);
+    EXPECT_LE(WorstRelativeDifference(*after4, *(*resumed)->Snapshot(4)), 1e-5);
 
     // Shard on load: the unsharded checkpoint resumes on 2 sharded ranks.
     auto s0 = Trainer::Create(zero, tok, single_ckpt);
@@ -276,7 +264,7 @@ TEST(DataParallel, ZeroShardedOptimizerMatchesOneRank) {
     ConnectGlooPair(&d0, &d1);
     ASSERT_TRUE(d0 && d1);
     TrainTwoRanks(**s0, **s1, d0.get(), d1.get(), fourth, 3);
-    EXPECT_LE(WorstRelative(*after4, *(*s0)->Snapshot(4)), 1e-5);
+    EXPECT_LE(WorstRelativeDifference(*after4, *(*s0)->Snapshot(4)), 1e-5);
   }
 }
 

@@ -27,6 +27,7 @@
 #include "learner/sequence_logprobs.h"
 #include "learner/trainer.h"
 #include "tests/tiny_model_config.h"
+#include "tests/weight_diff.h"
 
 namespace pmdrl {
 namespace {
@@ -210,19 +211,6 @@ std::vector<std::vector<v1::Group>> MakeBatches(int n, int groups, int max_len,
     batches.push_back(std::move(batch));
   }
   return batches;
-}
-
-double WorstRelativeDifference(const WeightSnapshot& a, const WeightSnapshot& b) {
-  double worst = 0;
-  for (size_t t = 0; t < a.data.size(); ++t) {
-    double diff = 0, norm = 0;
-    for (size_t i = 0; i < a.data[t].size(); ++i) {
-      diff += std::pow(double(a.data[t][i]) - b.data[t][i], 2);
-      norm += std::pow(double(a.data[t][i]), 2);
-    }
-    worst = std::max(worst, std::sqrt(diff) / std::max(std::sqrt(norm), 1e-12));
-  }
-  return worst;
 }
 
 // Micro-batched (with rows over the budget), checkpointed, chunked: the same parameters
