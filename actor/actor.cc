@@ -1,7 +1,6 @@
 #include "actor/actor.h"
 
 #include <grpcpp/client_context.h>
-#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -383,32 +382,23 @@ absl::StatusOr<bool> Actor::Impl::WaitForWeights(uint64_t v, milliseconds max_wa
 }
 
 absl::Status Actor::Impl::MaybeSwapWeights() {
-  std::shared_ptr<const WeightSet> latest = receiver_->Latest();
+  std::shared_ptr<const WeightVersion> latest = receiver_->Latest();
   if (latest == nullptr) return absl::OkStatus();
   if (engine_->has_weights() && latest->version <= engine_->version()) return absl::OkStatus();
-  latest = receiver_->Take();  // the engine's copy becomes the only one
+  latest = receiver_->Take();
   if (latest == nullptr) return absl::OkStatus();
   const auto t0 = Clock::now();
   const uint64_t previous = engine_->version();
   std::vector<WeightView> views;
-  views.reserve(latest->names.size());
-  for (size_t i = 0;
-       i < latest->names.size() && i < latest->shapes.size() && i < latest->data.size(); ++i) {
-    int64_t elements = 1;
-    for (int64_t d : latest->shapes[i]) elements *= d;
-    if (elements != static_cast<int64_t>(latest->data[i].size())) {
-      return absl::InvalidArgumentError(absl::StrCat("weight '", latest->names[i], "' has ",
-                                                     latest->data[i].size(),
-                                                     " values for a shape of ", elements));
-    }
-    views.push_back({latest->names[i], latest->shapes[i], latest->data[i].data()});
+  views.reserve(latest->tensors.size());
+  for (const WireTensor& t : latest->tensors) {
+    views.push_back({t.name, t.shape, t.bytes.get(), latest->dtype});
   }
   if (absl::Status s = engine_->LoadWeights(latest->version, views); !s.ok()) return s;
   const double sync = SecondsSince(latest->first_chunk_time);
   const uint64_t version = latest->version;
   views.clear();
-  latest.reset();
-  malloc_trim(0);  // give the received copy's pages back: the weights are held once
+  latest.reset();  // the receiver writes the next version into this memory
   weight_swaps_.Increment();
   weight_sync_seconds_.Observe(sync);
   policy_version_.Set(static_cast<double>(version));
@@ -706,7 +696,8 @@ absl::Status Actor::Impl::Run() {
   if (absl::Status s = Register(); !s.ok() || Done()) return s;
   if (absl::Status s = Setup(); !s.ok()) return s;
 
-  receiver_ = std::make_unique<WeightReceiver>(channel_, registration_.actor_id(), options_.token);
+  receiver_ = std::make_unique<WeightReceiver>(MakeBulkChannel(options_.config.coordinator),
+                                               registration_.actor_id(), options_.token);
   receiver_->Start();
   heartbeat_ = std::thread([this] { HeartbeatLoop(); });
   sender_ = std::make_unique<GroupSender>(

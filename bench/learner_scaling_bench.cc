@@ -142,12 +142,14 @@ Figure TwoRanks(Config config, bool overlap, const std::vector<v1::Group>& batch
 }
 
 // The largest relative difference between two snapshots' weights.
-double MaxRelDiff(const WeightSnapshot& a, const WeightSnapshot& b) {
+double MaxRelDiff(const WeightVersion& a, const WeightVersion& b) {
   double worst = 0;
-  for (size_t i = 0; i < a.data.size(); ++i) {
-    for (size_t j = 0; j < a.data[i].size(); ++j) {
-      const double d = std::abs(double{a.data[i][j]} - b.data[i][j]);
-      worst = std::max(worst, d / std::max(1e-3, std::abs(double{a.data[i][j]})));
+  for (size_t i = 0; i < a.tensors.size(); ++i) {
+    const float* x = a.Floats(i);
+    const float* y = b.Floats(i);
+    for (int64_t j = 0; j < a.tensors[i].elements(); ++j) {
+      const double d = std::abs(double{x[j]} - y[j]);
+      worst = std::max(worst, d / std::max(1e-3, std::abs(double{x[j]})));
     }
   }
   return worst;

@@ -330,6 +330,16 @@ const std::vector<Field>& Fields() {
                      "0 | 1: shard the AdamW state across ranks | 2: also reduce-scatter the "
                      "gradients (float32 only)",
                      &C::learner, &LearnerConfig::zero_stage));
+    f.push_back(Make("learner.weight_dtype",
+                     "dtype of the weights sent to the actors: auto (bfloat16 when actor.dtype is "
+                     "bfloat16, else float32) | float32 | bfloat16",
+                     &C::learner, &LearnerConfig::weight_dtype));
+    f.push_back(Make("learner.weight_delta",
+                     "after an actor's first full push, send each version as a zstd-compressed XOR "
+                     "against the one it holds (the actor keeps one more copy of the weights)",
+                     &C::learner, &LearnerConfig::weight_delta));
+    f.push_back(Make("learner.weight_chunk_bytes", "largest weight chunk on the wire, in bytes",
+                     &C::learner, &LearnerConfig::weight_chunk_bytes));
     f.push_back(Make("learner.collective_timeout_seconds",
                      "a collective waiting longer than this fails (a dead rank)", &C::learner,
                      &LearnerConfig::collective_timeout_seconds));
@@ -627,6 +637,9 @@ absl::Status ValidateConfig(const Config& c) {
             "0, 1 or 2"),
       Check(c.learner.zero_stage == 0 || c.learner.dtype == "float32", "learner.zero_stage",
             "0 with learner.dtype bfloat16 (sharding covers float32 training only)"),
+      OneOf("learner.weight_dtype", c.learner.weight_dtype, {"auto", "float32", "bfloat16"}),
+      Check(c.learner.weight_chunk_bytes >= 4096 && c.learner.weight_chunk_bytes <= (32 << 20),
+            "learner.weight_chunk_bytes", "in 4096..33554432 (32 MiB)"),
       Check(c.learner.collective_timeout_seconds > 0, "learner.collective_timeout_seconds", "> 0"),
       Check(c.learner.checksum_every >= 0, "learner.checksum_every", ">= 0"),
       Check(c.local.learners >= 1 && c.local.learners <= 16, "local.learners", "in 1..16"),
@@ -644,6 +657,11 @@ absl::Status ValidateConfig(const Config& c) {
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
+}
+
+std::string WeightWireDtypeName(const Config& c) {
+  if (c.learner.weight_dtype != "auto") return c.learner.weight_dtype;
+  return c.actor.dtype == "bfloat16" ? "bfloat16" : "float32";
 }
 
 std::string ConfigToYaml(const Config& c) {

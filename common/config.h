@@ -124,6 +124,10 @@ struct LearnerConfig {
   int64_t logprob_chunk_tokens = 512;     // response tokens per lm_head + log-softmax chunk
   std::string dtype = "float32";          // float32 | bfloat16 (fp32 master weights + AdamW)
   int64_t zero_stage = 0;  // 0 | 1 (shard AdamW state) | 2 (and reduce-scatter gradients)
+  // Weights to the actors (common/weight_stream.h).
+  std::string weight_dtype = "auto";     // auto (bfloat16 if actor.dtype is) | float32 | bfloat16
+  bool weight_delta = false;             // after a full push, send XOR+zstd deltas
+  int64_t weight_chunk_bytes = 4 << 20;  // largest chunk on the wire
   // Schedule.
   int64_t updates = 100;
   double max_seconds = 0;  // 0: no time limit
@@ -186,6 +190,9 @@ absl::StatusOr<Config> ConfigFromArgs(int argc, char** argv, std::vector<std::st
 
 // Checks ranges and enumerations; the message names the key.
 absl::Status ValidateConfig(const Config& config);
+
+// learner.weight_dtype with "auto" resolved against actor.dtype: "float32" | "bfloat16".
+std::string WeightWireDtypeName(const Config& config);
 
 // The effective configuration as YAML (every key, defaults included).
 std::string ConfigToYaml(const Config& config);

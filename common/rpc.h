@@ -29,6 +29,10 @@ inline constexpr int kMaxMessageBytes = 64 << 20;
 // name resolves to. Connects lazily: it never fails here.
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target);
 
+// MakeChannel for one long stream of large messages (the weight feed): bigger HTTP/2
+// frames, read-ahead and socket reads, on a connection of its own.
+std::shared_ptr<grpc::Channel> MakeBulkChannel(const std::string& target);
+
 // Builds and starts a server listening on `listen` ("host:port"; port 0 picks a free
 // one, returned in *bound_port, which may be null) serving `services` (not owned; they
 // must outlive the server) plus the standard grpc.health.v1 health service, reporting

@@ -394,8 +394,9 @@ absl::Status GenerationEngine::LoadWeights(uint64_t version,
         return absl::InvalidArgumentError(absl::StrCat("weight '", w.name, "' has no data"));
       }
       // A view of the caller's memory: pmdrl::LoadWeights copies (and converts) it.
-      tensors.emplace_back(w.name, at::from_blob(const_cast<float*>(w.data), w.shape,
-                                                 at::TensorOptions().dtype(at::kFloat)));
+      const at::ScalarType dtype = w.dtype == WireDtype::kBfloat16 ? at::kBFloat16 : at::kFloat;
+      tensors.emplace_back(w.name, at::from_blob(const_cast<void*>(w.data), w.shape,
+                                                 at::TensorOptions().dtype(dtype)));
     }
     absl::Status status = pmdrl::LoadWeights(m.model, tensors);
     if (!status.ok()) {

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/model_config.h"
+#include "common/wire_dtype.h"
 
 namespace pmdrl {
 
@@ -61,7 +62,8 @@ struct FinishedGroup {
 struct WeightView {
   std::string name;  // Hugging Face name
   std::vector<int64_t> shape;
-  const float* data = nullptr;  // float32, host memory, shape's element count
+  const void* data = nullptr;  // host memory, shape's element count in `dtype`
+  WireDtype dtype = WireDtype::kFloat32;
 };
 
 struct EngineStats {

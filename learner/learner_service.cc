@@ -17,20 +17,12 @@ constexpr char kRejectedHelp[] = "rejected RPCs, by reason";
 
 }  // namespace
 
-CoordinatorService::CoordinatorService(Coordinator* coordinator, const WeightPublisher* publisher,
-                                       std::string token, MetricsRegistry* m,
+CoordinatorService::CoordinatorService(Coordinator* coordinator, std::string token,
+                                       MetricsRegistry* m,
                                        std::function<void(v1::StatusResponse*)> status)
-    : coordinator_(coordinator),
-      publisher_(publisher),
-      token_(std::move(token)),
-      status_(std::move(status)) {
+    : coordinator_(coordinator), token_(std::move(token)), status_(std::move(status)) {
   unauthenticated_ = &m->Counter(kRejected, kRejectedHelp, {{"reason", "unauthenticated"}});
   invalid_ = &m->Counter(kRejected, kRejectedHelp, {{"reason", "invalid_argument"}});
-  sync_bytes_ =
-      &m->Counter("pmdrl_learner_weight_sync_bytes_total", "weight bytes streamed to actors");
-  sync_seconds_ =
-      &m->Histogram("pmdrl_learner_weight_sync_seconds", "time to stream one version to one actor",
-                    {0.001, 0.005, 0.02, 0.1, 0.5, 2, 10});
 }
 
 grpc::Status CoordinatorService::Authorize(const grpc::ServerContext& ctx) {
@@ -74,47 +66,6 @@ grpc::Status CoordinatorService::Heartbeat(grpc::ServerContext* ctx,
     return ToGrpc(r.status());
   }
   *resp = *std::move(r);
-  return grpc::Status::OK;
-}
-
-grpc::Status CoordinatorService::WatchWeights(grpc::ServerContext* ctx,
-                                              const v1::WatchWeightsRequest* req,
-                                              grpc::ServerWriter<v1::WeightChunk>* writer) {
-  if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
-  // have_version 0 from an actor holding nothing: it must still receive version 0.
-  int64_t have = req->have_version() == 0 ? -1 : static_cast<int64_t>(req->have_version());
-  while (!ctx->IsCancelled()) {
-    std::shared_ptr<const WeightSnapshot> snap =
-        publisher_->WaitNewer(have, std::chrono::milliseconds(500));
-    if (publisher_->closed()) return grpc::Status::OK;
-    if (!snap) continue;
-    auto start = std::chrono::steady_clock::now();
-    const uint32_t count = static_cast<uint32_t>(snap->names.size());
-    for (uint32_t t = 0; t < count; ++t) {
-      const std::vector<float>& d = snap->data[t];
-      const size_t bytes = d.size() * sizeof(float);
-      size_t offset = 0;
-      do {
-        size_t n = std::min(kWeightChunkBytes, bytes - offset);
-        v1::WeightChunk chunk;
-        chunk.set_version(snap->version);
-        chunk.set_name(snap->names[t]);
-        chunk.mutable_shape()->Add(snap->shapes[t].begin(), snap->shapes[t].end());
-        chunk.set_offset(offset);
-        chunk.set_tensor_bytes(bytes);
-        // Little-endian hosts only (x86-64, aarch64): the wire format is LE float32.
-        chunk.set_data(reinterpret_cast<const char*>(d.data()) + offset, n);
-        chunk.set_tensor_index(t);
-        chunk.set_tensor_count(count);
-        if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::CANCELLED, "actor left");
-        offset += n;
-      } while (offset < bytes);
-    }
-    sync_bytes_->Increment(static_cast<double>(snap->Bytes()));
-    sync_seconds_->Observe(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    have = static_cast<int64_t>(snap->version);
-  }
   return grpc::Status::OK;
 }
 

@@ -1,7 +1,7 @@
-// The gRPC face of learner rank 0: the Coordinator and Learner services. They check the
-// bearer token on every state-changing call, turn malformed requests into
-// INVALID_ARGUMENT (counted), and delegate to the Coordinator and WeightPublisher, which
-// they do not own.
+// The gRPC face of learner rank 0: the Coordinator and Learner services (the weights go
+// by learner/weight_feed_service.h). They check the bearer token on every state-changing
+// call, turn malformed requests into INVALID_ARGUMENT (counted), and delegate to the
+// Coordinator, which they do not own.
 #ifndef PMDRL_LEARNER_LEARNER_SERVICE_H_
 #define PMDRL_LEARNER_LEARNER_SERVICE_H_
 
@@ -10,7 +10,6 @@
 
 #include "common/metrics.h"
 #include "learner/coordinator.h"
-#include "learner/weight_publisher.h"
 #include "pmdrl/pmdrl.grpc.pb.h"
 
 namespace pmdrl {
@@ -18,8 +17,8 @@ namespace pmdrl {
 class CoordinatorService final : public v1::Coordinator::Service {
  public:
   // `status` fills the training side of GetStatus (update, rewards, accuracies).
-  CoordinatorService(Coordinator* coordinator, const WeightPublisher* publisher, std::string token,
-                     MetricsRegistry* metrics, std::function<void(v1::StatusResponse*)> status);
+  CoordinatorService(Coordinator* coordinator, std::string token, MetricsRegistry* metrics,
+                     std::function<void(v1::StatusResponse*)> status);
 
   grpc::Status RegisterActor(grpc::ServerContext* ctx, const v1::RegisterActorRequest* req,
                              v1::RegisterActorResponse* resp) override;
@@ -27,8 +26,6 @@ class CoordinatorService final : public v1::Coordinator::Service {
                             v1::LeasePromptsResponse* resp) override;
   grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
                          v1::HeartbeatResponse* resp) override;
-  grpc::Status WatchWeights(grpc::ServerContext* ctx, const v1::WatchWeightsRequest* req,
-                            grpc::ServerWriter<v1::WeightChunk>* writer) override;
   grpc::Status GetStatus(grpc::ServerContext* ctx, const v1::GetStatusRequest* req,
                          v1::StatusResponse* resp) override;
 
@@ -36,13 +33,10 @@ class CoordinatorService final : public v1::Coordinator::Service {
   grpc::Status Authorize(const grpc::ServerContext& ctx);
 
   Coordinator* coordinator_;
-  const WeightPublisher* publisher_;
   const std::string token_;
   std::function<void(v1::StatusResponse*)> status_;
   prometheus::Counter* unauthenticated_;
   prometheus::Counter* invalid_;
-  prometheus::Counter* sync_bytes_;
-  prometheus::Histogram* sync_seconds_;
 };
 
 class LearnerService final : public v1::Learner::Service {
@@ -60,9 +54,6 @@ class LearnerService final : public v1::Learner::Service {
   prometheus::Counter* unauthenticated_;
   prometheus::Counter* invalid_;
 };
-
-// Largest weight chunk on the wire.
-inline constexpr size_t kWeightChunkBytes = 4 << 20;
 
 }  // namespace pmdrl
 

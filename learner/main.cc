@@ -29,6 +29,7 @@
 #include "learner/peak_memory.h"
 #include "learner/prompt_source.h"
 #include "learner/trainer.h"
+#include "learner/weight_feed_service.h"
 #include "learner/weight_publisher.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
@@ -401,8 +402,10 @@ int Run(int argc, char** argv) {
   coordinator.SetVersion(state.version);
   coordinator.RestoreBuffer(std::move(buffered));
 
-  WeightPublisher publisher;
-  publisher.Publish(trainer.Snapshot(state.version));
+  // The weights go to the actors in one dtype, converted once per version here.
+  const WireDtype weight_dtype = *ParseWireDtype(WeightWireDtypeName(config));
+  WeightPublisher publisher({.delta = config.learner.weight_delta, .metrics = &metrics});
+  publisher.Publish(trainer.Snapshot(state.version, weight_dtype));
 
   Progress progress;
   progress.update = static_cast<uint64_t>(state.update);
@@ -413,7 +416,7 @@ int Run(int argc, char** argv) {
   if (!state.evaluations.empty()) progress.eval_accuracy = state.evaluations.back();
 
   CoordinatorService coordinator_service(
-      &coordinator, &publisher, *token, &metrics, [&progress](v1::StatusResponse* r) {
+      &coordinator, *token, &metrics, [&progress](v1::StatusResponse* r) {
         std::lock_guard<std::mutex> lock(progress.mu);
         r->set_update(progress.update);
         r->set_mean_reward(progress.mean_reward);
@@ -424,9 +427,11 @@ int Run(int argc, char** argv) {
         r->set_elapsed_seconds(progress.Elapsed());
       });
   LearnerService learner_service(&coordinator, *token, &metrics);
+  WeightFeedService weight_feed(&publisher, *token,
+                                static_cast<size_t>(config.learner.weight_chunk_bytes), &metrics);
   int port = 0;
-  absl::StatusOr<std::unique_ptr<grpc::Server>> server =
-      StartServer(config.learner.listen, {&coordinator_service, &learner_service}, &port);
+  absl::StatusOr<std::unique_ptr<grpc::Server>> server = StartServer(
+      config.learner.listen, {&coordinator_service, &weight_feed, &learner_service}, &port);
   if (!server.ok()) {
     spdlog::error("{}", server.status().message());
     return 1;
@@ -441,7 +446,8 @@ int Run(int argc, char** argv) {
     }
     http = *std::move(h);
   }
-  spdlog::info("serving Coordinator and Learner on {} (port {})", config.learner.listen, port);
+  spdlog::info("serving Coordinator, WeightFeed and Learner on {} (port {})", config.learner.listen,
+               port);
 
   auto& m_update = metrics.Gauge("pmdrl_learner_update", "policy updates done");
   auto& m_version = metrics.Gauge("pmdrl_learner_policy_version", "current policy version");
@@ -610,7 +616,8 @@ int Run(int argc, char** argv) {
     // submit a group stamped with the new version at once, and that must not look like
     // a version from the future.
     coordinator.SetVersion(version);
-    publisher.Publish(trainer.Snapshot(version));
+    publisher.Retire();  // without deltas the old version need not overlap the new one
+    publisher.Publish(trainer.Snapshot(version, weight_dtype));
 
     int64_t sampled = 0;
     for (const v1::Group& g : *batch) {

@@ -13,6 +13,7 @@
 #include "common/nn/model.h"
 #include "common/nn/model_dir.h"
 #include "common/nn/sampler.h"
+#include "common/nn/weight_snapshot.h"
 #include "common/process.h"
 #include "learner/chunked_logprobs.h"
 #include "learner/communicator.h"
@@ -687,17 +688,8 @@ EvalResult Trainer::Evaluate(const PromptSource& source, const std::vector<Promp
   return result;
 }
 
-std::shared_ptr<const WeightSnapshot> Trainer::Snapshot(uint64_t version) {
-  auto snap = std::make_shared<WeightSnapshot>();
-  snap->version = version;
-  torch::NoGradGuard no_grad;
-  for (auto& [name, t] : NamedWeights(impl_->model)) {
-    torch::Tensor c = t.detach().to(torch::kFloat32).contiguous().cpu();
-    snap->names.push_back(name);
-    snap->shapes.emplace_back(c.sizes().begin(), c.sizes().end());
-    snap->data.emplace_back(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
-  }
-  return snap;
+std::shared_ptr<const WeightVersion> Trainer::Snapshot(uint64_t version, WireDtype dtype) {
+  return SnapshotWeights(impl_->model, version, dtype);
 }
 
 absl::Status Trainer::BroadcastWeights(Communicator* comm) {

@@ -15,8 +15,8 @@
 #include "common/config.h"
 #include "common/model_config.h"
 #include "common/tokenizer.h"
+#include "common/weight_stream.h"
 #include "learner/prompt_source.h"
-#include "learner/weight_publisher.h"
 #include "pmdrl/pmdrl.pb.h"
 
 namespace pmdrl {
@@ -93,7 +93,10 @@ class Trainer {
   EvalResult Evaluate(const PromptSource& source, const std::vector<PromptItem>& items,
                       int64_t max_new_tokens, int64_t k = 0);
 
-  std::shared_ptr<const WeightSnapshot> Snapshot(uint64_t version);
+  // The float32 master weights as `version` in `dtype` (converted here, once), with
+  // checksums: what the WeightPublisher streams to the actors.
+  std::shared_ptr<const WeightVersion> Snapshot(uint64_t version,
+                                                WireDtype dtype = WireDtype::kFloat32);
 
   // Data parallel: rank 0's parameters to every rank (at start, so ranks begin equal).
   absl::Status BroadcastWeights(Communicator* comm);

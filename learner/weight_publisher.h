@@ -1,43 +1,60 @@
-// Holds the newest policy weights for streaming to actors (Coordinator.WatchWeights).
-// Only the newest version is kept: an actor that was busy skips the versions in
-// between, never receives an older one. Thread-safe.
+// Holds the newest policy weights for the WeightFeed stream (learner/weight_feed_service.h).
+// Only the newest version is kept: an actor that was busy skips the versions in between,
+// never receives an older one. With deltas on, the publisher also keeps the delta from
+// the version before, encoded once here for every actor. Thread-safe.
 #ifndef PMDRL_LEARNER_WEIGHT_PUBLISHER_H_
 #define PMDRL_LEARNER_WEIGHT_PUBLISHER_H_
 
 #include <chrono>
 #include <cstdint>
 #include <memory>
-#include <string>
-#include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "common/metrics.h"
+#include "common/weight_stream.h"
 
 namespace pmdrl {
 
-// One version of the weights as float32, in the model's parameter order.
-struct WeightSnapshot {
-  uint64_t version = 0;
-  std::vector<std::string> names;
-  std::vector<std::vector<int64_t>> shapes;
-  std::vector<std::vector<float>> data;
-  uint64_t Bytes() const;
+// The newest version, and the delta that leads to it from the version before (null when
+// deltas are off, for the first version, or when the delta was not smaller).
+struct PublishedWeights {
+  std::shared_ptr<const WeightVersion> full;
+  std::shared_ptr<const WeightDelta> delta;
 };
 
 class WeightPublisher {
  public:
-  void Publish(std::shared_ptr<const WeightSnapshot> snapshot);
-  // The newest snapshot with version > have_version (-1: none held yet, so version 0
-  // qualifies), waiting up to `timeout`; nullptr if none arrived or on Close().
-  std::shared_ptr<const WeightSnapshot> WaitNewer(int64_t have_version,
-                                                  std::chrono::milliseconds timeout) const;
-  std::shared_ptr<const WeightSnapshot> Latest() const;
+  struct Options {
+    bool delta = false;                  // learner.weight_delta
+    MetricsRegistry* metrics = nullptr;  // not owned; may be null
+  };
+  WeightPublisher() : WeightPublisher(Options()) {}
+  explicit WeightPublisher(Options options);
+
+  // Makes `next` the newest version. With deltas on, first encodes it against the
+  // version it replaces; so while this runs both are held, and after it one version and
+  // one delta. Sets the pmdrl_learner_weight_version_bytes gauges.
+  void Publish(std::shared_ptr<const WeightVersion> next);
+  // Lets go of the newest version before the next one is built, so that the learner
+  // does not hold two at once (deltas off only: a delta needs the old one). Streams that
+  // are sending it keep it until they are done; a new stream waits for the next Publish.
+  void Retire();
+  // The newest version with version > have_version (-1: none held yet, so version 0
+  // qualifies), waiting up to `timeout`; an empty `full` if none arrived or on Close().
+  PublishedWeights WaitNewer(int64_t have_version, std::chrono::milliseconds timeout) const;
+  PublishedWeights Latest() const;
+  bool delta() const { return options_.delta; }
   // Wakes waiters so streams can notice shutdown.
   void Close();
   bool closed() const;
 
  private:
+  const Options options_;
+  prometheus::Gauge* full_bytes_ = nullptr;
+  prometheus::Gauge* delta_bytes_ = nullptr;
+  prometheus::Gauge* encode_seconds_ = nullptr;
   mutable absl::Mutex mu_;
-  std::shared_ptr<const WeightSnapshot> latest_ ABSL_GUARDED_BY(mu_);
+  PublishedWeights latest_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 

@@ -1,5 +1,5 @@
-// The actor's whole loop against an in-process fake coordinator and verifier: register,
-// wait for weights, lease, sample, send, swap to a newer version between batches, and
+// The actor's whole loop against an in-process fake coordinator, weight feed and verifier:
+// register, wait for weights, lease, sample, send, swap to a newer version between batches, and
 // stop when the coordinator says the run is finished.
 #include <ATen/ATen.h>
 #include <grpcpp/server.h>
@@ -23,6 +23,7 @@
 #include "common/nn/model.h"
 #include "common/rpc.h"
 #include "common/tokenizer.h"
+#include "common/weight_stream.h"
 #include "engine/generation_engine.h"
 #include "gtest/gtest.h"
 #include "pmdrl/pmdrl.grpc.pb.h"
@@ -60,7 +61,8 @@ std::string ConfigJson(const ModelConfig& config) {
   return text.str();
 }
 
-// Every tensor of a freshly initialised model as one chunk each.
+// Every tensor of a freshly initialised model as one chunk each, as a typed message: the
+// protobuf serialisation puts the header before the data, as the receiver requires.
 std::vector<v1::WeightChunk> WeightChunks(const ModelConfig& config, uint64_t version) {
   at::manual_seed(static_cast<uint64_t>(version));
   CausalLM model(config);
@@ -68,15 +70,17 @@ std::vector<v1::WeightChunk> WeightChunks(const ModelConfig& config, uint64_t ve
   auto weights = NamedWeights(model);
   for (size_t i = 0; i < weights.size(); ++i) {
     at::Tensor t = weights[i].second.detach().to(at::kFloat).contiguous();
+    const size_t bytes = static_cast<size_t>(t.numel()) * 4;
     v1::WeightChunk c;
-    c.set_version(version);
-    c.set_name(weights[i].first);
-    for (int64_t d : t.sizes()) c.add_shape(d);
-    c.set_offset(0);
-    c.set_tensor_bytes(t.numel() * 4);
-    c.set_data(std::string(reinterpret_cast<const char*>(t.data_ptr<float>()), t.numel() * 4));
-    c.set_tensor_index(static_cast<uint32_t>(i));
-    c.set_tensor_count(static_cast<uint32_t>(weights.size()));
+    v1::WeightChunkHeader* h = c.mutable_header();
+    h->set_version(version);
+    h->set_name(weights[i].first);
+    for (int64_t d : t.sizes()) h->add_shape(d);
+    h->set_payload_bytes(bytes);
+    h->set_checksum(WeightChecksum(t.data_ptr<float>(), bytes));
+    h->set_tensor_index(static_cast<uint32_t>(i));
+    h->set_tensor_count(static_cast<uint32_t>(weights.size()));
+    c.set_data(std::string(reinterpret_cast<const char*>(t.data_ptr<float>()), bytes));
     out.push_back(std::move(c));
   }
   return out;
@@ -154,6 +158,19 @@ class FakeCoordinator final : public v1::Coordinator::Service {
     return grpc::Status::OK;
   }
 
+  std::atomic<int> lease_calls{0};
+  std::string name_seen;
+
+ private:
+  const ModelConfig config_;
+};
+
+// Version 1 at once; version 2 once the actor has leased its second batch.
+class FakeWeightFeed final : public v1::WeightFeed::Service {
+ public:
+  FakeWeightFeed(ModelConfig config, const std::atomic<int>* lease_calls)
+      : config_(std::move(config)), lease_calls_(lease_calls) {}
+
   grpc::Status WatchWeights(grpc::ServerContext* ctx, const v1::WatchWeightsRequest* request,
                             grpc::ServerWriter<v1::WeightChunk>* writer) override {
     if (grpc::Status s = CheckBearer(*ctx, kToken); !s.ok()) return s;
@@ -161,7 +178,7 @@ class FakeCoordinator final : public v1::Coordinator::Service {
     if (request->have_version() < 1) {
       for (const auto& c : WeightChunks(config_, 1)) writer->Write(c);
     }
-    while (lease_calls.load() < 2) {
+    while (lease_calls_->load() < 2) {
       if (ctx->IsCancelled()) return grpc::Status::CANCELLED;
       std::this_thread::sleep_for(milliseconds(5));
     }
@@ -172,11 +189,9 @@ class FakeCoordinator final : public v1::Coordinator::Service {
     return grpc::Status::CANCELLED;
   }
 
-  std::atomic<int> lease_calls{0};
-  std::string name_seen;
-
  private:
   const ModelConfig config_;
+  const std::atomic<int>* lease_calls_;
 };
 
 class FakeVerifier final : public v1::Verifier::Service {
@@ -214,9 +229,10 @@ double MetricValue(const std::string& text, const std::string& line_prefix) {
 TEST(ActorLoopTest, LeasesSamplesSendsAndSwapsBetweenBatches) {
   const ModelConfig config = TinyConfig();
   FakeCoordinator coordinator(config);
+  FakeWeightFeed feed(config, &coordinator.lease_calls);
   FakeVerifier verifier;
   int cport = 0, vport = 0;
-  auto cserver = StartServer("127.0.0.1:0", {&coordinator}, &cport);
+  auto cserver = StartServer("127.0.0.1:0", {&coordinator, &feed}, &cport);
   auto vserver = StartServer("127.0.0.1:0", {&verifier}, &vport);
   ASSERT_TRUE(cserver.ok() && vserver.ok());
 

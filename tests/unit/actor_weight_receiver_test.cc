@@ -1,22 +1,44 @@
+// The actor's WeightReceiver (actor/weight_receiver.h): against a scripted fake
+// WeightFeed service for the stream-level cases (chunked versions, a malformed version,
+// a broken stream, a wrong token), and against the learner's real WeightFeedService and
+// WeightPublisher for full pushes and deltas, including a corrupted delta after which
+// the actor must ask for a full push and end up with the right weights. The chunk rules
+// themselves are tested on WeightAssembler in common_weight_stream_test.cc.
+#include <grpcpp/client_context.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_context.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/slice.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
-#include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
-#include <limits>
+#include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "actor/weight_receiver.h"
 #include "common/auth.h"
+#include "common/metrics.h"
 #include "common/rpc.h"
+#include "common/weight_stream.h"
+#include "common/wire_dtype.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "learner/weight_feed_service.h"
+#include "learner/weight_publisher.h"
 #include "pmdrl/pmdrl.grpc.pb.h"
+#include "tests/weight_diff.h"
 
 namespace pmdrl {
 namespace {
@@ -24,73 +46,182 @@ namespace {
 using std::chrono::milliseconds;
 
 constexpr char kToken[] = "test-token";
+constexpr milliseconds kLong{20000};  // only reached if the test fails
 
-struct Tensor {
+// ---------------------------------------------------------------- versions
+
+struct Spec {
   std::string name;
   std::vector<int64_t> shape;
-  std::vector<float> values;
 };
 
-// Three tensors whose values encode the version, so versions are told apart.
-std::vector<Tensor> MakeTensors(uint64_t version) {
-  std::vector<Tensor> t = {{"model.embed_tokens.weight", {3, 4}, {}},
-                           {"model.norm.weight", {4}, {}},
-                           {"lm_head.weight", {3, 4}, {}}};
-  for (size_t i = 0; i < t.size(); ++i) {
-    int64_t n = 1;
-    for (int64_t d : t[i].shape) n *= d;
-    for (int64_t j = 0; j < n; ++j) {
-      t[i].values.push_back(static_cast<float>(version * 1000 + i * 100 + j) * 0.5f);
-    }
-  }
-  return t;
+// 3x4, 4 and 3x4 elements: small enough that chunks of a few bytes split every tensor.
+std::vector<Spec> SmallModel() {
+  return {{"model.embed_tokens.weight", {3, 4}},
+          {"model.norm.weight", {4}},
+          {"lm_head.weight", {3, 4}}};
 }
 
-// The chunks of one version, each tensor cut into pieces of at most `chunk_bytes`.
-std::vector<v1::WeightChunk> Chunks(uint64_t version, const std::vector<Tensor>& tensors,
-                                    size_t chunk_bytes) {
-  std::vector<v1::WeightChunk> out;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const std::string bytes(reinterpret_cast<const char*>(tensors[i].values.data()),
-                            tensors[i].values.size() * 4);
-    for (size_t off = 0; off < bytes.size(); off += chunk_bytes) {
-      v1::WeightChunk c;
-      c.set_version(version);
-      c.set_name(tensors[i].name);
-      for (int64_t d : tensors[i].shape) c.add_shape(d);
-      c.set_offset(off);
-      c.set_tensor_bytes(bytes.size());
-      c.set_data(bytes.substr(off, chunk_bytes));
-      c.set_tensor_index(static_cast<uint32_t>(i));
-      c.set_tensor_count(static_cast<uint32_t>(tensors.size()));
-      out.push_back(std::move(c));
+// About 80 KB in float32: a delta of a few changed values is much smaller.
+std::vector<Spec> LargerModel() {
+  return {{"model.embed_tokens.weight", {64, 256}},
+          {"model.layers.0.self_attn.q_proj.weight", {64, 64}},
+          {"model.norm.weight", {64}}};
+}
+
+uint64_t SplitMix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// A deterministic value in [-1, 1) for (seed, tensor, element).
+float Value(uint64_t seed, size_t tensor, int64_t j) {
+  const uint64_t x =
+      SplitMix(seed * 0x100000001B3ull ^ (uint64_t{tensor} << 40) ^ static_cast<uint64_t>(j));
+  return static_cast<float>(x >> 40) / static_cast<float>(1 << 23) - 1.0f;
+}
+
+void SetValue(WireTensor* t, WireDtype dtype, int64_t j, float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  if (dtype == WireDtype::kFloat32) {
+    std::memcpy(t->bytes.get() + 4 * j, &bits, 4);
+  } else {
+    const uint16_t half = static_cast<uint16_t>(bits >> 16);
+    std::memcpy(t->bytes.get() + 2 * j, &half, 2);
+  }
+}
+
+void Seal(WeightVersion* v) {
+  for (WireTensor& t : v->tensors) t.checksum = WeightChecksum(t.bytes.get(), t.size);
+}
+
+std::shared_ptr<WeightVersion> MakeVersion(uint64_t version, WireDtype dtype = WireDtype::kFloat32,
+                                           const std::vector<Spec>& specs = SmallModel()) {
+  auto v = std::make_shared<WeightVersion>();
+  v->version = version;
+  v->dtype = dtype;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    v->tensors.push_back(MakeWireTensor(specs[i].name, specs[i].shape, dtype));
+    WireTensor& t = v->tensors.back();
+    for (int64_t j = 0; j < t.elements(); ++j) SetValue(&t, dtype, j, Value(version, i, j));
+  }
+  Seal(v.get());
+  return v;
+}
+
+std::shared_ptr<WeightVersion> Clone(const WeightVersion& v, uint64_t version) {
+  auto c = std::make_shared<WeightVersion>();
+  c->version = version;
+  c->dtype = v.dtype;
+  for (const WireTensor& t : v.tensors) {
+    c->tensors.push_back(MakeWireTensor(t.name, t.shape, v.dtype));
+    if (t.size > 0) std::memcpy(c->tensors.back().bytes.get(), t.bytes.get(), t.size);
+    c->tensors.back().checksum = t.checksum;
+  }
+  return c;
+}
+
+// `base` with a few values changed, as version `version`: what one small update does.
+std::shared_ptr<WeightVersion> SmallStep(const WeightVersion& base, uint64_t version) {
+  std::shared_ptr<WeightVersion> next = Clone(base, version);
+  for (size_t i = 0; i < next->tensors.size(); ++i) {
+    WireTensor& t = next->tensors[i];
+    for (int64_t j = 0; j < t.elements(); j += std::max<int64_t>(1, t.elements() / 3)) {
+      SetValue(&t, base.dtype, j, Value(version, i, j) * 0.5f);
     }
   }
+  Seal(next.get());
+  return next;
+}
+
+// Whether `got` is `want`: layout, checksums and bits. Empty when it is.
+std::string Difference(const WeightVersion& got, const WeightVersion& want) {
+  if (got.version != want.version) {
+    return "version " + std::to_string(got.version) + " vs " + std::to_string(want.version);
+  }
+  if (got.dtype != want.dtype) return "dtype";
+  if (got.tensors.size() != want.tensors.size()) return "tensor count";
+  for (size_t i = 0; i < want.tensors.size(); ++i) {
+    if (got.tensors[i].name != want.tensors[i].name ||
+        got.tensors[i].shape != want.tensors[i].shape ||
+        got.tensors[i].checksum != want.tensors[i].checksum) {
+      return "tensor " + std::to_string(i) + " header";
+    }
+  }
+  return BitIdentical(got, want) ? "" : "bits";
+}
+
+void ExpectSameVersion(const std::shared_ptr<const WeightVersion>& got, const WeightVersion& want) {
+  ASSERT_NE(got, nullptr);
+  EXPECT_EQ(Difference(*got, want), "");
+}
+
+// ---------------------------------------------------------------- chunks for the fake
+
+std::string FrameString(const grpc::ByteBuffer& frame) {
+  std::vector<grpc::Slice> slices;
+  EXPECT_TRUE(frame.Dump(&slices).ok());
+  std::string s;
+  for (const grpc::Slice& slice : slices) {
+    s.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  return s;
+}
+
+// A version's chunks as the real writer makes them, as protobuf messages.
+std::vector<v1::WeightChunk> Chunks(const std::shared_ptr<const WeightVersion>& version,
+                                    size_t chunk_bytes, bool keep_base = false,
+                                    const std::shared_ptr<const WeightDelta>& delta = nullptr) {
+  std::vector<v1::WeightChunk> out;
+  EXPECT_TRUE(WriteVersion(version, delta, keep_base, chunk_bytes, [&](const grpc::ByteBuffer& b) {
+    v1::WeightChunk c;
+    EXPECT_TRUE(c.ParseFromString(FrameString(b)));
+    out.push_back(std::move(c));
+    return true;
+  }));
   return out;
 }
 
-void ExpectVersion(const WeightSet& set, uint64_t version) {
-  const std::vector<Tensor> want = MakeTensors(version);
-  EXPECT_EQ(set.version, version);
-  ASSERT_EQ(set.names.size(), want.size());
-  ASSERT_EQ(set.data.size(), want.size());
-  for (size_t i = 0; i < want.size(); ++i) {
-    EXPECT_EQ(set.names[i], want[i].name);
-    EXPECT_EQ(set.shapes[i], want[i].shape);
-    EXPECT_EQ(set.data[i], want[i].values) << want[i].name;
-  }
+std::vector<v1::WeightChunk> DeltaChunks(const std::shared_ptr<const WeightVersion>& base,
+                                         const std::shared_ptr<const WeightVersion>& next,
+                                         size_t chunk_bytes) {
+  absl::StatusOr<WeightDelta> d = EncodeDelta(*base, *next);
+  EXPECT_TRUE(d.ok()) << d.status();
+  if (!d.ok()) return {};
+  return Chunks(next, chunk_bytes, /*keep_base=*/true,
+                std::make_shared<const WeightDelta>(*std::move(d)));
 }
 
+std::vector<v1::WeightChunk> Concat(std::vector<std::vector<v1::WeightChunk>> parts) {
+  std::vector<v1::WeightChunk> all;
+  for (auto& p : parts) all.insert(all.end(), p.begin(), p.end());
+  return all;
+}
+
+uint64_t WireBytes(const std::vector<v1::WeightChunk>& chunks) {
+  uint64_t n = 0;
+  for (const v1::WeightChunk& c : chunks) n += c.ByteSizeLong();
+  return n;
+}
+
+// ---------------------------------------------------------------- the scripted fake
+
 // Serves WatchWeights from a script: connection i streams scripts[i] (the last script
-// for later connections), then either ends the stream with `end_status[i]` or, when
-// none is given, holds it open until the client cancels.
-class FakeCoordinator final : public v1::Coordinator::Service {
+// for later connections), then either ends the stream with `end_status` or, when none
+// is given, holds it open until the client cancels. Typed: protobuf writes the header
+// (field 1) before the data (field 2), as the receiver requires.
+class FakeFeed final : public v1::WeightFeed::Service {
  public:
   struct Script {
     std::vector<v1::WeightChunk> chunks;
     std::optional<grpc::Status> end_status;
+    // Writes the first `hold_at` chunks, then waits for Release() before the rest.
+    std::optional<size_t> hold_at = std::nullopt;
   };
-  explicit FakeCoordinator(std::vector<Script> scripts) : scripts_(std::move(scripts)) {}
+  explicit FakeFeed(std::vector<Script> scripts) : scripts_(std::move(scripts)) {}
 
   grpc::Status WatchWeights(grpc::ServerContext* ctx, const v1::WatchWeightsRequest* request,
                             grpc::ServerWriter<v1::WeightChunk>* writer) override {
@@ -102,8 +233,13 @@ class FakeCoordinator final : public v1::Coordinator::Service {
       requests_.push_back(*request);
     }
     const Script& script = scripts_[std::min(connection, scripts_.size() - 1)];
-    for (const v1::WeightChunk& c : script.chunks) {
-      if (!writer->Write(c)) return grpc::Status::CANCELLED;
+    for (size_t i = 0; i < script.chunks.size(); ++i) {
+      if (script.hold_at == i) {
+        while (!released_.load() && !ctx->IsCancelled()) {
+          std::this_thread::sleep_for(milliseconds(2));
+        }
+      }
+      if (!writer->Write(script.chunks[i])) return grpc::Status::CANCELLED;
     }
     if (script.end_status.has_value()) return *script.end_status;
     while (!ctx->IsCancelled()) std::this_thread::sleep_for(milliseconds(5));
@@ -114,220 +250,752 @@ class FakeCoordinator final : public v1::Coordinator::Service {
     std::lock_guard<std::mutex> lock(mu_);
     return requests_;
   }
+  void Release() { released_ = true; }
 
  private:
   const std::vector<Script> scripts_;
+  std::atomic<bool> released_{false};
   std::mutex mu_;
   std::vector<v1::WatchWeightsRequest> requests_;
 };
 
-class Harness {
+WeightReceiver::Options ShortBackoff() {
+  WeightReceiver::Options options;
+  options.initial_backoff = milliseconds(10);
+  options.max_backoff = milliseconds(50);
+  return options;
+}
+
+class FakeHarness {
  public:
-  explicit Harness(std::vector<FakeCoordinator::Script> scripts, std::string token = kToken)
+  explicit FakeHarness(std::vector<FakeFeed::Script> scripts, std::string token = kToken)
       : service_(std::move(scripts)) {
     int port = 0;
     auto server = StartServer("127.0.0.1:0", {&service_}, &port);
     EXPECT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    WeightReceiver::Options options;
-    options.initial_backoff = milliseconds(10);
-    options.max_backoff = milliseconds(50);
     receiver_ = std::make_unique<WeightReceiver>(MakeChannel("127.0.0.1:" + std::to_string(port)),
-                                                 "actor-x", std::move(token), options);
+                                                 "actor-x", std::move(token), ShortBackoff());
     receiver_->Start();
   }
-  ~Harness() {
+  ~FakeHarness() {
     receiver_->Stop();
     server_->Shutdown();
   }
   WeightReceiver& receiver() { return *receiver_; }
-  FakeCoordinator& service() { return service_; }
+  FakeFeed& service() { return service_; }
 
  private:
-  FakeCoordinator service_;
+  FakeFeed service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<WeightReceiver> receiver_;
 };
 
-constexpr milliseconds kLong{20000};  // only reached if the test fails
+// Polls `done` every few milliseconds for up to `timeout`.
+bool Eventually(const std::function<bool()>& done, milliseconds timeout = kLong) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(milliseconds(2));
+  }
+  return true;
+}
 
 TEST(WeightReceiverTest, AssemblesTwoChunkedVersions) {
-  std::vector<v1::WeightChunk> chunks = Chunks(1, MakeTensors(1), 12);
-  const std::vector<v1::WeightChunk> v2 = Chunks(2, MakeTensors(2), 20);
+  std::shared_ptr<const WeightVersion> v1 = MakeVersion(1), v2 = MakeVersion(2);
+  const std::vector<v1::WeightChunk> chunks = Concat({Chunks(v1, 12), Chunks(v2, 20)});
   ASSERT_GT(chunks.size(), 6u);  // tensors really are split
-  chunks.insert(chunks.end(), v2.begin(), v2.end());
-  Harness h({{chunks, std::nullopt}});
+  FakeHarness h({{chunks, std::nullopt}});
 
   ASSERT_TRUE(h.receiver().WaitForVersion(2, kLong));
-  std::shared_ptr<const WeightSet> latest = h.receiver().Latest();
-  ASSERT_NE(latest, nullptr);
-  ExpectVersion(*latest, 2);
-  EXPECT_EQ(latest->total_bytes, (12u + 4u + 12u) * 4u);
+  std::shared_ptr<const WeightVersion> latest = h.receiver().Latest();
+  ExpectSameVersion(latest, *v2);
+  EXPECT_EQ(latest->Bytes(), (12u + 4u + 12u) * 4u);
+  EXPECT_FALSE(latest->from_delta);
   EXPECT_TRUE(h.receiver().WaitForVersion(1, milliseconds(0)));
   EXPECT_FALSE(h.receiver().WaitForVersion(3, milliseconds(20)));
   EXPECT_EQ(h.receiver().malformed_versions(), 0u);
-  ASSERT_EQ(h.service().requests().size(), 1u);
-  EXPECT_EQ(h.service().requests()[0].actor_id(), "actor-x");
-  EXPECT_EQ(h.service().requests()[0].have_version(), 0u);
+  EXPECT_EQ(h.receiver().delta_versions(), 0u);
+  EXPECT_EQ(h.receiver().wire_bytes(), WireBytes(chunks));
+  const auto requests = h.service().requests();
+  ASSERT_EQ(requests.size(), 1u);
+  EXPECT_EQ(requests[0].actor_id(), "actor-x");
+  EXPECT_EQ(requests[0].have_version(), 0u);
+  EXPECT_FALSE(requests[0].have_base());
+}
+
+TEST(WeightReceiverTest, AssemblesBfloat16) {
+  std::shared_ptr<const WeightVersion> v = MakeVersion(1, WireDtype::kBfloat16);
+  FakeHarness h({{Chunks(v, 6), std::nullopt}});
+  ASSERT_TRUE(h.receiver().WaitForVersion(1, kLong));
+  ExpectSameVersion(h.receiver().Latest(), *v);
 }
 
 TEST(WeightReceiverTest, WaitForVersionZeroWaitsForAnyVersion) {
-  Harness h({{{}, std::nullopt}});  // a coordinator that sends nothing
-  EXPECT_EQ(h.receiver().Latest(), nullptr);
-  EXPECT_FALSE(h.receiver().WaitForVersion(0, milliseconds(30)));
+  {
+    FakeHarness h({{{}, std::nullopt}});  // a feed that sends nothing
+    EXPECT_EQ(h.receiver().Latest(), nullptr);
+    EXPECT_FALSE(h.receiver().WaitForVersion(0, milliseconds(30)));
+  }
+  {
+    std::shared_ptr<const WeightVersion> v0 = MakeVersion(0);
+    FakeHarness h({{Chunks(v0, 16), std::nullopt}});  // version 0 is a version
+    ASSERT_TRUE(h.receiver().WaitForVersion(0, kLong));
+    ExpectSameVersion(h.receiver().Latest(), *v0);
+  }
 }
 
-TEST(WeightReceiverTest, DropsMalformedVersionAndKeepsGoing) {
-  std::vector<v1::WeightChunk> chunks = Chunks(1, MakeTensors(1), 16);
-  std::vector<v1::WeightChunk> bad = Chunks(2, MakeTensors(2), 16);
+TEST(WeightReceiverTest, TakeHandsTheVersionOver) {
+  std::shared_ptr<const WeightVersion> v1 = MakeVersion(1);
+  FakeHarness h({{Chunks(v1, 16), std::nullopt}});
+  ASSERT_TRUE(h.receiver().WaitForVersion(1, kLong));
+  std::shared_ptr<const WeightVersion> taken = h.receiver().Take();
+  ExpectSameVersion(taken, *v1);
+  EXPECT_EQ(h.receiver().Latest(), nullptr);
+  EXPECT_EQ(h.receiver().Take(), nullptr);
+  EXPECT_TRUE(h.receiver().WaitForVersion(1, milliseconds(0)));  // still held
+}
+
+TEST(WeightReceiverTest, DropsMalformedVersionAndAsksForAFullPush) {
+  std::shared_ptr<const WeightVersion> v1 = MakeVersion(1), v2 = MakeVersion(2),
+                                       v3 = MakeVersion(3);
+  std::vector<v1::WeightChunk> bad = Chunks(v2, 16);
   bad.erase(bad.begin() + 1);  // a gap in tensor 0's offsets
-  std::vector<v1::WeightChunk> v3 = Chunks(3, MakeTensors(3), 16);
-  chunks.insert(chunks.end(), bad.begin(), bad.end());
-  chunks.insert(chunks.end(), v3.begin(), v3.end());
-  Harness h({{chunks, std::nullopt}});
+  // The first connection: version 1, a malformed version 2, version 3 (never read: the
+  // receiver gives up on the stream). The second: version 2 and 3, whole.
+  FakeHarness h({{Concat({Chunks(v1, 16), bad, Chunks(v3, 16)}), std::nullopt},
+                 {Concat({Chunks(v2, 16), Chunks(v3, 16)}), std::nullopt}});
 
   ASSERT_TRUE(h.receiver().WaitForVersion(3, kLong));
-  ExpectVersion(*h.receiver().Latest(), 3);
+  ExpectSameVersion(h.receiver().Latest(), *v3);
   EXPECT_EQ(h.receiver().malformed_versions(), 1u);
+  const auto requests = h.service().requests();
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_EQ(requests[1].actor_id(), "actor-x");
+  EXPECT_EQ(requests[1].have_version(), 1u);
+  EXPECT_FALSE(requests[1].have_base());
 }
 
 TEST(WeightReceiverTest, ReconnectsAfterBrokenStreamWithHaveVersion) {
-  std::vector<v1::WeightChunk> v2 = Chunks(2, MakeTensors(2), 24);
-  std::vector<v1::WeightChunk> first = Chunks(1, MakeTensors(1), 24);
+  std::shared_ptr<const WeightVersion> v1 = MakeVersion(1), v2 = MakeVersion(2);
+  const std::vector<v1::WeightChunk> c2 = Chunks(v2, 24);
   // The first connection sends version 1 and half of version 2, then breaks.
-  first.insert(first.end(), v2.begin(), v2.begin() + v2.size() / 2);
+  std::vector<v1::WeightChunk> first = Chunks(v1, 24);
+  first.insert(first.end(), c2.begin(), c2.begin() + c2.size() / 2);
   // The second starts again with the current version (1: must be skipped), then 2.
-  std::vector<v1::WeightChunk> second = Chunks(1, MakeTensors(1), 24);
-  second.insert(second.end(), v2.begin(), v2.end());
-  Harness h(
-      {{first, grpc::Status(grpc::StatusCode::UNAVAILABLE, "going away")}, {second, std::nullopt}});
+  FakeHarness h({{first, grpc::Status(grpc::StatusCode::UNAVAILABLE, "going away")},
+                 {Concat({Chunks(v1, 24), c2}), std::nullopt}});
 
   ASSERT_TRUE(h.receiver().WaitForVersion(2, kLong));
-  ExpectVersion(*h.receiver().Latest(), 2);
+  ExpectSameVersion(h.receiver().Latest(), *v2);
   EXPECT_EQ(h.receiver().malformed_versions(), 0u);
   const auto requests = h.service().requests();
   ASSERT_GE(requests.size(), 2u);
   EXPECT_EQ(requests[1].have_version(), 1u);
+  EXPECT_FALSE(requests[1].have_base());  // version 1 came without keep_base
+}
+
+TEST(WeightReceiverTest, ReconnectsWithHaveBaseAndAppliesADelta) {
+  std::shared_ptr<const WeightVersion> v1 = MakeVersion(1);
+  std::shared_ptr<const WeightVersion> v2 = SmallStep(*v1, 2);
+  std::vector<v1::WeightChunk> first = Chunks(v1, 24, /*keep_base=*/true);
+  const std::vector<v1::WeightChunk> d2 = DeltaChunks(v1, v2, 8);
+  first.insert(first.end(), d2.begin(), d2.begin() + d2.size() / 2);
+  FakeHarness h(
+      {{first, grpc::Status(grpc::StatusCode::UNAVAILABLE, "going away")}, {d2, std::nullopt}});
+
+  ASSERT_TRUE(h.receiver().WaitForVersion(2, kLong));
+  std::shared_ptr<const WeightVersion> latest = h.receiver().Latest();
+  ExpectSameVersion(latest, *v2);
+  EXPECT_TRUE(latest->from_delta);
+  EXPECT_EQ(h.receiver().delta_versions(), 1u);
+  EXPECT_EQ(h.receiver().malformed_versions(), 0u);
+  const auto requests = h.service().requests();
+  ASSERT_GE(requests.size(), 2u);
+  EXPECT_EQ(requests[1].have_version(), 1u);
+  EXPECT_TRUE(requests[1].have_base());
+}
+
+TEST(WeightReceiverTest, BrokenStreamDuringAnInPlaceDeltaAsksForAFullPush) {
+  // The actor takes and drops version 1, so version 2's delta is applied in version 1's
+  // memory; the stream breaks half-way through it. What is left of version 1 is no base:
+  // the actor must reconnect without have_base (and then take the full version 2).
+  std::shared_ptr<const WeightVersion> v1 = MakeVersion(1);
+  std::shared_ptr<const WeightVersion> v2 = SmallStep(*v1, 2);
+  std::shared_ptr<const WeightVersion> v3 = SmallStep(*v2, 3);
+  std::vector<v1::WeightChunk> first = Chunks(v1, 16, /*keep_base=*/true);
+  const size_t hold = first.size();
+  const std::vector<v1::WeightChunk> d2 = DeltaChunks(v1, v2, 4);
+  ASSERT_GT(d2.size(), 4u);
+  first.insert(first.end(), d2.begin(), d2.begin() + d2.size() * 2 / 3);
+  FakeHarness h({{first, grpc::Status(grpc::StatusCode::UNAVAILABLE, "going away"), hold},
+                 {Concat({Chunks(v2, 16, true), DeltaChunks(v2, v3, 16)}), std::nullopt}});
+
+  ASSERT_TRUE(h.receiver().WaitForVersion(1, kLong));
+  ExpectSameVersion(h.receiver().Take(), *v1);  // taken and dropped at once
+  h.service().Release();
+  ASSERT_TRUE(h.receiver().WaitForVersion(3, kLong));
+  std::shared_ptr<const WeightVersion> latest = h.receiver().Latest();
+  ExpectSameVersion(latest, *v3);
+  EXPECT_TRUE(latest->from_delta);
+  EXPECT_EQ(h.receiver().delta_versions(), 1u);
+  EXPECT_EQ(h.receiver().malformed_versions(), 0u);
+  const auto requests = h.service().requests();
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_EQ(requests[1].have_version(), 1u);
+  EXPECT_FALSE(requests[1].have_base());
+}
+
+TEST(WeightReceiverTest, CorruptedDeltaDropsTheBaseAndAsksForAFullPush) {
+  std::shared_ptr<const WeightVersion> v1 = MakeVersion(1);
+  std::shared_ptr<const WeightVersion> v2 = SmallStep(*v1, 2);
+  std::shared_ptr<const WeightVersion> v3 = SmallStep(*v2, 3);
+  std::vector<v1::WeightChunk> bad = DeltaChunks(v1, v2, 1 << 20);
+  (*bad[0].mutable_data())[0] ^= 0x55;  // not a zstd frame any more
+  FakeHarness h({{Concat({Chunks(v1, 16, true), bad}), std::nullopt},
+                 {Concat({Chunks(v2, 16, true), DeltaChunks(v2, v3, 16)}), std::nullopt}});
+
+  ASSERT_TRUE(h.receiver().WaitForVersion(3, kLong));
+  ExpectSameVersion(h.receiver().Latest(), *v3);
+  EXPECT_EQ(h.receiver().malformed_versions(), 1u);
+  EXPECT_EQ(h.receiver().delta_versions(), 1u);  // version 3; version 2 came whole
+  const auto requests = h.service().requests();
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_EQ(requests[0].have_version(), 0u);
+  EXPECT_FALSE(requests[0].have_base());
+  EXPECT_EQ(requests[1].have_version(), 1u);
+  EXPECT_FALSE(requests[1].have_base());  // the base was dropped with the bad delta
+}
+
+TEST(WeightReceiverTest, DeltaWithoutABaseAsksForAFullPush) {
+  std::shared_ptr<const WeightVersion> v1 = MakeVersion(1);
+  std::shared_ptr<const WeightVersion> v2 = SmallStep(*v1, 2);
+  FakeHarness h({{DeltaChunks(v1, v2, 16), std::nullopt}, {Chunks(v2, 16, true), std::nullopt}});
+
+  ASSERT_TRUE(h.receiver().WaitForVersion(2, kLong));
+  ExpectSameVersion(h.receiver().Latest(), *v2);
+  EXPECT_FALSE(h.receiver().Latest()->from_delta);
+  EXPECT_EQ(h.receiver().malformed_versions(), 1u);
+  const auto requests = h.service().requests();
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_EQ(requests[1].have_version(), 0u);
+  EXPECT_FALSE(requests[1].have_base());
 }
 
 TEST(WeightReceiverTest, WrongTokenReceivesNothing) {
-  Harness h({{Chunks(1, MakeTensors(1), 16), std::nullopt}}, "wrong-token");
+  FakeHarness h({{Chunks(MakeVersion(1), 16), std::nullopt}}, "wrong-token");
   EXPECT_FALSE(h.receiver().WaitForVersion(0, milliseconds(200)));
   EXPECT_EQ(h.receiver().Latest(), nullptr);
+  EXPECT_EQ(h.receiver().malformed_versions(), 0u);
+  EXPECT_TRUE(h.service().requests().empty());
 }
 
-// ---- The assembly rules, directly.
+// ---------------------------------------------------------------- the real feed
 
-class AssemblerTest : public ::testing::Test {
- protected:
-  // Feeds `chunks`; returns the completed versions and counts errors.
-  std::vector<uint64_t> Feed(const std::vector<v1::WeightChunk>& chunks,
-                             std::optional<uint64_t> newest = std::nullopt) {
-    std::vector<uint64_t> done;
-    for (const v1::WeightChunk& c : chunks) {
-      std::shared_ptr<WeightSet> complete;
-      absl::Status s = assembler_.Add(c, newest, &complete);
-      if (!s.ok()) {
-        ++errors_;
-        last_error_ = std::string(s.message());
-      }
-      if (complete != nullptr) {
-        ExpectVersion(*complete, complete->version);
-        done.push_back(complete->version);
-      }
+// A WeightFeed service that forwards each stream to the real one, recording the
+// requests; it can break the open streams, refuse new ones for a while, and corrupt the
+// first chunk of the next delta it forwards.
+class Proxy final : public v1::WeightFeed::Service {
+ public:
+  explicit Proxy(const std::shared_ptr<grpc::Channel>& upstream)
+      : stub_(v1::WeightFeed::NewStub(upstream)) {}
+
+  grpc::Status WatchWeights(grpc::ServerContext* ctx, const v1::WatchWeightsRequest* request,
+                            grpc::ServerWriter<v1::WeightChunk>* writer) override {
+    grpc::ClientContext up;
+    const auto& metadata = ctx->client_metadata();
+    if (auto it = metadata.find("authorization"); it != metadata.end()) {
+      up.AddMetadata("authorization", std::string(it->second.data(), it->second.size()));
     }
-    return done;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (refusing_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "proxy: refusing");
+      requests_.push_back(*request);
+      open_.insert(&up);
+    }
+    // Ends the upstream call when the actor goes away.
+    std::atomic<bool> done{false};
+    std::thread watchdog([&] {
+      while (!done.load()) {
+        if (ctx->IsCancelled()) {
+          up.TryCancel();
+          return;
+        }
+        std::this_thread::sleep_for(milliseconds(2));
+      }
+    });
+    std::unique_ptr<grpc::ClientReader<v1::WeightChunk>> reader =
+        stub_->WatchWeights(&up, *request);
+    v1::WeightChunk chunk;
+    while (reader->Read(&chunk)) {
+      if (chunk.header().encoding() == v1::WEIGHT_XOR_ZSTD && chunk.header().offset() == 0 &&
+          !chunk.data().empty() && corrupt_next_delta_.exchange(false)) {
+        (*chunk.mutable_data())[0] ^= 0x55;  // the zstd magic number
+        corrupted_.fetch_add(1);
+      }
+      if (!writer->Write(chunk)) break;
+    }
+    up.TryCancel();
+    const grpc::Status status = reader->Finish();
+    done = true;
+    watchdog.join();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      open_.erase(&up);
+    }
+    if (status.error_code() == grpc::StatusCode::UNAUTHENTICATED) return status;
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "proxy: upstream ended");
   }
 
-  // A malformed version 2 followed by a good version 3: only 3 completes, one error.
-  void ExpectRejected(std::vector<v1::WeightChunk> bad, const std::string& what) {
-    const std::vector<v1::WeightChunk> v3 = Chunks(3, MakeTensors(3), 16);
-    bad.insert(bad.end(), v3.begin(), v3.end());
-    EXPECT_EQ(Feed(bad), std::vector<uint64_t>{3}) << what;
-    EXPECT_EQ(errors_, 1) << what;
-    errors_ = 0;
+  // Breaks every open stream (the actors see UNAVAILABLE and reconnect).
+  void BreakAll() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (grpc::ClientContext* c : open_) c->TryCancel();
+  }
+  void Refuse(bool refuse) {
+    std::lock_guard<std::mutex> lock(mu_);
+    refusing_ = refuse;
+  }
+  void CorruptNextDelta() { corrupt_next_delta_ = true; }
+  int corrupted() const { return corrupted_.load(); }
+  std::vector<v1::WatchWeightsRequest> requests() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return requests_;
+  }
+  size_t open_streams() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return open_.size();
   }
 
-  WeightAssembler assembler_;
-  int errors_ = 0;
-  std::string last_error_;
+ private:
+  std::unique_ptr<v1::WeightFeed::Stub> stub_;
+  std::atomic<bool> corrupt_next_delta_{false};
+  std::atomic<int> corrupted_{0};
+  std::mutex mu_;
+  bool refusing_ = false;
+  std::vector<v1::WatchWeightsRequest> requests_;
+  std::set<grpc::ClientContext*> open_;
 };
 
-TEST_F(AssemblerTest, AcceptsWholeTensorsAndManySmallChunks) {
-  EXPECT_EQ(Feed(Chunks(1, MakeTensors(1), 1 << 20)), std::vector<uint64_t>{1});
-  EXPECT_EQ(Feed(Chunks(2, MakeTensors(2), 4)), std::vector<uint64_t>{2});
-  EXPECT_EQ(errors_, 0);
+// The learner's WeightPublisher and WeightFeedService on loopback, optionally behind a
+// Proxy, with receivers. Every version published through Publish() is remembered, and a
+// watcher thread checks everything any receiver's Latest() returns against it: a
+// receiver must never expose a version that was not published, or other bits.
+class RealFeed {
+ public:
+  RealFeed(bool delta, size_t chunk_bytes, bool proxy, bool watch = true)
+      : publisher_(WeightPublisher::Options{.delta = delta, .metrics = &metrics_}),
+        service_(&publisher_, kToken, chunk_bytes, &metrics_) {
+    auto server = StartServer("127.0.0.1:0", {&service_}, &port_);
+    EXPECT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    if (proxy) {
+      proxy_ = std::make_unique<Proxy>(MakeChannel("127.0.0.1:" + std::to_string(port_)));
+      auto p = StartServer("127.0.0.1:0", {proxy_.get()}, &proxy_port_);
+      EXPECT_TRUE(p.ok()) << p.status();
+      proxy_server_ = *std::move(p);
+    }
+    if (watch) watcher_ = std::thread([this] { Watch(); });
+  }
+
+  ~RealFeed() {
+    stop_watching_ = true;
+    if (watcher_.joinable()) watcher_.join();
+    for (auto& r : receivers_) r->Stop();
+    publisher_.Close();
+    const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(5);
+    if (proxy_server_ != nullptr) proxy_server_->Shutdown(deadline);
+    server_->Shutdown(deadline);
+  }
+
+  WeightReceiver& AddReceiver(std::string token = kToken) {
+    const int port = proxy_ != nullptr ? proxy_port_ : port_;
+    auto r = std::make_unique<WeightReceiver>(MakeChannel("127.0.0.1:" + std::to_string(port)),
+                                              "actor-" + std::to_string(receivers_.size()),
+                                              std::move(token), ShortBackoff());
+    r->Start();
+    std::lock_guard<std::mutex> lock(mu_);
+    receivers_.push_back(std::move(r));
+    return *receivers_.back();
+  }
+
+  // Publishes `v`; with `valid` false the receivers must never expose it.
+  void Publish(std::shared_ptr<const WeightVersion> v, bool valid = true) {
+    if (valid) {
+      std::lock_guard<std::mutex> lock(mu_);
+      published_[v->version] = v;
+    }
+    publisher_.Publish(std::move(v));
+  }
+
+  // What the watcher saw go wrong; empty if nothing.
+  std::vector<std::string> exposed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return exposed_;
+  }
+  // How many distinct versions the watcher checked.
+  size_t checked() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return checked_;
+  }
+
+  WeightPublisher& publisher() { return publisher_; }
+  Proxy& proxy() { return *proxy_; }
+  std::string metrics() const { return metrics_.Serialize(); }
+  // The value of the sample `name` (with its labels, as serialised); -1 if absent.
+  double Metric(const std::string& name) const {
+    const std::string text = metrics();
+    const size_t at = text.find("\n" + name + " ");
+    if (at == std::string::npos) return -1;
+    return std::strtod(text.c_str() + at + 1 + name.size() + 1, nullptr);
+  }
+
+ private:
+  void Watch() {
+    // Remembers what it checked by address and version only: holding a reference would
+    // stop the receiver from reusing a taken version's memory.
+    std::vector<std::pair<const WeightVersion*, uint64_t>> last;
+    while (!stop_watching_.load()) {
+      std::vector<WeightReceiver*> receivers;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (auto& r : receivers_) receivers.push_back(r.get());
+      }
+      last.resize(receivers.size(), {nullptr, 0});
+      for (size_t i = 0; i < receivers.size(); ++i) {
+        std::shared_ptr<const WeightVersion> v = receivers[i]->Latest();
+        if (v == nullptr || std::make_pair(v.get(), v->version) == last[i]) continue;
+        last[i] = {v.get(), v->version};
+        std::lock_guard<std::mutex> lock(mu_);
+        ++checked_;
+        auto it = published_.find(v->version);
+        if (it == published_.end()) {
+          exposed_.push_back("receiver " + std::to_string(i) + " exposed version " +
+                             std::to_string(v->version) + ", which was never validly published");
+        } else if (std::string d = Difference(*v, *it->second); !d.empty()) {
+          exposed_.push_back("receiver " + std::to_string(i) + " exposed version " +
+                             std::to_string(v->version) + " with a different " + d);
+        }
+      }
+      std::this_thread::sleep_for(milliseconds(1));
+    }
+  }
+
+  MetricsRegistry metrics_{"learner"};
+  WeightPublisher publisher_;
+  WeightFeedService service_;
+  int port_ = 0;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<Proxy> proxy_;
+  int proxy_port_ = 0;
+  std::unique_ptr<grpc::Server> proxy_server_;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<WeightReceiver>> receivers_;  // guarded by mu_ (the vector)
+  std::map<uint64_t, std::shared_ptr<const WeightVersion>> published_;  // guarded by mu_
+  std::vector<std::string> exposed_;                                    // guarded by mu_
+  size_t checked_ = 0;                                                  // guarded by mu_
+  std::atomic<bool> stop_watching_{false};
+  std::thread watcher_;
+};
+
+class RealFeedFullTest : public ::testing::TestWithParam<WireDtype> {};
+
+TEST_P(RealFeedFullTest, FullPushes) {
+  const WireDtype dtype = GetParam();
+  RealFeed feed(/*delta=*/false, /*chunk_bytes=*/100, /*proxy=*/false);
+  WeightReceiver& r = feed.AddReceiver();
+  std::shared_ptr<const WeightVersion> v0 = MakeVersion(0, dtype, LargerModel());
+  feed.Publish(v0);
+  ASSERT_TRUE(r.WaitForVersion(0, kLong));
+  ExpectSameVersion(r.Latest(), *v0);
+  EXPECT_FALSE(r.Latest()->from_delta);
+  EXPECT_FALSE(r.Latest()->keep_base);
+
+  std::shared_ptr<const WeightVersion> v1 = SmallStep(*v0, 1);
+  feed.Publish(v1);
+  ASSERT_TRUE(r.WaitForVersion(1, kLong));
+  ExpectSameVersion(r.Latest(), *v1);
+  EXPECT_FALSE(r.Latest()->from_delta);
+
+  // Retire() lets go of the version; the next one still arrives.
+  feed.publisher().Retire();
+  std::shared_ptr<const WeightVersion> v2 = SmallStep(*v1, 2);
+  feed.Publish(v2);
+  ASSERT_TRUE(r.WaitForVersion(2, kLong));
+  ExpectSameVersion(r.Latest(), *v2);
+
+  EXPECT_EQ(r.delta_versions(), 0u);
+  EXPECT_EQ(r.malformed_versions(), 0u);
+  EXPECT_GT(r.wire_bytes(), v0->Bytes() + v1->Bytes() + v2->Bytes());
+  EXPECT_TRUE(feed.exposed().empty()) << feed.exposed()[0];
 }
 
-TEST_F(AssemblerTest, SkipsVersionsAlreadyHeld) {
-  EXPECT_TRUE(Feed(Chunks(4, MakeTensors(4), 16), /*newest=*/4).empty());
-  EXPECT_EQ(Feed(Chunks(5, MakeTensors(5), 16), /*newest=*/4), std::vector<uint64_t>{5});
-  EXPECT_EQ(errors_, 0);
+INSTANTIATE_TEST_SUITE_P(Dtypes, RealFeedFullTest,
+                         ::testing::Values(WireDtype::kFloat32, WireDtype::kBfloat16),
+                         [](const auto& info) { return std::string(WireDtypeName(info.param)); });
+
+class RealFeedDeltaTest : public ::testing::TestWithParam<WireDtype> {};
+
+TEST_P(RealFeedDeltaTest, FullFirstThenDeltasAndRequestsSayWhatTheActorHolds) {
+  const WireDtype dtype = GetParam();
+  RealFeed feed(/*delta=*/true, /*chunk_bytes=*/256, /*proxy=*/true);
+  WeightReceiver& r = feed.AddReceiver();
+
+  // Version 0 goes whole, kept as a base.
+  std::shared_ptr<const WeightVersion> v0 = MakeVersion(0, dtype, LargerModel());
+  feed.Publish(v0);
+  ASSERT_TRUE(r.WaitForVersion(0, kLong));
+  ExpectSameVersion(r.Latest(), *v0);
+  EXPECT_FALSE(r.Latest()->from_delta);
+  EXPECT_TRUE(r.Latest()->keep_base);
+  EXPECT_EQ(r.delta_versions(), 0u);
+  {
+    const auto requests = feed.proxy().requests();
+    ASSERT_EQ(requests.size(), 1u);
+    EXPECT_EQ(requests[0].actor_id(), "actor-0");
+    EXPECT_EQ(requests[0].have_version(), 0u);
+    EXPECT_FALSE(requests[0].have_base());
+  }
+
+  // Version 1, a small change: a delta, much smaller than the version.
+  std::shared_ptr<const WeightVersion> v1 = SmallStep(*v0, 1);
+  const uint64_t before = r.wire_bytes();
+  feed.Publish(v1);
+  ASSERT_TRUE(r.WaitForVersion(1, kLong));
+  ExpectSameVersion(r.Latest(), *v1);
+  EXPECT_TRUE(r.Latest()->from_delta);
+  EXPECT_EQ(r.delta_versions(), 1u);
+  EXPECT_LT((r.wire_bytes() - before) * 10, v1->Bytes());
+  EXPECT_EQ(r.Latest()->wire_bytes, r.wire_bytes() - before);
+
+  // A broken stream: the actor reconnects saying it holds version 1 as a base, and the
+  // next version comes as a delta again.
+  feed.proxy().BreakAll();
+  ASSERT_TRUE(Eventually([&] { return feed.proxy().requests().size() == 2; }));
+  {
+    const auto requests = feed.proxy().requests();
+    EXPECT_EQ(requests[1].have_version(), 1u);
+    EXPECT_TRUE(requests[1].have_base());
+  }
+  std::shared_ptr<const WeightVersion> v2 = SmallStep(*v1, 2);
+  feed.Publish(v2);
+  ASSERT_TRUE(r.WaitForVersion(2, kLong));
+  ExpectSameVersion(r.Latest(), *v2);
+  EXPECT_TRUE(r.Latest()->from_delta);
+  EXPECT_EQ(r.delta_versions(), 2u);
+
+  // While the actor is away, versions 3 and 4 are published; 4's delta is against 3,
+  // which the actor never had: it must get version 4 whole.
+  feed.proxy().Refuse(true);
+  feed.proxy().BreakAll();
+  ASSERT_TRUE(Eventually([&] { return feed.proxy().open_streams() == 0; }));
+  std::shared_ptr<const WeightVersion> v3 = SmallStep(*v2, 3);
+  std::shared_ptr<const WeightVersion> v4 = SmallStep(*v3, 4);
+  feed.Publish(v3);
+  feed.Publish(v4);
+  ASSERT_NE(feed.publisher().Latest().delta, nullptr);
+  EXPECT_EQ(feed.publisher().Latest().delta->base_version, 3u);
+  feed.proxy().Refuse(false);
+  ASSERT_TRUE(r.WaitForVersion(4, kLong));
+  ExpectSameVersion(r.Latest(), *v4);
+  EXPECT_FALSE(r.Latest()->from_delta);
+  EXPECT_TRUE(r.Latest()->keep_base);
+  EXPECT_EQ(r.delta_versions(), 2u);
+  {
+    const auto requests = feed.proxy().requests();
+    ASSERT_EQ(requests.size(), 3u);
+    EXPECT_EQ(requests[2].have_version(), 2u);
+    EXPECT_TRUE(requests[2].have_base());
+  }
+
+  // And the next one is a delta against 4 again.
+  std::shared_ptr<const WeightVersion> v5 = SmallStep(*v4, 5);
+  feed.Publish(v5);
+  ASSERT_TRUE(r.WaitForVersion(5, kLong));
+  ExpectSameVersion(r.Latest(), *v5);
+  EXPECT_TRUE(r.Latest()->from_delta);
+  EXPECT_EQ(r.delta_versions(), 3u);
+  EXPECT_EQ(r.malformed_versions(), 0u);
+  EXPECT_TRUE(feed.exposed().empty()) << feed.exposed()[0];
+
+  // The learner's counters agree: versions 0 and 4 whole, 1, 2 and 5 as deltas (the
+  // service counts a push after its last write, so maybe just after the actor has it).
+  EXPECT_TRUE(Eventually([&] {
+    return feed.Metric("pmdrl_learner_weight_pushes_total{encoding=\"full\"}") == 2 &&
+           feed.Metric("pmdrl_learner_weight_pushes_total{encoding=\"delta\"}") == 3;
+  })) << feed.metrics();
 }
 
-TEST_F(AssemblerTest, RejectsOffsetGap) {
-  auto c = Chunks(2, MakeTensors(2), 16);
-  c.erase(c.begin() + 1);
-  ExpectRejected(c, "gap");
-  EXPECT_NE(last_error_.find("offset"), std::string::npos) << last_error_;
+TEST_P(RealFeedDeltaTest, LateJoinerGetsTheNewestVersionWholeThenDeltas) {
+  const WireDtype dtype = GetParam();
+  RealFeed feed(/*delta=*/true, /*chunk_bytes=*/4096, /*proxy=*/false);
+  std::shared_ptr<const WeightVersion> v0 = MakeVersion(0, dtype, LargerModel());
+  std::shared_ptr<const WeightVersion> v1 = SmallStep(*v0, 1);
+  feed.Publish(v0);
+  feed.Publish(v1);  // published with a delta against 0, which the newcomer lacks
+  WeightReceiver& r = feed.AddReceiver();
+  ASSERT_TRUE(r.WaitForVersion(1, kLong));
+  ExpectSameVersion(r.Latest(), *v1);
+  EXPECT_FALSE(r.Latest()->from_delta);
+  std::shared_ptr<const WeightVersion> v2 = SmallStep(*v1, 2);
+  feed.Publish(v2);
+  ASSERT_TRUE(r.WaitForVersion(2, kLong));
+  ExpectSameVersion(r.Latest(), *v2);
+  EXPECT_TRUE(r.Latest()->from_delta);
+  EXPECT_EQ(r.delta_versions(), 1u);
+  EXPECT_TRUE(feed.exposed().empty()) << feed.exposed()[0];
 }
 
-TEST_F(AssemblerTest, RejectsRepeatedChunk) {
-  auto c = Chunks(2, MakeTensors(2), 16);
-  c.insert(c.begin() + 1, c[1]);
-  ExpectRejected(c, "repeat");
+TEST_P(RealFeedDeltaTest, CorruptedDeltaLeadsToAFullPushAndCorrectWeights) {
+  const WireDtype dtype = GetParam();
+  RealFeed feed(/*delta=*/true, /*chunk_bytes=*/256, /*proxy=*/true);
+  WeightReceiver& r = feed.AddReceiver();
+  std::shared_ptr<const WeightVersion> v0 = MakeVersion(0, dtype, LargerModel());
+  feed.Publish(v0);
+  ASSERT_TRUE(r.WaitForVersion(0, kLong));
+
+  // Version 1's delta arrives corrupted: the actor drops it and its base, and
+  // reconnects asking for a full push.
+  feed.proxy().CorruptNextDelta();
+  std::shared_ptr<const WeightVersion> v1 = SmallStep(*v0, 1);
+  feed.Publish(v1);
+  ASSERT_TRUE(r.WaitForVersion(1, kLong));
+  EXPECT_EQ(feed.proxy().corrupted(), 1);
+  EXPECT_EQ(r.malformed_versions(), 1u);
+  ExpectSameVersion(r.Latest(), *v1);
+  EXPECT_FALSE(r.Latest()->from_delta);
+  EXPECT_EQ(r.delta_versions(), 0u);
+  {
+    const auto requests = feed.proxy().requests();
+    ASSERT_EQ(requests.size(), 2u);
+    EXPECT_EQ(requests[1].have_version(), 0u);
+    EXPECT_FALSE(requests[1].have_base());
+  }
+
+  // The full push was kept as a base: deltas again.
+  std::shared_ptr<const WeightVersion> v2 = SmallStep(*v1, 2);
+  feed.Publish(v2);
+  ASSERT_TRUE(r.WaitForVersion(2, kLong));
+  ExpectSameVersion(r.Latest(), *v2);
+  EXPECT_TRUE(r.Latest()->from_delta);
+  EXPECT_EQ(r.delta_versions(), 1u);
+  EXPECT_EQ(r.malformed_versions(), 1u);
+  EXPECT_GE(feed.checked(), 1u);
+  EXPECT_TRUE(feed.exposed().empty()) << feed.exposed()[0];
 }
 
-TEST_F(AssemblerTest, RejectsSizeNotMultipleOfFour) {
-  auto c = Chunks(2, MakeTensors(2), 16);
-  c[0].mutable_data()->push_back('x');
-  ExpectRejected(c, "odd size");
+INSTANTIATE_TEST_SUITE_P(Dtypes, RealFeedDeltaTest,
+                         ::testing::Values(WireDtype::kFloat32, WireDtype::kBfloat16),
+                         [](const auto& info) { return std::string(WireDtypeName(info.param)); });
+
+// Every version is taken and dropped, so the receiver writes the next one into its
+// memory (deltas in place); one delta arrives corrupted half-way. Each taken version
+// must be exactly what was published. No watcher: a reference it held for a moment would
+// make the reuse below depend on timing.
+class RealFeedReuseTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(RealFeedReuseTest, TakenVersionsMemoryIsReusedAndTheWeightsStayRight) {
+  const bool delta = GetParam();
+  RealFeed feed(delta, /*chunk_bytes=*/1000, /*proxy=*/true, /*watch=*/false);
+  WeightReceiver& r = feed.AddReceiver();
+  std::shared_ptr<const WeightVersion> want = MakeVersion(0, WireDtype::kFloat32, LargerModel());
+  std::vector<uintptr_t> memory;  // where each taken version's first tensor was
+  for (uint64_t v = 0; v <= 5; ++v) {
+    SCOPED_TRACE(v);
+    if (v > 0) want = SmallStep(*want, v);
+    if (v == 3) feed.proxy().CorruptNextDelta();
+    feed.Publish(want);
+    ASSERT_TRUE(r.WaitForVersion(v, kLong));
+    std::shared_ptr<const WeightVersion> got = r.Take();
+    ExpectSameVersion(got, *want);
+    EXPECT_EQ(r.Take(), nullptr);
+    EXPECT_EQ(got->from_delta, delta && v > 0 && v != 3);
+    memory.push_back(reinterpret_cast<uintptr_t>(got->tensors[0].bytes.get()));
+  }  // `got` is dropped before the next version is published
+  EXPECT_EQ(r.malformed_versions(), delta ? 1u : 0u);
+  EXPECT_EQ(r.delta_versions(), delta ? 4u : 0u);
+  // The versions after 0 were written into the memory of the one before, except 3
+  // after its delta failed half-applied in place (the base is gone: a fresh full push).
+  for (size_t v : {1, 2, 4, 5}) EXPECT_EQ(memory[v], memory[v - 1]) << v;
+  if (!delta) {
+    EXPECT_EQ(memory[3], memory[2]);
+  }
 }
 
-TEST_F(AssemblerTest, RejectsShapeThatDoesNotMatchBytes) {
-  auto c = Chunks(2, MakeTensors(2), 1 << 20);
-  c[1].set_shape(0, 5);  // model.norm.weight claims 5 elements but has 4
-  ExpectRejected(c, "shape");
-  EXPECT_NE(last_error_.find("shape"), std::string::npos) << last_error_;
+INSTANTIATE_TEST_SUITE_P(DeltaOnOff, RealFeedReuseTest, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "Delta" : "Full"; });
+
+TEST(RealFeedTest, VersionsTheActorHoldsAreNeverOverwritten) {
+  RealFeed feed(/*delta=*/true, /*chunk_bytes=*/1000, /*proxy=*/false, /*watch=*/false);
+  WeightReceiver& r = feed.AddReceiver();
+  std::shared_ptr<const WeightVersion> v0 = MakeVersion(0, WireDtype::kFloat32, LargerModel());
+  feed.Publish(v0);
+  ASSERT_TRUE(r.WaitForVersion(0, kLong));
+  std::shared_ptr<const WeightVersion> taken = r.Take();  // taken, and still held
+  ExpectSameVersion(taken, *v0);
+
+  std::shared_ptr<const WeightVersion> v1 = SmallStep(*v0, 1);
+  feed.Publish(v1);
+  ASSERT_TRUE(r.WaitForVersion(1, kLong));
+  std::shared_ptr<const WeightVersion> seen = r.Latest();  // not taken, held
+  ExpectSameVersion(seen, *v1);
+  EXPECT_TRUE(seen->from_delta);
+
+  std::shared_ptr<const WeightVersion> v2 = SmallStep(*v1, 2);
+  feed.Publish(v2);
+  ASSERT_TRUE(r.WaitForVersion(2, kLong));
+  ExpectSameVersion(r.Latest(), *v2);
+  EXPECT_TRUE(r.Latest()->from_delta);
+  std::shared_ptr<const WeightVersion> v3 = SmallStep(*v2, 3);
+  feed.Publish(v3);
+  ASSERT_TRUE(r.WaitForVersion(3, kLong));
+  ExpectSameVersion(r.Latest(), *v3);
+
+  // What the actor held all along is untouched.
+  ExpectSameVersion(taken, *v0);
+  ExpectSameVersion(seen, *v1);
+  EXPECT_EQ(r.delta_versions(), 3u);
 }
 
-TEST_F(AssemblerTest, RejectsDataBeyondTensorBytes) {
-  auto c = Chunks(2, MakeTensors(2), 1 << 20);
-  c[1].mutable_data()->append(std::string(4, '\0'));
-  ExpectRejected(c, "overrun");
+class RealFeedBadVersionTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(RealFeedBadVersionTest, VersionThatFailsItsChecksumIsNeverExposed) {
+  const bool delta = GetParam();
+  RealFeed feed(delta, /*chunk_bytes=*/512, /*proxy=*/false);
+  WeightReceiver& r = feed.AddReceiver();
+  std::shared_ptr<const WeightVersion> v0 = MakeVersion(0, WireDtype::kFloat32, LargerModel());
+  feed.Publish(v0);
+  ASSERT_TRUE(r.WaitForVersion(0, kLong));
+
+  // Version 1 claims a checksum its bytes do not have (whole, and after the delta).
+  std::shared_ptr<WeightVersion> v1 = SmallStep(*v0, 1);
+  v1->tensors[1].checksum ^= 1;
+  feed.Publish(v1, /*valid=*/false);
+  ASSERT_TRUE(Eventually([&] { return r.malformed_versions() >= 1; }));
+  EXPECT_FALSE(r.WaitForVersion(1, milliseconds(100)));
+  ExpectSameVersion(r.Latest(), *v0);
+
+  std::shared_ptr<const WeightVersion> v2 = SmallStep(*v1, 2);
+  feed.Publish(v2);
+  ASSERT_TRUE(r.WaitForVersion(2, kLong));
+  ExpectSameVersion(r.Latest(), *v2);
+  EXPECT_FALSE(r.Latest()->from_delta);  // no base after the failure: whole
+  EXPECT_TRUE(feed.exposed().empty()) << feed.exposed()[0];
 }
 
-TEST_F(AssemblerTest, RejectsTensorOutOfOrder) {
-  auto c = Chunks(2, MakeTensors(2), 1 << 20);
-  std::swap(c[1], c[2]);
-  ExpectRejected(c, "order");
-}
+INSTANTIATE_TEST_SUITE_P(DeltaOnOff, RealFeedBadVersionTest, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "Delta" : "Full"; });
 
-TEST_F(AssemblerTest, RejectsVersionNotStartingAtTensorZero) {
-  auto c = Chunks(2, MakeTensors(2), 1 << 20);
-  c.erase(c.begin());
-  ExpectRejected(c, "start");
-}
-
-TEST_F(AssemblerTest, RejectsChangedTensorCount) {
-  auto c = Chunks(2, MakeTensors(2), 1 << 20);
-  c[1].set_tensor_count(4);
-  ExpectRejected(c, "count");
-}
-
-TEST_F(AssemblerTest, RejectsNonFiniteValues) {
-  auto c = Chunks(2, MakeTensors(2), 1 << 20);
-  const float nan = std::numeric_limits<float>::quiet_NaN();
-  std::memcpy(c[1].mutable_data()->data() + 4, &nan, 4);
-  ExpectRejected(c, "nan");
-}
-
-TEST_F(AssemblerTest, IncompleteVersionIsDroppedWhenTheNextStarts) {
-  auto c = Chunks(2, MakeTensors(2), 16);
-  c.pop_back();  // version 2 never finishes
-  const auto v3 = Chunks(3, MakeTensors(3), 16);
-  c.insert(c.end(), v3.begin(), v3.end());
-  EXPECT_EQ(Feed(c), std::vector<uint64_t>{3});
+TEST(RealFeedTest, WrongTokenReceivesNothing) {
+  RealFeed feed(/*delta=*/true, /*chunk_bytes=*/4096, /*proxy=*/false);
+  feed.Publish(MakeVersion(0));
+  WeightReceiver& r = feed.AddReceiver("wrong-token");
+  EXPECT_FALSE(r.WaitForVersion(0, milliseconds(300)));
+  EXPECT_EQ(r.Latest(), nullptr);
+  EXPECT_EQ(r.malformed_versions(), 0u);
+  EXPECT_TRUE(Eventually([&] {
+    return feed.Metric("pmdrl_learner_rejected_total{reason=\"unauthenticated\"}") >= 1;
+  })) << feed.metrics();
 }
 
 }  // namespace

@@ -26,6 +26,7 @@
 #include "learner/sequence_logprobs.h"
 #include "learner/trainer.h"
 #include "tests/tiny_model_config.h"
+#include "tests/weight_diff.h"
 
 namespace pmdrl {
 namespace {
@@ -608,16 +609,6 @@ Config TrainerConfig(const std::vector<std::string>& extra) {
   return *c;
 }
 
-double MaxChange(const WeightSnapshot& a, const WeightSnapshot& b) {
-  double moved = 0;
-  for (size_t t = 0; t < a.data.size(); ++t) {
-    for (size_t i = 0; i < a.data[t].size(); ++i) {
-      moved = std::max(moved, std::abs(double(a.data[t][i]) - b.data[t][i]));
-    }
-  }
-  return moved;
-}
-
 TEST(PolicyLossTrainerTest, EveryLossTrains) {
   CharTokenizer tok;
   for (std::string loss : {"pmd_mean", "pmd_part", "grpo", "gspo"}) {
@@ -631,7 +622,7 @@ TEST(PolicyLossTrainerTest, EveryLossTrains) {
     EXPECT_TRUE(std::isfinite(stats->loss));
     EXPECT_EQ(stats->equal_reward_groups, 1);
     EXPECT_EQ(stats->importance_weight_mean, 1.0);
-    EXPECT_GT(MaxChange(*before, *(*trainer)->Snapshot(1)), 1e-5);
+    EXPECT_GT(LargestChange(*before, *(*trainer)->Snapshot(1)), 1e-5);
   }
   Config bad = TrainerConfig({});
   bad.learner.loss = "ppo";
@@ -665,7 +656,7 @@ TEST(PolicyLossTrainerTest, ImportanceWeightsAreTruncated) {
     ASSERT_TRUE(stats.ok()) << stats.status();
     EXPECT_GT(stats->importance_weight_mean, 0.0);
     EXPECT_LT(stats->importance_weight_mean, 1.0);
-    EXPECT_GT(MaxChange(*before, *(*trainer)->Snapshot(1)), 1e-6);
+    EXPECT_GT(LargestChange(*before, *(*trainer)->Snapshot(1)), 1e-6);
   }
 }
 
