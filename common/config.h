@@ -127,7 +127,7 @@ struct LearnerConfig {
   // Weights to the actors (common/weight_stream.h).
   std::string weight_dtype = "auto";     // auto (bfloat16 if actor.dtype is) | float32 | bfloat16
   bool weight_delta = false;             // after a full push, send XOR+zstd deltas
-  int64_t weight_chunk_bytes = 4 << 20;  // largest chunk on the wire
+  int64_t weight_chunk_bytes = 1 << 20;  // largest chunk on the wire
   // Schedule.
   int64_t updates = 100;
   double max_seconds = 0;  // 0: no time limit

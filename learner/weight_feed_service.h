@@ -18,7 +18,7 @@
 namespace pmdrl {
 
 // Largest weight chunk on the wire by default (learner.weight_chunk_bytes).
-inline constexpr size_t kDefaultWeightChunkBytes = 4 << 20;
+inline constexpr size_t kDefaultWeightChunkBytes = 1 << 20;
 
 class WeightFeedService final : public v1::WeightFeed::Service {
  public:
