@@ -213,8 +213,8 @@ struct PushResult {
   int64_t peak_rss_over_baseline = 0;
 };
 
-// Publishes `versions` in order to `receivers` fresh receiver processes; times the last.
-// `between` runs before each later version is built (the AdamW step).
+// Publishes `versions` in order to `receivers` fresh receiver processes; times the first
+// and the last.
 PushResult Push(Feed& feed, const std::vector<std::shared_ptr<const WeightVersion>>& versions,
                 int receivers) {
   std::vector<Child> children;
