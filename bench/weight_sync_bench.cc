@@ -4,7 +4,7 @@
 // same run (the link's speed on this machine).
 //
 //   build/bench/weight_sync_bench --model DIR [--receivers 4] [--chunk-mb 1,2,4,8]
-//       [--lr 1e-6] [--repeats 2]
+//       [--lr 1e-6] [--repeats 2] [--float32-only]
 //
 // Runs, in order: at each chunk size, the raw TCP stream and two full float32 versions
 // to 1 receiver; two full bfloat16 versions; a bfloat16 delta after one AdamW step at
@@ -15,7 +15,8 @@
 // the memory of the one before (the receiver recycles it), so both are shown, each
 // beside TCP into fresh memory and TCP into the same memory again. Every push is timed
 // from Publish to the receiver holding the checked version (receivers connect first).
-// Each measurement runs --repeats times; the best is printed.
+// Each measurement runs --repeats times; the best is printed. --float32-only stops after
+// the float32 1-receiver pushes (for profiling the fast path).
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -44,6 +45,7 @@
 #include "actor/weight_receiver.h"
 #include "common/nn/model_dir.h"
 #include "common/nn/weight_snapshot.h"
+#include "common/process.h"
 #include "common/rpc.h"
 #include "common/weight_stream.h"
 #include "learner/peak_memory.h"
@@ -83,6 +85,7 @@ uint64_t Digest(const WeightVersion& v) {
 // "got <version> <wire_bytes> <from_delta> <digest>".
 int RunReceiver(const std::string& target, int versions) {
   spdlog::set_level(spdlog::level::warn);
+  RetainFreedHeapMemory(size_t{128} << 20);  // as pmdrl-actor does
   auto channel = MakeBulkChannel(target);
   if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(30))) {
     Die("receiver: cannot connect to " + target);
@@ -313,6 +316,7 @@ int Main(int argc, char** argv) {
   std::string model_dir, chunks_arg = "1,2,4,8";
   int receivers = 4, repeats = 2;
   double lr = 1e-6;
+  bool float32_only = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -343,10 +347,12 @@ int Main(int argc, char** argv) {
       lr = std::atof(next().c_str());
     } else if (a == "--repeats") {
       repeats = std::max(1, std::atoi(next().c_str()));
+    } else if (a == "--float32-only") {
+      float32_only = true;
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "weight_sync_bench --model DIR [--receivers 4] [--chunk-mb 1,2,4,8] [--lr 1e-6] "
-          "[--repeats 2]\n");
+          "[--repeats 2] [--float32-only]\n");
       return 0;
     } else {
       Die("unknown flag " + a);
@@ -419,6 +425,7 @@ int Main(int argc, char** argv) {
     line("               2nd version", mb32, p.seconds, tcp_warm);
     if (chunk == default_chunk) one32 = p;
   }
+  if (float32_only) return 0;
   if (one32.seconds == 0) one32 = best_push(false, default_chunk, {f32, f32_1}, 1);
 
   std::shared_ptr<const WeightVersion> bf0 = SnapshotWeights(*model, 0, WireDtype::kBfloat16);

@@ -1,8 +1,10 @@
 #include "common/process.h"
 
 #include <dlfcn.h>
+#include <malloc.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <string>
@@ -49,6 +51,11 @@ void SetBlasThreads(int threads) {
   static const auto get =
       reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
   if (set != nullptr && (get == nullptr || get() != threads)) set(threads);
+}
+
+void RetainFreedHeapMemory(size_t bytes) {
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest allowed threshold
+  mallopt(M_TRIM_THRESHOLD, static_cast<int>(std::min<size_t>(bytes, 1u << 30)));
 }
 
 }  // namespace pmdrl

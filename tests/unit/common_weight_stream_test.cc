@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "common/weight_stream.h"
 #include "common/wire_dtype.h"
 #include "gmock/gmock.h"
@@ -670,6 +671,45 @@ TEST_F(HostileTest, NonFiniteValues) {
   const uint16_t bf16_inf = 0x7F80;
   std::memcpy(b[2].mutable_data()->data() + 6, &bf16_inf, 2);
   ExpectRejected(b, "non-finite value at element 3");
+}
+
+// The finiteness scan runs over 64-bit words in 4 KiB blocks with a tail of single
+// elements: a bad value is found, at its index, in a later block, in the tail, in either
+// half of a word, and not where all values are finite.
+TEST(WeightStreamTest, NonFiniteFoundInEveryPartOfALongTensor) {
+  struct Case {
+    WireDtype dtype;
+    int64_t elements;  // 3001 fp32 = 12004 bytes; 4099 bf16 = 8198 bytes: both end in a tail
+    int64_t bad;       // -1: all finite
+    float value;
+  };
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const Case& c : std::vector<Case>{{WireDtype::kFloat32, 3001, -1, 0},
+                                         {WireDtype::kFloat32, 3001, 2500, nan},
+                                         {WireDtype::kFloat32, 3001, 2501, -inf},
+                                         {WireDtype::kFloat32, 3001, 3000, inf},
+                                         {WireDtype::kBfloat16, 4099, -1, 0},
+                                         {WireDtype::kBfloat16, 4099, 1500, -nan},
+                                         {WireDtype::kBfloat16, 4099, 2051, inf},
+                                         {WireDtype::kBfloat16, 4099, 4098, -inf}}) {
+    auto v = MakeVersion(2, c.dtype, {{"w", {c.elements}}}, 7);
+    if (c.bad >= 0) SetValue(&v->tensors[0], c.dtype, c.bad, c.value);
+    Seal(v.get());  // the checksum holds: only the finiteness check can refuse it
+    WeightAssembler assembler;
+    Fed fed = Feed(&assembler, Encode(v, 1 << 20));
+    const std::string what = absl::StrCat(WireDtypeName(c.dtype), " element ", c.bad);
+    if (c.bad < 0) {
+      EXPECT_TRUE(fed.errors.empty()) << what;
+      EXPECT_EQ(fed.complete.size(), 1u) << what;
+    } else {
+      ASSERT_EQ(fed.errors.size(), 1u) << what;
+      EXPECT_THAT(std::string(fed.errors[0].message()),
+                  HasSubstr(absl::StrCat("non-finite value at element ", c.bad)))
+          << what;
+      EXPECT_TRUE(fed.complete.empty()) << what;
+    }
+  }
 }
 
 TEST_F(HostileTest, HostileHeaders) {
