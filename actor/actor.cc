@@ -1,15 +1,10 @@
 #include "actor/actor.h"
 
 #include <grpcpp/client_context.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
-#include <cstdio>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -58,33 +53,6 @@ int64_t UnixMillis() {
 
 double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-// ReadModelConfig reads a file; the coordinator sends the text.
-absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json) {
-  std::string path =
-      (std::filesystem::temp_directory_path() / "pmdrl-actor-config-XXXXXX").string();
-  const int fd = mkstemp(path.data());
-  if (fd < 0) {
-    return absl::InternalError(
-        absl::StrCat("cannot create a temporary file for the model config: ", path));
-  }
-  close(fd);
-  {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << json;
-    if (!out) {
-      std::remove(path.c_str());
-      return absl::InternalError(absl::StrCat("cannot write the model config to ", path));
-    }
-  }
-  absl::StatusOr<ModelConfig> config = ReadModelConfig(path);
-  std::remove(path.c_str());
-  if (!config.ok()) {
-    return absl::Status(config.status().code(), absl::StrCat("model config from the coordinator: ",
-                                                             config.status().message()));
-  }
-  return config;
 }
 
 const char* AckName(v1::AckStatus status) {
@@ -299,7 +267,9 @@ absl::Status Actor::Impl::Register() {
 }
 
 absl::Status Actor::Impl::Setup() {
-  absl::StatusOr<ModelConfig> config = ParseModelConfig(registration_.model_config_json());
+  // The coordinator sends the text of the policy's config.json.
+  absl::StatusOr<ModelConfig> config =
+      ParseModelConfigJson(registration_.model_config_json(), "model config from the coordinator");
   if (!config.ok()) return config.status();
   model_config_ = *std::move(config);
   if (registration_.tokenizer() == "char") {

@@ -4,7 +4,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
@@ -269,11 +271,18 @@ absl::Status ValidateModelConfig(const ModelConfig& c) {
 }
 
 absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path) {
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open model config ", path));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return absl::InternalError(absl::StrCat("cannot read model config ", path));
+  return ParseModelConfigJson(text, path);
+}
+
+absl::StatusOr<ModelConfig> ParseModelConfigJson(std::string_view text, std::string_view origin) {
+  const std::string path(origin);
   json j;
   try {
-    j = json::parse(in);
+    j = json::parse(text);
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": not valid JSON: ", e.what()));
   }
@@ -322,7 +331,7 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path) {
   return c;
 }
 
-absl::Status WriteModelConfig(const ModelConfig& c, const std::string& path) {
+absl::StatusOr<std::string> ModelConfigToJson(const ModelConfig& c) {
   if (absl::Status s = ValidateModelConfig(c); !s.ok()) return s;
   auto token = [](int64_t id) { return id < 0 ? json(nullptr) : json(id); };
   json j = {
@@ -365,11 +374,17 @@ absl::Status WriteModelConfig(const ModelConfig& c, const std::string& path) {
                                                  : c.max_position_embeddings},
     };
   }
+  return j.dump(2) + "\n";
+}
+
+absl::Status WriteModelConfig(const ModelConfig& c, const std::string& path) {
+  absl::StatusOr<std::string> text = ModelConfigToJson(c);
+  if (!text.ok()) return text.status();
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
     if (!out) return absl::InternalError(absl::StrCat("cannot write model config ", tmp));
-    out << j.dump(2) << "\n";
+    out << *text;
     if (!out.flush()) return absl::InternalError(absl::StrCat("cannot write model config ", tmp));
   }
   std::error_code ec;

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -53,9 +54,9 @@ void ApplyArchitectureDefaults(ModelConfig* config);
 // OK, or InvalidArgument whose message names the first bad field.
 absl::Status ValidateModelConfig(const ModelConfig& config);
 
-// Reads a Hugging Face config.json. Missing optional fields take transformers' defaults
-// (num_key_value_heads = num_attention_heads; qwen2 implies attention_bias, qwen3 qk_norm);
-// a list-valued eos_token_id (Llama 3) keeps its first entry. "rope_scaling" (or
+// Parses the text of a Hugging Face config.json. Missing optional fields take transformers'
+// defaults (num_key_value_heads = num_attention_heads; qwen2 implies attention_bias, qwen3
+// qk_norm); a list-valued eos_token_id (Llama 3) keeps its first entry. "rope_scaling" (or
 // transformers 5's "rope_parameters", whose rope_theta wins over the top-level one) of type
 // llama3 is read, "default" means none. Fields real Qwen2.5 / Qwen3 / Llama 3 configs carry
 // that do not change the computation are accepted: sliding_window and max_window_layers
@@ -64,13 +65,19 @@ absl::Status ValidateModelConfig(const ModelConfig& config);
 // false. Whatever would change the computation and is not implemented is an error naming
 // the field: another rope type, sliding-window attention, mlp_bias true,
 // partial_rotary_factor != 1, an activation other than silu. So is a config that fails
-// ValidateModelConfig.
+// ValidateModelConfig. Errors start with `origin` (a file name, or where the text came
+// from); text that is not JSON is InvalidArgument "<origin>: not valid JSON: ...".
+absl::StatusOr<ModelConfig> ParseModelConfigJson(std::string_view text,
+                                                 std::string_view origin = "model config JSON");
+// ParseModelConfigJson of a file, `origin` being its path; NotFound when it cannot be opened.
 absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& config_json_path);
 
-// Writes config.json with transformers' field names, including "architectures"
+// The text of config.json with transformers' field names, including "architectures"
 // (["LlamaForCausalLM"] / ["Qwen2ForCausalLM"] / ["Qwen3ForCausalLM"]) and "model_type",
 // and "rope_scaling" in transformers 4's form (transformers 5 converts it on reading).
-// Validates first; writes path.tmp and renames.
+// InvalidArgument when the config fails ValidateModelConfig.
+absl::StatusOr<std::string> ModelConfigToJson(const ModelConfig& config);
+// Writes ModelConfigToJson's text to path.tmp and renames it to the path.
 absl::Status WriteModelConfig(const ModelConfig& config, const std::string& config_json_path);
 
 // Tokens the sampler never emits and the learner masks identically: pad, and bos when it

@@ -5,9 +5,11 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "common/model_config.h"
 #include "nlohmann/json.hpp"
 #include "tests/tiny_model_config.h"
@@ -74,6 +76,75 @@ TEST(ModelConfigTest, JsonRoundTrip) {
               std::string(arch) == "llama" ? "LlamaForCausalLM" : "Qwen2ForCausalLM");
   }
   fs::remove_all(dir);
+}
+
+// The string variants: what the coordinator sends actors at registration, no files.
+TEST(ModelConfigTest, StringRoundTrip) {
+  ModelConfig c = TinyModelConfig("qwen3", /*tied=*/true);
+  c.rope_theta = 5e5;
+  c.rope_scaling.rope_type = "llama3";
+  c.rope_scaling.factor = 8.0;
+  c.rope_scaling.high_freq_factor = 2.0;
+  c.rope_scaling.original_max_position_embeddings = 32;
+  c.torch_dtype = "bfloat16";
+  c.pad_token_id = -1;
+  absl::StatusOr<std::string> text = ModelConfigToJson(c);
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(nlohmann::json::parse(*text)["architectures"][0], "Qwen3ForCausalLM");
+  absl::StatusOr<ModelConfig> r = ParseModelConfigJson(*text);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->architecture, "qwen3");
+  EXPECT_EQ(r->vocab_size, c.vocab_size);
+  EXPECT_EQ(r->hidden_size, c.hidden_size);
+  EXPECT_EQ(r->num_key_value_heads, c.num_key_value_heads);
+  EXPECT_EQ(r->head_dim, 16);
+  EXPECT_TRUE(r->qk_norm);
+  EXPECT_TRUE(r->tie_word_embeddings);
+  EXPECT_EQ(r->rope_theta, 5e5);
+  EXPECT_EQ(r->rope_scaling.rope_type, "llama3");
+  EXPECT_EQ(r->rope_scaling.factor, 8.0);
+  EXPECT_EQ(r->rope_scaling.high_freq_factor, 2.0);
+  EXPECT_EQ(r->rope_scaling.original_max_position_embeddings, 32);
+  EXPECT_EQ(r->torch_dtype, "bfloat16");
+  EXPECT_EQ(r->pad_token_id, -1);
+  // Writing the parsed config again gives the same text; the file is that text.
+  EXPECT_EQ(*ModelConfigToJson(*r), *text);
+  const std::string dir = TempDir("string");
+  ASSERT_TRUE(WriteModelConfig(c, dir + "/config.json").ok());
+  std::ifstream in(dir + "/config.json");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), *text);
+  fs::remove_all(dir);
+
+  // An invalid config is refused before any text is made, naming the field.
+  ModelConfig bad = c;
+  bad.num_key_value_heads = 3;
+  absl::StatusOr<std::string> refused = ModelConfigToJson(bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("num_key_value_heads"), std::string::npos)
+      << refused.status();
+}
+
+TEST(ModelConfigTest, MalformedStringNamesItsOrigin) {
+  absl::StatusOr<ModelConfig> truncated =
+      ParseModelConfigJson(R"({"model_type": "llama", "vocab_size": )", "from the coordinator");
+  ASSERT_FALSE(truncated.ok());
+  EXPECT_EQ(truncated.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(
+      absl::StartsWith(truncated.status().message(), "from the coordinator: not valid JSON: "))
+      << truncated.status();
+  absl::StatusOr<ModelConfig> empty = ParseModelConfigJson("");
+  ASSERT_FALSE(empty.ok());
+  EXPECT_NE(empty.status().message().find("not valid JSON"), std::string::npos) << empty.status();
+  absl::StatusOr<ModelConfig> list = ParseModelConfigJson("[1, 2]", "x");
+  ASSERT_FALSE(list.ok());
+  EXPECT_EQ(list.status().message(), "x: not a JSON object");
+  // Well-formed JSON with a bad field: the origin and the field.
+  absl::StatusOr<ModelConfig> field = ParseModelConfigJson(
+      R"({"model_type": "llama", "vocab_size": "many", "hidden_size": 64})", "sent");
+  ASSERT_FALSE(field.ok());
+  EXPECT_TRUE(absl::StartsWith(field.status().message(), "sent: ")) << field.status();
+  EXPECT_NE(field.status().message().find("vocab_size"), std::string::npos) << field.status();
 }
 
 TEST(ModelConfigTest, ReadsRealWorldConfigs) {
