@@ -4,7 +4,7 @@
 // same run (the link's speed on this machine).
 //
 //   build/bench/weight_sync_bench --model DIR [--receivers 4] [--chunk-mb 1,2,4,8]
-//       [--lr 1e-6] [--repeats 2] [--float32-only]
+//       [--lr 1e-6] [--repeats 2] [--only float32|bfloat16]
 //
 // Runs, in order: at each chunk size, the raw TCP stream and two full float32 versions
 // to 1 receiver; two full bfloat16 versions; a bfloat16 delta after one AdamW step at
@@ -15,8 +15,8 @@
 // the memory of the one before (the receiver recycles it), so both are shown, each
 // beside TCP into fresh memory and TCP into the same memory again. Every push is timed
 // from Publish to the receiver holding the checked version (receivers connect first).
-// Each measurement runs --repeats times; the best is printed. --float32-only stops after
-// the float32 1-receiver pushes (for profiling the fast path).
+// Each measurement runs --repeats times; the best is printed. --only DTYPE runs just
+// that dtype's 1-receiver full pushes (for profiling the fast path).
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -176,7 +176,9 @@ Child Start(std::vector<std::string> args) {
   const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
   if (n <= 0) Die("readlink /proc/self/exe");
   exe[n] = 0;
-  if (posix_spawn(&c.pid, exe, &actions, nullptr, argv.data(), environ) != 0) Die("posix_spawn");
+  if (const int err = posix_spawn(&c.pid, exe, &actions, nullptr, argv.data(), environ); err != 0) {
+    Die(std::string("posix_spawn: ") + std::strerror(err));
+  }
   posix_spawn_file_actions_destroy(&actions);
   close(fds[1]);
   c.report = fdopen(fds[0], "r");
@@ -316,7 +318,7 @@ int Main(int argc, char** argv) {
   std::string model_dir, chunks_arg = "1,2,4,8";
   int receivers = 4, repeats = 2;
   double lr = 1e-6;
-  bool float32_only = false;
+  std::string only;  // float32 | bfloat16: only that dtype's 1-receiver full pushes
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -347,12 +349,13 @@ int Main(int argc, char** argv) {
       lr = std::atof(next().c_str());
     } else if (a == "--repeats") {
       repeats = std::max(1, std::atoi(next().c_str()));
-    } else if (a == "--float32-only") {
-      float32_only = true;
+    } else if (a == "--only") {
+      only = next();
+      if (only != "float32" && only != "bfloat16") Die("--only takes float32 or bfloat16");
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "weight_sync_bench --model DIR [--receivers 4] [--chunk-mb 1,2,4,8] [--lr 1e-6] "
-          "[--repeats 2] [--float32-only]\n");
+          "[--repeats 2] [--only float32|bfloat16]\n");
       return 0;
     } else {
       Die("unknown flag " + a);
@@ -376,10 +379,10 @@ int Main(int argc, char** argv) {
               mb32);
 
   // Best of --repeats, pass by pass.
-  auto best_tcp = [&] {
+  auto best_tcp = [&](const WeightVersion& v) {
     std::pair<double, double> best{1e30, 1e30};
     for (int r = 0; r < repeats; ++r) {
-      auto [cold, warm] = TcpSeconds(*f32);
+      auto [cold, warm] = TcpSeconds(v);
       best = {std::min(best.first, cold), std::min(best.second, warm)};
     }
     return best;
@@ -407,36 +410,42 @@ int Main(int argc, char** argv) {
   };
 
   // Every figure beside the raw TCP run measured just before it: this machine's loopback
-  // speed drifts by 2x over minutes when anything else runs.
-  std::shared_ptr<const WeightVersion> f32_1 = SnapshotWeights(*model, 1, WireDtype::kFloat32);
-  std::printf(
-      "\nfull float32 pushes, 1 receiver; the 1st version goes into fresh memory, the "
-      "2nd into the 1st's:\n");
-  PushResult one32;
+  // speed drifts by 2x over minutes when anything else runs. Two versions of `dtype`,
+  // each of `chunks`; returns the push at the default chunk size.
   const size_t default_chunk = kDefaultWeightChunkBytes;
-  for (size_t chunk : chunk_bytes) {
-    const auto [tcp_cold, tcp_warm] = best_tcp();
-    line("raw TCP into fresh memory", mb32, tcp_cold, tcp_cold);
-    line("raw TCP into the same memory again", mb32, tcp_warm, tcp_warm);
-    PushResult p = best_push(false, chunk, {f32, f32_1}, 1);
-    const std::string label =
-        absl::StrFormat("%.1f MB chunks: 1st version", chunk / double(1 << 20));
-    line(label.c_str(), mb32, p.first_seconds, tcp_cold);
-    line("               2nd version", mb32, p.seconds, tcp_warm);
-    if (chunk == default_chunk) one32 = p;
-  }
-  if (float32_only) return 0;
-  if (one32.seconds == 0) one32 = best_push(false, default_chunk, {f32, f32_1}, 1);
-
+  auto full_pushes = [&](WireDtype dtype, const std::vector<size_t>& chunks) {
+    std::shared_ptr<const WeightVersion> v0 = SnapshotWeights(*model, 0, dtype);
+    std::shared_ptr<const WeightVersion> v1 = SnapshotWeights(*model, 1, dtype);
+    const double mb = static_cast<double>(v0->Bytes()) / 1e6;
+    std::printf(
+        "\nfull %s pushes (%.1f MB), 1 receiver; the 1st version goes into fresh memory, the "
+        "2nd into the 1st's:\n",
+        WireDtypeName(dtype), mb);
+    PushResult at_default;
+    for (size_t chunk : chunks) {
+      const auto [tcp_cold, tcp_warm] = best_tcp(*v0);
+      line("raw TCP into fresh memory", mb, tcp_cold, tcp_cold);
+      line("raw TCP into the same memory again", mb, tcp_warm, tcp_warm);
+      PushResult p = best_push(false, chunk, {v0, v1}, 1);
+      const std::string label =
+          absl::StrFormat("%.1f MB chunks: 1st version", chunk / double(1 << 20));
+      line(label.c_str(), mb, p.first_seconds, tcp_cold);
+      line("               2nd version", mb, p.seconds, tcp_warm);
+      if (chunk == default_chunk) at_default = p;
+    }
+    if (at_default.seconds == 0) at_default = best_push(false, default_chunk, {v0, v1}, 1);
+    return at_default;
+  };
+  PushResult one32;
+  if (only != "bfloat16") one32 = full_pushes(WireDtype::kFloat32, chunk_bytes);
+  if (only == "float32") return 0;
+  const PushResult one16 = full_pushes(WireDtype::kBfloat16, {default_chunk});
+  if (only == "bfloat16") return 0;
   std::shared_ptr<const WeightVersion> bf0 = SnapshotWeights(*model, 0, WireDtype::kBfloat16);
-  std::shared_ptr<const WeightVersion> bf0b = SnapshotWeights(*model, 1, WireDtype::kBfloat16);
-  const PushResult one16 = best_push(false, default_chunk, {bf0, bf0b}, 1);
-  bf0b.reset();
-  std::printf("\nfull bfloat16 pushes, 1 receiver (%.1f MB):\n", bf0->Bytes() / 1e6);
   std::printf(
-      "  1st version %.2f s, 2nd %.2f s; push time bfloat16 / float32: %.2f and %.2f "
-      "(half: 0.50)\n",
-      one16.first_seconds, one16.seconds, one16.first_seconds / one32.first_seconds,
+      "  push time bfloat16 / float32 at %.1f MB chunks: 1st version %.2f, 2nd %.2f (half: "
+      "0.50)\n",
+      default_chunk / double(1 << 20), one16.first_seconds / one32.first_seconds,
       one16.seconds / one32.seconds);
 
   // Delta after one AdamW step: v0 whole, then v1 as a delta.
@@ -468,6 +477,7 @@ int Main(int argc, char** argv) {
   bf1.reset();
 
   std::printf("\nfull float32 pushes, %d receivers at once:\n", receivers);
+  std::shared_ptr<const WeightVersion> f32_1 = SnapshotWeights(*model, 1, WireDtype::kFloat32);
   const PushResult many = best_push(false, default_chunk, {f32, f32_1}, receivers);
   std::printf("  2nd version: total %.1f MB/s (%.2f s for all), slowest receiver %.1f MB/s\n",
               receivers * mb32 / many.seconds, many.seconds, many.slowest_mb_s);
