@@ -29,6 +29,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "bench/model_matmul.h"
 #include "common/model_config.h"
 #include "common/nn/model.h"
 #include "common/nn/model_dir.h"
@@ -98,34 +99,6 @@ double CopyBandwidth(const at::Device& d) {
     b.copy_(a);
     Sync(d);
     best = std::max(best, 2 * a.numel() * 4.0 / Since(t));
-  }
-  return best;
-}
-
-// FLOP/s of plain matmuls [m x in] x [in x out] over the model's weight shapes.
-double MatmulFlops(const pmdrl::ModelConfig& c, int64_t m, at::ScalarType dtype,
-                   const at::Device& d) {
-  const int64_t h = c.hidden_size, hd = c.HeadDim();
-  std::vector<std::pair<int64_t, int64_t>> shapes = {
-      {c.num_attention_heads * hd, h}, {c.num_key_value_heads * hd, h},
-      {c.num_key_value_heads * hd, h}, {h, c.num_attention_heads * hd},
-      {c.intermediate_size, h},        {c.intermediate_size, h},
-      {h, c.intermediate_size},        {c.vocab_size, h}};
-  auto opts = at::TensorOptions().dtype(dtype).device(d);
-  std::vector<at::Tensor> w, x;
-  double flop = 0;
-  for (auto [out, in] : shapes) {
-    w.push_back(torch::randn({out, in}, opts));
-    x.push_back(torch::randn({m, in}, opts));
-    flop += 2.0 * m * in * out;
-  }
-  double best = 0;
-  for (int rep = 0; rep < 3; ++rep) {
-    Sync(d);
-    auto t = Clock::now();
-    for (size_t i = 0; i < w.size(); ++i) at::Tensor y = at::matmul(x[i], w[i].t());
-    Sync(d);
-    best = std::max(best, flop / Since(t));
   }
   return best;
 }
@@ -249,7 +222,7 @@ int main(int argc, char** argv) {
   const double flop_per_token = 2.0 * matrix_params + 4.0 * c.num_hidden_layers *
                                                           c.num_attention_heads * c.HeadDim() *
                                                           mean_context;
-  const double mm_flops = MatmulFlops(c, 256, st, dev);
+  const double mm_flops = pmdrl::ModelMatmulFlops(c, 256, st, dev, /*with_lm_head=*/true);
   std::printf(
       "%s %s, %lld threads: read %.1f GB/s, copy %.1f GB/s (read+write); matmul of the "
       "model's shapes at 256 rows: %.1f GFLOP/s\n",

@@ -29,6 +29,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "bench/model_matmul.h"
 #include "common/config.h"
 #include "common/model_config.h"
 #include "common/nn/model_dir.h"
@@ -53,35 +54,6 @@ double Since(Clock::time_point t) {
 
 void Sync(const at::Device& d) {
   if (d.is_cuda()) torch::cuda::synchronize(d.index());
-}
-
-// FLOP/s of plain products x·Wᵀ for the model's weight shapes at `m` rows, in `dtype`:
-// what the hardware gives these shapes through the same library, the learner's ceiling.
-double MatmulFlops(const pmdrl::ModelConfig& c, int64_t m, at::ScalarType dtype,
-                   const at::Device& d) {
-  const int64_t h = c.hidden_size, hd = c.HeadDim();
-  const std::vector<std::pair<int64_t, int64_t>> shapes = {
-      {c.num_attention_heads * hd, h}, {c.num_key_value_heads * hd, h},
-      {c.num_key_value_heads * hd, h}, {h, c.num_attention_heads * hd},
-      {c.intermediate_size, h},        {c.intermediate_size, h},
-      {h, c.intermediate_size}};
-  auto opts = at::TensorOptions().dtype(dtype).device(d);
-  std::vector<at::Tensor> w, x;
-  double flop = 0;
-  for (auto [out, in] : shapes) {
-    w.push_back(torch::randn({out, in}, opts));
-    x.push_back(torch::randn({m, in}, opts));
-    flop += 2.0 * m * in * out;
-  }
-  double best = 0;
-  for (int rep = 0; rep < 3; ++rep) {
-    Sync(d);
-    auto t = Clock::now();
-    for (size_t i = 0; i < w.size(); ++i) at::Tensor y = at::matmul(x[i], w[i].t());
-    Sync(d);
-    best = std::max(best, flop / Since(t));
-  }
-  return best;
 }
 
 double ResidentBytes() {
@@ -260,7 +232,7 @@ int main(int argc, char** argv) {
       micro_tokens > 0 ? std::min(micro_tokens, rows * row_tokens) : rows * row_tokens;
   at::set_num_threads(static_cast<int>(threads));
   SetBlasThreads(static_cast<int>(threads));
-  const double mm = MatmulFlops(*mc, mm_rows, st, dev);
+  const double mm = pmdrl::ModelMatmulFlops(*mc, mm_rows, st, dev, /*with_lm_head=*/false);
   std::printf(
       "model %s: %.1f M parameters (%s), vocab %lld, %lld layers; %s %s, %lld thread(s), %lld "
       "rank(s)\nmini-batch: %lld completions of %lld + %lld tokens; micro_batch_tokens %lld, "
