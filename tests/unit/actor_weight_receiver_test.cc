@@ -88,6 +88,29 @@ void ExpectSameVersion(const std::shared_ptr<const WeightVersion>& got, const We
   EXPECT_EQ(Difference(*got, want), "");
 }
 
+// `r` holds `want`, whole or from a delta as `from_delta` says; so far `deltas` versions
+// came as deltas and `malformed` were refused (-1: not checked).
+void ExpectHolds(const WeightReceiver& r, const WeightVersion& want, bool from_delta,
+                 int64_t deltas = -1, int64_t malformed = -1) {
+  const std::shared_ptr<const WeightVersion> latest = r.Latest();
+  ExpectSameVersion(latest, want);
+  if (latest != nullptr) {
+    EXPECT_EQ(latest->from_delta, from_delta) << "version " << want.version;
+  }
+  if (deltas >= 0) {
+    EXPECT_EQ(r.delta_versions(), static_cast<uint64_t>(deltas));
+  }
+  if (malformed >= 0) {
+    EXPECT_EQ(r.malformed_versions(), static_cast<uint64_t>(malformed));
+  }
+}
+
+// A WatchWeights request said the actor holds `have_version`, with its delta base or not.
+void ExpectAsked(const v1::WatchWeightsRequest& request, uint64_t have_version, bool have_base) {
+  EXPECT_EQ(request.have_version(), have_version);
+  EXPECT_EQ(request.have_base(), have_base) << "asking after version " << have_version;
+}
+
 // ---------------------------------------------------------------- chunks for the fake
 
 std::string FrameString(const grpc::ByteBuffer& frame) {
@@ -249,8 +272,7 @@ TEST(WeightReceiverTest, AssemblesTwoChunkedVersions) {
   const auto requests = h.service().requests();
   ASSERT_EQ(requests.size(), 1u);
   EXPECT_EQ(requests[0].actor_id(), "actor-x");
-  EXPECT_EQ(requests[0].have_version(), 0u);
-  EXPECT_FALSE(requests[0].have_base());
+  ExpectAsked(requests[0], 0, false);
 }
 
 TEST(WeightReceiverTest, AssemblesBfloat16) {
@@ -301,8 +323,7 @@ TEST(WeightReceiverTest, DropsMalformedVersionAndAsksForAFullPush) {
   const auto requests = h.service().requests();
   ASSERT_EQ(requests.size(), 2u);
   EXPECT_EQ(requests[1].actor_id(), "actor-x");
-  EXPECT_EQ(requests[1].have_version(), 1u);
-  EXPECT_FALSE(requests[1].have_base());
+  ExpectAsked(requests[1], 1, false);
 }
 
 TEST(WeightReceiverTest, ReconnectsAfterBrokenStreamWithHaveVersion) {
@@ -320,8 +341,7 @@ TEST(WeightReceiverTest, ReconnectsAfterBrokenStreamWithHaveVersion) {
   EXPECT_EQ(h.receiver().malformed_versions(), 0u);
   const auto requests = h.service().requests();
   ASSERT_GE(requests.size(), 2u);
-  EXPECT_EQ(requests[1].have_version(), 1u);
-  EXPECT_FALSE(requests[1].have_base());  // version 1 came without keep_base
+  ExpectAsked(requests[1], 1, false);  // version 1 came without keep_base
 }
 
 TEST(WeightReceiverTest, ReconnectsWithHaveBaseAndAppliesADelta) {
@@ -334,15 +354,10 @@ TEST(WeightReceiverTest, ReconnectsWithHaveBaseAndAppliesADelta) {
       {{first, grpc::Status(grpc::StatusCode::UNAVAILABLE, "going away")}, {d2, std::nullopt}});
 
   ASSERT_TRUE(h.receiver().WaitForVersion(2, kLong));
-  std::shared_ptr<const WeightVersion> latest = h.receiver().Latest();
-  ExpectSameVersion(latest, *v2);
-  EXPECT_TRUE(latest->from_delta);
-  EXPECT_EQ(h.receiver().delta_versions(), 1u);
-  EXPECT_EQ(h.receiver().malformed_versions(), 0u);
+  ExpectHolds(h.receiver(), *v2, true, 1, 0);
   const auto requests = h.service().requests();
   ASSERT_GE(requests.size(), 2u);
-  EXPECT_EQ(requests[1].have_version(), 1u);
-  EXPECT_TRUE(requests[1].have_base());
+  ExpectAsked(requests[1], 1, true);
 }
 
 TEST(WeightReceiverTest, BrokenStreamDuringAnInPlaceDeltaAsksForAFullPush) {
@@ -364,15 +379,10 @@ TEST(WeightReceiverTest, BrokenStreamDuringAnInPlaceDeltaAsksForAFullPush) {
   ExpectSameVersion(h.receiver().Take(), *v1);  // taken and dropped at once
   h.service().Release();
   ASSERT_TRUE(h.receiver().WaitForVersion(3, kLong));
-  std::shared_ptr<const WeightVersion> latest = h.receiver().Latest();
-  ExpectSameVersion(latest, *v3);
-  EXPECT_TRUE(latest->from_delta);
-  EXPECT_EQ(h.receiver().delta_versions(), 1u);
-  EXPECT_EQ(h.receiver().malformed_versions(), 0u);
+  ExpectHolds(h.receiver(), *v3, true, 1, 0);
   const auto requests = h.service().requests();
   ASSERT_EQ(requests.size(), 2u);
-  EXPECT_EQ(requests[1].have_version(), 1u);
-  EXPECT_FALSE(requests[1].have_base());
+  ExpectAsked(requests[1], 1, false);
 }
 
 TEST(WeightReceiverTest, CorruptedDeltaDropsTheBaseAndAsksForAFullPush) {
@@ -390,10 +400,8 @@ TEST(WeightReceiverTest, CorruptedDeltaDropsTheBaseAndAsksForAFullPush) {
   EXPECT_EQ(h.receiver().delta_versions(), 1u);  // version 3; version 2 came whole
   const auto requests = h.service().requests();
   ASSERT_EQ(requests.size(), 2u);
-  EXPECT_EQ(requests[0].have_version(), 0u);
-  EXPECT_FALSE(requests[0].have_base());
-  EXPECT_EQ(requests[1].have_version(), 1u);
-  EXPECT_FALSE(requests[1].have_base());  // the base was dropped with the bad delta
+  ExpectAsked(requests[0], 0, false);
+  ExpectAsked(requests[1], 1, false);  // the base was dropped with the bad delta
 }
 
 TEST(WeightReceiverTest, DeltaWithoutABaseAsksForAFullPush) {
@@ -402,13 +410,10 @@ TEST(WeightReceiverTest, DeltaWithoutABaseAsksForAFullPush) {
   FakeHarness h({{DeltaChunks(v1, v2, 16), std::nullopt}, {Chunks(v2, 16, true), std::nullopt}});
 
   ASSERT_TRUE(h.receiver().WaitForVersion(2, kLong));
-  ExpectSameVersion(h.receiver().Latest(), *v2);
-  EXPECT_FALSE(h.receiver().Latest()->from_delta);
-  EXPECT_EQ(h.receiver().malformed_versions(), 1u);
+  ExpectHolds(h.receiver(), *v2, false, -1, 1);
   const auto requests = h.service().requests();
   ASSERT_EQ(requests.size(), 2u);
-  EXPECT_EQ(requests[1].have_version(), 0u);
-  EXPECT_FALSE(requests[1].have_base());
+  ExpectAsked(requests[1], 0, false);
 }
 
 TEST(WeightReceiverTest, WrongTokenReceivesNothing) {
@@ -636,15 +641,13 @@ TEST_P(RealFeedFullTest, FullPushes) {
   std::shared_ptr<const WeightVersion> v0 = MakeVersion(0, dtype, LargerModel());
   feed.Publish(v0);
   ASSERT_TRUE(r.WaitForVersion(0, kLong));
-  ExpectSameVersion(r.Latest(), *v0);
-  EXPECT_FALSE(r.Latest()->from_delta);
+  ExpectHolds(r, *v0, false);
   EXPECT_FALSE(r.Latest()->keep_base);
 
   std::shared_ptr<const WeightVersion> v1 = SmallStep(*v0, 1);
   feed.Publish(v1);
   ASSERT_TRUE(r.WaitForVersion(1, kLong));
-  ExpectSameVersion(r.Latest(), *v1);
-  EXPECT_FALSE(r.Latest()->from_delta);
+  ExpectHolds(r, *v1, false);
 
   // Retire() lets go of the version; the next one still arrives.
   feed.publisher().Retire();
@@ -674,16 +677,14 @@ TEST_P(RealFeedDeltaTest, FullFirstThenDeltasAndRequestsSayWhatTheActorHolds) {
   std::shared_ptr<const WeightVersion> v0 = MakeVersion(0, dtype, LargerModel());
   feed.Publish(v0);
   ASSERT_TRUE(r.WaitForVersion(0, kLong));
-  ExpectSameVersion(r.Latest(), *v0);
-  EXPECT_FALSE(r.Latest()->from_delta);
+  ExpectHolds(r, *v0, false);
   EXPECT_TRUE(r.Latest()->keep_base);
   EXPECT_EQ(r.delta_versions(), 0u);
   {
     const auto requests = feed.proxy().requests();
     ASSERT_EQ(requests.size(), 1u);
     EXPECT_EQ(requests[0].actor_id(), "actor-0");
-    EXPECT_EQ(requests[0].have_version(), 0u);
-    EXPECT_FALSE(requests[0].have_base());
+    ExpectAsked(requests[0], 0, false);
   }
 
   // Version 1, a small change: a delta, much smaller than the version.
@@ -691,9 +692,7 @@ TEST_P(RealFeedDeltaTest, FullFirstThenDeltasAndRequestsSayWhatTheActorHolds) {
   const uint64_t before = r.wire_bytes();
   feed.Publish(v1);
   ASSERT_TRUE(r.WaitForVersion(1, kLong));
-  ExpectSameVersion(r.Latest(), *v1);
-  EXPECT_TRUE(r.Latest()->from_delta);
-  EXPECT_EQ(r.delta_versions(), 1u);
+  ExpectHolds(r, *v1, true, 1);
   EXPECT_LT((r.wire_bytes() - before) * 10, v1->Bytes());
   EXPECT_EQ(r.Latest()->wire_bytes, r.wire_bytes() - before);
 
@@ -703,15 +702,12 @@ TEST_P(RealFeedDeltaTest, FullFirstThenDeltasAndRequestsSayWhatTheActorHolds) {
   ASSERT_TRUE(Eventually([&] { return feed.proxy().requests().size() == 2; }));
   {
     const auto requests = feed.proxy().requests();
-    EXPECT_EQ(requests[1].have_version(), 1u);
-    EXPECT_TRUE(requests[1].have_base());
+    ExpectAsked(requests[1], 1, true);
   }
   std::shared_ptr<const WeightVersion> v2 = SmallStep(*v1, 2);
   feed.Publish(v2);
   ASSERT_TRUE(r.WaitForVersion(2, kLong));
-  ExpectSameVersion(r.Latest(), *v2);
-  EXPECT_TRUE(r.Latest()->from_delta);
-  EXPECT_EQ(r.delta_versions(), 2u);
+  ExpectHolds(r, *v2, true, 2);
 
   // While the actor is away, versions 3 and 4 are published; 4's delta is against 3,
   // which the actor never had: it must get version 4 whole.
@@ -726,25 +722,20 @@ TEST_P(RealFeedDeltaTest, FullFirstThenDeltasAndRequestsSayWhatTheActorHolds) {
   EXPECT_EQ(feed.publisher().Latest().delta->base_version, 3u);
   feed.proxy().Refuse(false);
   ASSERT_TRUE(r.WaitForVersion(4, kLong));
-  ExpectSameVersion(r.Latest(), *v4);
-  EXPECT_FALSE(r.Latest()->from_delta);
+  ExpectHolds(r, *v4, false);
   EXPECT_TRUE(r.Latest()->keep_base);
   EXPECT_EQ(r.delta_versions(), 2u);
   {
     const auto requests = feed.proxy().requests();
     ASSERT_EQ(requests.size(), 3u);
-    EXPECT_EQ(requests[2].have_version(), 2u);
-    EXPECT_TRUE(requests[2].have_base());
+    ExpectAsked(requests[2], 2, true);
   }
 
   // And the next one is a delta against 4 again.
   std::shared_ptr<const WeightVersion> v5 = SmallStep(*v4, 5);
   feed.Publish(v5);
   ASSERT_TRUE(r.WaitForVersion(5, kLong));
-  ExpectSameVersion(r.Latest(), *v5);
-  EXPECT_TRUE(r.Latest()->from_delta);
-  EXPECT_EQ(r.delta_versions(), 3u);
-  EXPECT_EQ(r.malformed_versions(), 0u);
+  ExpectHolds(r, *v5, true, 3, 0);
   EXPECT_TRUE(feed.exposed().empty()) << feed.exposed()[0];
 
   // The learner's counters agree: versions 0 and 4 whole, 1, 2 and 5 as deltas (the
@@ -764,14 +755,11 @@ TEST_P(RealFeedDeltaTest, LateJoinerGetsTheNewestVersionWholeThenDeltas) {
   feed.Publish(v1);  // published with a delta against 0, which the newcomer lacks
   WeightReceiver& r = feed.AddReceiver();
   ASSERT_TRUE(r.WaitForVersion(1, kLong));
-  ExpectSameVersion(r.Latest(), *v1);
-  EXPECT_FALSE(r.Latest()->from_delta);
+  ExpectHolds(r, *v1, false);
   std::shared_ptr<const WeightVersion> v2 = SmallStep(*v1, 2);
   feed.Publish(v2);
   ASSERT_TRUE(r.WaitForVersion(2, kLong));
-  ExpectSameVersion(r.Latest(), *v2);
-  EXPECT_TRUE(r.Latest()->from_delta);
-  EXPECT_EQ(r.delta_versions(), 1u);
+  ExpectHolds(r, *v2, true, 1);
   EXPECT_TRUE(feed.exposed().empty()) << feed.exposed()[0];
 }
 
@@ -791,24 +779,18 @@ TEST_P(RealFeedDeltaTest, CorruptedDeltaLeadsToAFullPushAndCorrectWeights) {
   ASSERT_TRUE(r.WaitForVersion(1, kLong));
   EXPECT_EQ(feed.proxy().corrupted(), 1);
   EXPECT_EQ(r.malformed_versions(), 1u);
-  ExpectSameVersion(r.Latest(), *v1);
-  EXPECT_FALSE(r.Latest()->from_delta);
-  EXPECT_EQ(r.delta_versions(), 0u);
+  ExpectHolds(r, *v1, false, 0);
   {
     const auto requests = feed.proxy().requests();
     ASSERT_EQ(requests.size(), 2u);
-    EXPECT_EQ(requests[1].have_version(), 0u);
-    EXPECT_FALSE(requests[1].have_base());
+    ExpectAsked(requests[1], 0, false);
   }
 
   // The full push was kept as a base: deltas again.
   std::shared_ptr<const WeightVersion> v2 = SmallStep(*v1, 2);
   feed.Publish(v2);
   ASSERT_TRUE(r.WaitForVersion(2, kLong));
-  ExpectSameVersion(r.Latest(), *v2);
-  EXPECT_TRUE(r.Latest()->from_delta);
-  EXPECT_EQ(r.delta_versions(), 1u);
-  EXPECT_EQ(r.malformed_versions(), 1u);
+  ExpectHolds(r, *v2, true, 1, 1);
   EXPECT_GE(feed.checked(), 1u);
   EXPECT_TRUE(feed.exposed().empty()) << feed.exposed()[0];
 }
@@ -873,8 +855,7 @@ TEST(RealFeedTest, VersionsTheActorHoldsAreNeverOverwritten) {
   std::shared_ptr<const WeightVersion> v2 = SmallStep(*v1, 2);
   feed.Publish(v2);
   ASSERT_TRUE(r.WaitForVersion(2, kLong));
-  ExpectSameVersion(r.Latest(), *v2);
-  EXPECT_TRUE(r.Latest()->from_delta);
+  ExpectHolds(r, *v2, true);
   std::shared_ptr<const WeightVersion> v3 = SmallStep(*v2, 3);
   feed.Publish(v3);
   ASSERT_TRUE(r.WaitForVersion(3, kLong));
