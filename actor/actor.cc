@@ -16,10 +16,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "actor/group_sender.h"
+#include "actor/lease_group.h"
+#include "actor/rollout_setup.h"
 #include "actor/verifier_pool.h"
 #include "actor/weight_receiver.h"
 #include "common/auth.h"
-#include "common/bpe_tokenizer.h"
 #include "common/model_config.h"
 #include "common/rpc.h"
 #include "common/tokenizer.h"
@@ -267,72 +268,14 @@ absl::Status Actor::Impl::Register() {
 }
 
 absl::Status Actor::Impl::Setup() {
-  // The coordinator sends the text of the policy's config.json.
-  absl::StatusOr<ModelConfig> config =
-      ParseModelConfigJson(registration_.model_config_json(), "model config from the coordinator");
-  if (!config.ok()) return config.status();
-  model_config_ = *std::move(config);
-  if (registration_.tokenizer() == "char") {
-    tokenizer_ = std::make_unique<CharTokenizer>();
-  } else if (registration_.tokenizer() == "hf") {
-    // The coordinator sends tokenizer.json itself: actors need no model files.
-    absl::StatusOr<std::unique_ptr<BpeTokenizer>> bpe = BpeTokenizer::FromJson(
-        registration_.tokenizer_json(), "tokenizer.json from the coordinator");
-    if (!bpe.ok()) return bpe.status();
-    tokenizer_ = *std::move(bpe);
-  } else {
-    return absl::UnimplementedError(absl::StrCat("tokenizer '", registration_.tokenizer(),
-                                                 "' named by the coordinator is not supported "
-                                                 "by this actor (supported: char, hf)"));
-  }
-  if (tokenizer_->VocabSize() > model_config_.vocab_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tokenizer '", registration_.tokenizer(), "' has ", tokenizer_->VocabSize(),
-                     " tokens but the model's vocab_size is ", model_config_.vocab_size));
-  }
-  std::vector<int64_t> stop_tokens;
-  if (registration_.stop_ids_size() > 0) {
-    for (int32_t id : registration_.stop_ids()) {
-      if (id < 0 || id >= model_config_.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("stop id ", id, " from the coordinator is ",
-                                                       "outside the model's vocabulary [0, ",
-                                                       model_config_.vocab_size, ")"));
-      }
-      stop_tokens.push_back(id);
-    }
-  } else {
-    const int64_t eos =
-        model_config_.eos_token_id >= 0 ? model_config_.eos_token_id : tokenizer_->EosId();
-    if (eos != tokenizer_->EosId()) {
-      spdlog::warn("model eos_token_id {} differs from the tokenizer's EOS {}; stopping on {}", eos,
-                   tokenizer_->EosId(), eos);
-    }
-    stop_tokens = {eos};
-  }
-  EngineOptions rollout;
-  rollout.temperature = options_.config.temperature;
-  rollout.top_p = options_.config.top_p;
-  rollout.max_new_tokens = options_.config.max_new_tokens;
-  rollout.stop_tokens = stop_tokens;
-  rollout.device = options_.config.device;
-  rollout.dtype = options_.config.dtype;
-  rollout.max_rows = options_.config.max_rows;
-  rollout.max_context = options_.config.max_context;
-  rollout.threads = options_.config.threads;
-  rollout.seed = options_.config.seed != 0
-                     ? options_.config.seed
-                     : DeriveActorSeed(options_.run_seed, options_.config.name);
-  absl::StatusOr<std::unique_ptr<GenerationEngine>> engine =
-      GenerationEngine::Create(model_config_, rollout);
-  if (!engine.ok()) return engine.status();
-  engine_ = *std::move(engine);
-  spdlog::info(
-      "model: {} layers, hidden {}, vocab {}; tokenizer {} ({} tokens); sampling T={} top_p={} "
-      "max_new_tokens={} seed={}; engine {}; stop ids {}",
-      model_config_.num_hidden_layers, model_config_.hidden_size, model_config_.vocab_size,
-      registration_.tokenizer(), tokenizer_->VocabSize(), rollout.temperature, rollout.top_p,
-      rollout.max_new_tokens, rollout.seed, engine_->description(),
-      absl::StrJoin(rollout.stop_tokens, ","));
+  const uint64_t seed = options_.config.seed != 0
+                            ? options_.config.seed
+                            : DeriveActorSeed(options_.run_seed, options_.config.name);
+  absl::StatusOr<Rollout> rollout = BuildRollout(registration_, options_.config, seed);
+  if (!rollout.ok()) return rollout.status();
+  model_config_ = std::move(rollout->model_config);
+  tokenizer_ = std::move(rollout->tokenizer);
+  engine_ = std::move(rollout->engine);
   return absl::OkStatus();
 }
 
@@ -442,16 +385,7 @@ void Actor::Impl::GroupSent(const v1::Group& group, v1::AckStatus status) {
 
 void Actor::Impl::SubmitLeases(const v1::LeasePromptsResponse& response) {
   for (const v1::Lease& lease : response.leases()) {
-    std::string problem;
-    if (lease.lease_id().empty()) problem = "empty lease_id";
-    if (lease.prompt_tokens().empty()) problem = "no prompt tokens";
-    for (int i = 0; i < lease.prompt_tokens_size() && problem.empty(); ++i) {
-      const int32_t t = lease.prompt_tokens(i);
-      if (t < 0 || t >= model_config_.vocab_size) {
-        problem = absl::StrCat("prompt_tokens[", i, "] = ", t, " is out of range [0, ",
-                               model_config_.vocab_size, ")");
-      }
-    }
+    std::string problem = LeaseProblem(lease, model_config_.vocab_size);
     GroupRequest request;
     request.id = next_request_++;
     request.prompt.assign(lease.prompt_tokens().begin(), lease.prompt_tokens().end());
@@ -482,27 +416,9 @@ absl::Status Actor::Impl::StepEngine() {
     if (it == pending_.end()) continue;  // cannot happen: every request has its lease
     const v1::Lease lease = std::move(it->second);
     pending_.erase(it);
-    v1::Group group;
-    group.set_lease_id(lease.lease_id());
-    group.set_epoch(lease.epoch());
-    group.set_index(lease.index());
-    group.set_actor_id(registration_.actor_id());
-    group.set_policy_version(done.version);
-    *group.mutable_prompt_tokens() = lease.prompt_tokens();
-    group.set_prompt_text(lease.prompt_text());
-    group.set_reference(lease.reference());
-    group.set_issued_at_version(lease.issued_at_version());
-    group.set_task(registration_.task());
-    group.set_generate_seconds(done.seconds);
     int64_t tokens = 0;
-    for (RolloutSample& s : done.samples) {
-      v1::Completion* c = group.add_completions();
-      c->set_text(tokenizer_->Decode(s.tokens, /*skip_special=*/true));
-      c->mutable_tokens()->Add(s.tokens.begin(), s.tokens.end());
-      c->mutable_logprobs()->Add(s.logprobs.begin(), s.logprobs.end());
-      c->set_stopped(s.stopped);
-      tokens += static_cast<int64_t>(s.tokens.size());
-    }
+    v1::Group group = GroupFromFinished(lease, done, registration_.actor_id(), registration_.task(),
+                                        *tokenizer_, &tokens);
     generated_tokens_.Increment(static_cast<double>(tokens));
     window_tokens_ += tokens;
     // Heartbeats extend the lease while we hold it, so its deadline is at least a TTL away.

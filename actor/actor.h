@@ -1,4 +1,4 @@
-// The rollout actor's service loop (DESIGN.md "Data flow" steps 1-3, 6-7): register with
+// The rollout actor's service loop (docs/design.md "Data flow" steps 1-3, 6-7): register with
 // the coordinator, hold the current policy weights, then repeatedly lease prompts,
 // sample a group of k completions per prompt and hand each group to a verifier.
 #ifndef PMDRL_ACTOR_ACTOR_H_

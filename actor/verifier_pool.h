@@ -1,5 +1,5 @@
 // Client-side load balancing of an actor's groups over the verifier workers
-// (DESIGN.md "Data flow" step 3).
+// (docs/design.md "Data flow" step 3).
 #ifndef PMDRL_ACTOR_VERIFIER_POOL_H_
 #define PMDRL_ACTOR_VERIFIER_POOL_H_
 

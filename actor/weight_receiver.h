@@ -1,4 +1,4 @@
-// The actor's end of the weight feed (DESIGN.md "Data flow" step 6): keeps a
+// The actor's end of the weight feed (docs/design.md "Data flow" step 6): keeps a
 // WeightFeed.WatchWeights stream open and assembles the streamed chunks into complete,
 // checksummed policy versions (common/weight_stream.h).
 #ifndef PMDRL_ACTOR_WEIGHT_RECEIVER_H_

@@ -1,7 +1,7 @@
 // `pmdrl bandit`: the PMD-mean update of one prompt with a few discrete responses,
 // solved exactly (Lambert W), next to exact PMD and a gradient-descent check; or, with
 // --binary, a sweep of the binary-reward update over success mass p and τ
-// (DESIGN.md, "Theory (testable)").
+// (docs/design.md "Theory (testable)").
 #ifndef PMDRL_CLI_BANDIT_H_
 #define PMDRL_CLI_BANDIT_H_
 

@@ -8,9 +8,15 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+
+extern char** environ;
 
 namespace pmdrl {
 namespace {
@@ -91,6 +97,50 @@ absl::StatusOr<pid_t> Spawn(std::vector<std::string> argv, std::vector<std::stri
         absl::StrCat("cannot execute ", argv[0], ": ", std::strerror(exec_errno)));
   }
   return pid;
+}
+
+std::vector<std::string> ChildEnvironment(const std::string& token) {
+  std::vector<std::string> env;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    if (absl::StartsWith(*e, "PMDRL_TOKEN=")) continue;
+    env.emplace_back(*e);
+  }
+  env.push_back("PMDRL_TOKEN=" + token);
+  return env;
+}
+
+bool Reap(Child& child) {
+  if (!child.alive) return false;
+  int status = 0;
+  pid_t r = waitpid(child.pid, &status, WNOHANG);
+  if (r == child.pid || (r < 0 && errno == ECHILD)) {
+    child.alive = false;
+    child.wait_status = r == child.pid ? status : 0;
+    return true;
+  }
+  return false;
+}
+
+std::string LogTail(const std::string& path, int max_lines) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  in.seekg(0, std::ios::end);
+  std::streamoff size = in.tellg();
+  std::streamoff start = size > 8192 ? size - 8192 : 0;
+  in.seekg(start);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::string> lines = absl::StrSplit(text, '\n');
+  while (!lines.empty() && lines.back().empty()) lines.pop_back();
+  size_t first = lines.size() > static_cast<size_t>(max_lines) ? lines.size() - max_lines : 0;
+  std::string out;
+  for (size_t i = first; i < lines.size(); ++i) absl::StrAppend(&out, "  | ", lines[i], "\n");
+  return out;
+}
+
+std::string DescribeWaitStatus(int wait_status) {
+  if (WIFEXITED(wait_status)) return absl::StrCat("exit code ", WEXITSTATUS(wait_status));
+  if (WIFSIGNALED(wait_status)) return absl::StrCat("signal ", WTERMSIG(wait_status));
+  return absl::StrCat("wait status ", wait_status);
 }
 
 }  // namespace pmdrl

@@ -1,5 +1,5 @@
 // Starting the child processes of `pmdrl local` (the cluster) and `pmdrl compare` (one
-// `pmdrl local` per run).
+// `pmdrl local` per run), and tracking them: reaping, their logs' tails, exit statuses.
 #ifndef PMDRL_CLI_CHILD_PROCESS_H_
 #define PMDRL_CLI_CHILD_PROCESS_H_
 
@@ -23,6 +23,31 @@ namespace pmdrl {
 // a close-on-exec pipe, not as a child exiting 127.
 absl::StatusOr<pid_t> Spawn(std::vector<std::string> argv, std::vector<std::string> env,
                             const std::string& log_path, absl::string_view launcher);
+
+// A started child process as `pmdrl local`'s launcher tracks it.
+struct Child {
+  std::string name;  // "learner", "verifier-0", "actor-1"
+  pid_t pid = -1;
+  int port = 0;  // 0: not a server
+  int metrics_port = 0;
+  std::string log_path;
+  bool alive = false;
+  int wait_status = 0;  // valid once !alive
+};
+
+// The caller's environment with PMDRL_TOKEN set to `token` (replacing any).
+std::vector<std::string> ChildEnvironment(const std::string& token);
+
+// Reaps `child` if it has exited (waitpid WNOHANG). Returns true when it was alive and
+// now is not.
+bool Reap(Child& child);
+
+// The last `max_lines` lines of a log (of its last 8 KiB), each as "  | line\n", for an
+// error report; "" when it cannot be read.
+std::string LogTail(const std::string& path, int max_lines);
+
+// "exit code 3", "signal 9" for a waitpid status.
+std::string DescribeWaitStatus(int wait_status);
 
 }  // namespace pmdrl
 

@@ -9,6 +9,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/process.h"
+#include "learner/evaluator.h"
 #include "learner/prompt_source.h"
 #include "learner/trainer.h"
 #include "spdlog/spdlog.h"
@@ -61,6 +62,7 @@ int RunSft(int argc, char** argv) {
     std::cerr << "pmdrl sft: " << source.status().message() << "\n";
     return 2;
   }
+  Evaluator evaluator(config, (*trainer)->model());
   std::vector<PromptItem> val_items;
   for (const ArithProblem& p : validation.HeldOut()) {
     if (train.IsHeldOut(p.prompt)) continue;
@@ -85,7 +87,7 @@ int RunSft(int argc, char** argv) {
     }
     if ((step + 1) % config.sft.eval_every == 0) {
       last =
-          (*trainer)->Evaluate(**source, val_items, config.actor.max_new_tokens, config.sft.pass_k);
+          evaluator.Evaluate(**source, val_items, config.actor.max_new_tokens, config.sft.pass_k);
       double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       spdlog::info("step {} loss {:.4f} greedy {:.1f}% pass@{} {:.1f}% ({:.0f} s)", step + 1, *loss,
                    100 * last.greedy_accuracy, config.sft.pass_k, 100 * last.pass_at_k, secs);

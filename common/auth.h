@@ -1,4 +1,4 @@
-// Shared bearer-token authentication for state-changing RPCs (DESIGN.md "Security"):
+// Shared bearer-token authentication for state-changing RPCs (docs/design.md "Security"):
 // the client sends "authorization: Bearer <token>" metadata, the server compares it
 // with its own token in constant time. One token per run, from a file or $PMDRL_TOKEN.
 #ifndef PMDRL_COMMON_AUTH_H_

@@ -1,7 +1,7 @@
 // Prometheus metrics of one process: a registry that hands out counters, gauges and
 // histograms by name, and a small HTTP server exposing them (GET /metrics, /healthz).
 //
-// Naming (DESIGN.md "Observability"): pmdrl_<component>_<what>_<unit>, counters end
+// Naming (docs/design.md "Observability"): pmdrl_<component>_<what>_<unit>, counters end
 // in _total, base units (seconds, bytes), ratios in 0..1.
 //
 // The HTTP side uses cpp-httplib, not prometheus-cpp's civetweb Exposer, because the

@@ -18,7 +18,7 @@ inline bool StopRequested() { return StopSignal() != 0; }
 // OpenBLAS reads OPENBLAS_NUM_THREADS when it is loaded, before main runs, so setting
 // the variable only reaches child processes; the running library is told through its
 // API when it exports one. Without this, Torch's threads times OpenBLAS's threads
-// oversubscribe the cores (DESIGN.md: 2.5x slower). A value the user set is kept.
+// oversubscribe the cores (2.5x slower: docs/design.md "Processes"). A value the user set is kept.
 void LimitBlasThreads();
 // Sets the running OpenBLAS's thread count (no-op under another BLAS), unless the user
 // set OPENBLAS_NUM_THREADS. For phases made of large products on the calling thread (the

@@ -1,4 +1,4 @@
-// Validation of incoming messages (DESIGN.md "Security"): every group that reaches
+// Validation of incoming messages (docs/design.md "Security"): every group that reaches
 // the verifier or the learner is checked here first, so that malformed or hostile
 // input is rejected with INVALID_ARGUMENT instead of crashing or poisoning training.
 #ifndef PMDRL_COMMON_VALIDATE_H_

@@ -1,5 +1,5 @@
 // The PMD-mean update of one prompt with a finite set of responses, solved exactly
-// (DESIGN.md, "The algorithm (normative)", "Theory (testable)"): the population
+// (docs/design.md "The algorithm (normative)", "Theory (testable)"): the population
 // minimiser of E_{π_old}[(a − τ·log(π/π_old))²] over the simplex, a = r − E_{π_old}[r],
 // in closed form through the Lambert W function, next to exact PMD (π ∝ π_old·e^{r/τ})
 // and an independent gradient-descent minimiser of the same loss.

@@ -1,4 +1,4 @@
-// Collectives of the data-parallel learner (DESIGN.md, "Collectives"): every rank holds
+// Collectives of the data-parallel learner (docs/design.md "Collectives"): every rank holds
 // the full model, and after each backward pass the ranks all-reduce their gradients so
 // that the step equals one rank training on the whole global batch (up to rounding).
 //

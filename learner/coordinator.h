@@ -1,7 +1,7 @@
 // The coordinator of a run (learner rank 0): the data cursor, prompt leases, the actor
 // registry, admission control, and the intake of scored groups into rollout batches.
 //
-// Promises (DESIGN.md "Data flow"):
+// Promises (docs/design.md "Data flow"):
 //  - a group is accepted at most once per place in the data stream (epoch, index), so
 //    neither a retried send nor a late group from an expired, re-issued lease counts
 //    twice;

@@ -1,5 +1,5 @@
 // Sums the gradients of a data-parallel learner across ranks while the backward pass is
-// still running (DESIGN.md, "Collectives"): the same overlap PyTorch DDP gets from its
+// still running (docs/design.md "Collectives"): the same overlap PyTorch DDP gets from its
 // bucket hooks, built on LibTorch's per-tensor gradient hooks and a Communicator.
 #ifndef PMDRL_LEARNER_GRADIENT_REDUCER_H_
 #define PMDRL_LEARNER_GRADIENT_REDUCER_H_

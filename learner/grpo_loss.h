@@ -1,4 +1,4 @@
-// GRPO (DESIGN.md, comparison loss): group-normalised advantages and a token-level
+// GRPO (docs/design.md "The algorithm (normative)"): group-normalised advantages and a token-level
 // PPO-clip loss. Pure functions; no state, no I/O.
 #ifndef PMDRL_LEARNER_GRPO_LOSS_H_
 #define PMDRL_LEARNER_GRPO_LOSS_H_

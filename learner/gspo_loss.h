@@ -1,4 +1,4 @@
-// GSPO (DESIGN.md, comparison loss): GRPO's group-normalised advantages with one
+// GSPO (docs/design.md "The algorithm (normative)"): GRPO's group-normalised advantages with one
 // length-normalised importance ratio per sequence, clipped per sequence. Pure function.
 #ifndef PMDRL_LEARNER_GSPO_LOSS_H_
 #define PMDRL_LEARNER_GSPO_LOSS_H_

@@ -1,4 +1,4 @@
-// Math problems read from a JSONL file (DESIGN.md "Model and formats": one problem a line,
+// Math problems read from a JSONL file (docs/design.md "Model and formats": one problem a line,
 // field names configurable), as DAPO-Math-17k ("prompt"/"answer"), GSM8K
 // ("question"/"answer", the answer ending in "#### N") and MATH ("problem"/"solution",
 // the answer being the solution's last \boxed{}) ship them. References are kept as they

@@ -1,4 +1,4 @@
-// The coordinator's bookkeeping of prompt leases (DESIGN.md, "Data flow", steps 1, 4
+// The coordinator's bookkeeping of prompt leases (docs/design.md "Data flow" steps 1, 4
 // and 7). It hands out places in the data stream, (epoch, index), never the data.
 //
 // Promises:

@@ -1,4 +1,4 @@
-// The PMD-mean objective (DESIGN.md, "The algorithm (normative)"): group advantages
+// The PMD-mean objective (docs/design.md "The algorithm (normative)"): group advantages
 // and the per-completion squared loss. Pure functions; no state, no I/O.
 //
 // Tensors are at::Tensor, the same type as torch::Tensor; this header includes only the

@@ -1,4 +1,4 @@
-// The PMD-part advantage (DESIGN.md, "The algorithm (normative)"): the PMD-mean loss
+// The PMD-part advantage (docs/design.md "The algorithm (normative)"): the PMD-mean loss
 // with the mean reward replaced by a soft maximum of the other completions' rewards.
 // Pure function; no state, no I/O.
 #ifndef PMDRL_LEARNER_PMD_PART_ADVANTAGE_H_

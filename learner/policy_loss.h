@@ -1,5 +1,5 @@
 // The family of policy losses the learner can train with, chosen by learner.loss
-// (DESIGN.md, "The algorithm (normative)"): PMD-mean, PMD-part, GRPO and GSPO. This
+// (docs/design.md "The algorithm (normative)"): PMD-mean, PMD-part, GRPO and GSPO. This
 // header is the one entry point: parse the name, compute a group's advantages, compute
 // one rank's share of a mini-batch loss. Each loss lives in its own file
 // (pmd_mean_loss, pmd_part_advantage, grpo_loss, gspo_loss) with its formula.

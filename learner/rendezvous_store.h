@@ -1,4 +1,4 @@
-// The rendezvous key-value store of the collectives (DESIGN.md, "Collectives"): rank 0
+// The rendezvous key-value store of the collectives (docs/design.md "Collectives"): rank 0
 // serves it over plain TCP, every rank (rank 0 included) talks to it through a client.
 // Ranks use it to swap transport addresses (Gloo), the NCCL unique id, and the payloads
 // of Communicator::Scatter.

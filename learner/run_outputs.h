@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "learner/coordinator.h"
+#include "learner/evaluator.h"
 #include "learner/trainer.h"
 #include "pmdrl/pmdrl.pb.h"
 

@@ -5,14 +5,16 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <filesystem>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/nn/device.h"
 #include "common/nn/logprobs.h"
 #include "common/nn/model.h"
 #include "common/nn/model_dir.h"
-#include "common/nn/sampler.h"
 #include "common/nn/weight_snapshot.h"
 #include "common/process.h"
 #include "learner/chunked_logprobs.h"
@@ -22,8 +24,7 @@
 #include "learner/policy_loss.h"
 #include "learner/sequence_logprobs.h"
 #include "learner/sharded_adamw.h"
-#include "spdlog/spdlog.h"
-#include "verifier/grader.h"
+#include "learner/trainer_impl.h"
 
 namespace pmdrl {
 
@@ -47,138 +48,48 @@ ModelConfig ModelConfigFromConfig(const Config& config, const Tokenizer& tokeniz
   return m;
 }
 
-// A micro-batch's response-token log-probs (Trainer::Impl::Score).
-struct ScoredTokens {
-  torch::Tensor token_logp;  // [n, T-1] in the packed frame
-  double entropy_sum = 0, entropy_tokens = 0;
-};
-
-struct Trainer::Impl {
-  Config config;
-  torch::Device device{torch::kCPU};
-  // The float32 weights the optimizer updates (master weights), which evaluation,
-  // snapshots and checkpoints read.
-  CausalLM model{nullptr};
-  // What the training forward and backward run: `model` itself in float32; with
-  // learner.dtype bfloat16 a bfloat16 copy whose gradients are handed to the master
-  // weights before each step and which takes their new values after it.
-  CausalLM compute{nullptr};
-  // The optimizer of an unsharded rank. With ZeRO (learner.zero_stage > 0 and several
-  // ranks) `sharded` updates the parameters instead, and `optimizer` only carries whole
-  // state between a checkpoint file and the shards (LoadOptimizer, GatherOptimizerState).
-  std::unique_ptr<torch::optim::AdamW> optimizer;
-  std::unique_ptr<ShardedAdamW> sharded;
-  int64_t steps = 0;
-  LossKind loss = LossKind::kPmdMean;
-  Baseline baseline = Baseline::kMean;
-  LengthNorm norm = LengthNorm::kTokens;
-  bool truncated_is = false;  // learner.importance_weights: truncated
-  std::vector<int64_t> never_sampled;
-  double temperature = 1.0;
-  Sampler eval_sampler{0};
-
-  void SetLr(double lr) {
-    for (auto& group : optimizer->param_groups()) {
-      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-    }
+ScoredTokens Trainer::Impl::Score(const PackedSequences& packed, PackedSequenceAttention& attention,
+                                  bool entropy) {
+  torch::Tensor hidden = compute->ForwardHidden(packed.input, packed.positions, attention,
+                                                config.learner.activation_checkpointing);
+  hidden = hidden.squeeze(0).index_select(0, packed.score_positions);
+  ChunkedLogProbs lp =
+      ChunkedTokenLogProbs(hidden, compute->LmHeadWeight(), packed.score_targets, temperature,
+                           never_sampled, config.learner.logprob_chunk_tokens);
+  const PackedRows& frame = packed.frame;
+  ScoredTokens out;
+  out.token_logp = torch::zeros({frame.response_mask.numel()}, lp.logp.options())
+                       .scatter(0, packed.frame_index, lp.logp)
+                       .view(frame.response_mask.sizes());
+  if (entropy) {
+    out.entropy_sum = lp.entropy.sum().item<double>();
+    out.entropy_tokens = static_cast<double>(lp.entropy.numel());
   }
+  return out;
+}
 
-  double ScheduledLr() const {
-    const double base = config.learner.lr;
-    const int64_t w = config.learner.warmup_steps;
-    if (w <= 0 || steps >= w) return base;
-    return base * static_cast<double>(steps + 1) / static_cast<double>(w);
+void Trainer::Impl::GradientsToMaster() {
+  if (!mixed_precision()) return;
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> master = model->parameters(), low = compute->parameters();
+  for (size_t i = 0; i < master.size(); ++i) {
+    const torch::Tensor& g = low[i].grad();
+    master[i].mutable_grad() = g.defined() ? g.to(torch::kFloat) : torch::zeros_like(master[i]);
   }
+}
 
-  // Token log-probs of a packed micro-batch's response tokens under the current policy,
-  // in its padded frame ([n, T-1], 0 outside the responses; differentiable unless grad
-  // mode is off), and their entropy's sum over the response tokens. With activation
-  // checkpointing, backward runs the layers again through `attention`, so it must
-  // outlive the backward pass.
-  ScoredTokens Score(const PackedSequences& packed, PackedSequenceAttention& attention,
-                     bool entropy) {
-    torch::Tensor hidden = compute->ForwardHidden(packed.input, packed.positions, attention,
-                                                  config.learner.activation_checkpointing);
-    hidden = hidden.squeeze(0).index_select(0, packed.score_positions);
-    ChunkedLogProbs lp =
-        ChunkedTokenLogProbs(hidden, compute->LmHeadWeight(), packed.score_targets, temperature,
-                             never_sampled, config.learner.logprob_chunk_tokens);
-    const PackedRows& frame = packed.frame;
-    ScoredTokens out;
-    out.token_logp = torch::zeros({frame.response_mask.numel()}, lp.logp.options())
-                         .scatter(0, packed.frame_index, lp.logp)
-                         .view(frame.response_mask.sizes());
-    if (entropy) {
-      out.entropy_sum = lp.entropy.sum().item<double>();
-      out.entropy_tokens = static_cast<double>(lp.entropy.numel());
-    }
-    return out;
-  }
+void Trainer::Impl::MasterToCompute() {
+  if (!mixed_precision()) return;
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> master = model->parameters(), low = compute->parameters();
+  for (size_t i = 0; i < master.size(); ++i) low[i].copy_(master[i]);
+}
 
-  bool mixed_precision() const { return compute.ptr() != model.ptr(); }
-
-  // The whole AdamW state per parameter, as `optimizer` holds it (loaded from a
-  // checkpoint): what the shards start from. False if it holds none.
-  bool WholeOptimizerState(std::vector<torch::Tensor>* exp_avg,
-                           std::vector<torch::Tensor>* exp_avg_sq, int64_t* step) {
-    auto& states = optimizer->state();
-    for (const torch::Tensor& p : model->parameters()) {
-      auto it = states.find(c10::guts::to_string(p.unsafeGetTensorImpl()));
-      if (it == states.end()) return false;
-      auto& st = static_cast<torch::optim::AdamWParamState&>(*it->second);
-      exp_avg->push_back(st.exp_avg());
-      exp_avg_sq->push_back(st.exp_avg_sq());
-      *step = st.step();
-    }
-    return true;
-  }
-
-  // ZeRO: the sharded optimizer, made at the first update with a communicator, from the
-  // state a checkpoint loaded into `optimizer` if any (which is then dropped).
-  absl::Status ShardOptimizer(Communicator* comm) {
-    if (sharded != nullptr || comm == nullptr || config.learner.zero_stage == 0 ||
-        comm->world_size() < 2) {
-      return absl::OkStatus();
-    }
-    std::vector<torch::Tensor> exp_avg, exp_avg_sq;
-    int64_t step = 0;
-    const bool resumed = WholeOptimizerState(&exp_avg, &exp_avg_sq, &step);
-    ShardedAdamWOptions o;
-    o.stage = static_cast<int>(config.learner.zero_stage);
-    o.weight_decay = config.learner.weight_decay;
-    sharded = std::make_unique<ShardedAdamW>(model->parameters(), comm, o);
-    if (resumed) {
-      if (absl::Status s = sharded->LoadState(exp_avg, exp_avg_sq, step); !s.ok()) return s;
-    }
-    optimizer->state().clear();
-    return absl::OkStatus();
-  }
-
-  // The compute copy's gradients into the master weights' (mixed precision).
-  void GradientsToMaster() {
-    if (!mixed_precision()) return;
-    torch::NoGradGuard no_grad;
-    std::vector<torch::Tensor> master = model->parameters(), low = compute->parameters();
-    for (size_t i = 0; i < master.size(); ++i) {
-      const torch::Tensor& g = low[i].grad();
-      master[i].mutable_grad() = g.defined() ? g.to(torch::kFloat) : torch::zeros_like(master[i]);
-    }
-  }
-
-  // The master weights' values into the compute copy (mixed precision).
-  void MasterToCompute() {
-    if (!mixed_precision()) return;
-    torch::NoGradGuard no_grad;
-    std::vector<torch::Tensor> master = model->parameters(), low = compute->parameters();
-    for (size_t i = 0; i < master.size(); ++i) low[i].copy_(master[i]);
-  }
-
-  double ClipAndNorm(double clip) {
-    std::vector<torch::Tensor> params = model->parameters();
-    double max_norm = clip > 0 ? clip : std::numeric_limits<double>::infinity();
-    return torch::nn::utils::clip_grad_norm_(params, max_norm);
-  }
-};
+double Trainer::Impl::ClipAndNorm(double clip) {
+  std::vector<torch::Tensor> params = model->parameters();
+  double max_norm = clip > 0 ? clip : std::numeric_limits<double>::infinity();
+  return torch::nn::utils::clip_grad_norm_(params, max_norm);
+}
 
 Trainer::Trainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Trainer::~Trainer() = default;
@@ -254,7 +165,6 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config,
   impl->truncated_is = config.learner.importance_weights == "truncated";
   impl->never_sampled = NeverSampledTokens(impl->model->config());
   impl->temperature = config.actor.temperature > 0 ? config.actor.temperature : 1.0;
-  impl->eval_sampler = Sampler(config.run.seed ^ 0x5eed5eedULL);
   return std::unique_ptr<Trainer>(new Trainer(std::move(impl)));
 }
 
@@ -623,71 +533,6 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
   return stats;
 }
 
-EvalResult Trainer::Evaluate(const PromptSource& source, const std::vector<PromptItem>& items,
-                             int64_t max_new_tokens, int64_t k) {
-  Impl& m = *impl_;
-  EvalResult result;
-  result.k = std::max<int64_t>(k, 0);
-  if (items.empty()) return result;
-  absl::StatusOr<Grader> grader = GraderForTask(source.task());
-  if (!grader.ok()) {
-    // The prompt source only names tasks that have a grader; a mismatch is a bug.
-    spdlog::error("evaluation skipped: {}", std::string(grader.status().message()));
-    return result;
-  }
-  const Tokenizer& tokenizer = source.tokenizer();
-  SamplingParams params;
-  params.max_new_tokens = max_new_tokens;
-  for (int32_t id : source.stop_ids()) params.stop_tokens.push_back(id);
-  if (params.stop_tokens.empty()) params.stop_tokens = {m.model->config().eos_token_id};
-  params.temperature = 0;
-  auto grade = [&](const Sample& s, const PromptItem& it) {
-    std::string text = tokenizer.Decode(s.tokens, /*skip_special=*/true);
-    Deadline deadline(std::chrono::milliseconds(m.config.verifier.timeout_ms));
-    return (*grader)(text, it.reference, deadline).verdict;
-  };
-  // Chunks bound the KV cache: at most ~256 sequences at once.
-  constexpr int64_t kRows = 256;
-  const size_t n = items.size();
-  int64_t greedy_ok = 0, parse_errors = 0, samples_ok = 0, pass_ok = 0;
-  auto prompts_of = [&](size_t lo, size_t hi) {
-    std::vector<std::vector<int32_t>> chunk;
-    for (size_t i = lo; i < hi; ++i) chunk.push_back(items[i].tokens);
-    return chunk;
-  };
-  for (size_t lo = 0; lo < n; lo += kRows) {
-    const size_t hi = std::min(n, lo + kRows);
-    auto greedy = m.eval_sampler.Generate(m.model, prompts_of(lo, hi), 1, params);
-    for (size_t i = lo; i < hi; ++i) {
-      const Verdict v = grade(greedy[i - lo][0], items[i]);
-      greedy_ok += v == Verdict::kCorrect;
-      parse_errors += v == Verdict::kParseError;
-    }
-  }
-  if (result.k > 0) {
-    SamplingParams sp = params;
-    sp.temperature = m.temperature;
-    sp.top_p = m.config.actor.top_p;
-    const size_t per_chunk = static_cast<size_t>(std::max<int64_t>(1, kRows / result.k));
-    for (size_t lo = 0; lo < n; lo += per_chunk) {
-      const size_t hi = std::min(n, lo + per_chunk);
-      auto samples = m.eval_sampler.Generate(m.model, prompts_of(lo, hi), result.k, sp);
-      for (size_t i = lo; i < hi; ++i) {
-        int64_t ok = 0;
-        for (const Sample& s : samples[i - lo]) ok += grade(s, items[i]) == Verdict::kCorrect;
-        samples_ok += ok;
-        pass_ok += ok > 0;
-      }
-    }
-    result.avg_at_k = static_cast<double>(samples_ok) / static_cast<double>(n * result.k);
-    result.pass_at_k = static_cast<double>(pass_ok) / static_cast<double>(n);
-  }
-  m.model->train();
-  result.greedy_accuracy = static_cast<double>(greedy_ok) / static_cast<double>(n);
-  result.greedy_parse_errors = static_cast<double>(parse_errors) / static_cast<double>(n);
-  return result;
-}
-
 std::shared_ptr<const WeightVersion> Trainer::Snapshot(uint64_t version, WireDtype dtype) {
   return SnapshotWeights(impl_->model, version, dtype);
 }
@@ -736,58 +581,7 @@ absl::Status Trainer::CheckReplicas(Communicator* comm, int64_t update) {
 
 const ModelConfig& Trainer::model_config() const { return impl_->model->config(); }
 
-absl::Status Trainer::Save(const std::string& dir) {
-  absl::Status s = SaveModelDir(impl_->model, dir);
-  if (!s.ok()) return s;
-  try {
-    if (impl_->sharded != nullptr && impl_->optimizer->state().empty()) {
-      return absl::FailedPreconditionError(
-          "saving a ZeRO-sharded optimizer: GatherOptimizerState must run on every rank first");
-    }
-    torch::save(*impl_->optimizer, (std::filesystem::path(dir) / "optimizer.pt").string());
-    // The gathered whole state was only for the file.
-    if (impl_->sharded != nullptr) impl_->optimizer->state().clear();
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("saving optimizer state to ", dir, ": ", e.what_without_backtrace()));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status Trainer::GatherOptimizerState(Communicator* comm) {
-  Impl& m = *impl_;
-  if (m.sharded == nullptr) return absl::OkStatus();
-  std::vector<torch::Tensor> exp_avg, exp_avg_sq;
-  if (absl::Status s = m.sharded->GatherState(&exp_avg, &exp_avg_sq); !s.ok()) {
-    return absl::Status(s.code(),
-                        absl::StrCat("gathering the ZeRO optimizer state: ", s.message()));
-  }
-  if (comm->rank() != 0) return absl::OkStatus();
-  auto& states = m.optimizer->state();
-  std::vector<torch::Tensor> params = m.model->parameters();
-  for (size_t i = 0; i < params.size(); ++i) {
-    auto st = std::make_unique<torch::optim::AdamWParamState>();
-    st->step(m.sharded->steps());
-    st->exp_avg(exp_avg[i].clone());
-    st->exp_avg_sq(exp_avg_sq[i].clone());
-    states[c10::guts::to_string(params[i].unsafeGetTensorImpl())] = std::move(st);
-  }
-  return absl::OkStatus();
-}
-
-absl::Status Trainer::LoadOptimizer(const std::string& dir) {
-  std::string path = (std::filesystem::path(dir) / "optimizer.pt").string();
-  try {
-    torch::load(*impl_->optimizer, path, impl_->device);
-  } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("loading optimizer state ", path, ": ", e.what_without_backtrace()));
-  }
-  return absl::OkStatus();
-}
-
-int64_t Trainer::optimizer_steps() const { return impl_->steps; }
-void Trainer::set_optimizer_steps(int64_t steps) { impl_->steps = steps; }
+CausalLM& Trainer::model() { return impl_->model; }
 
 absl::StatusOr<double> Trainer::SupervisedStep(const std::vector<std::vector<int32_t>>& prompts,
                                                const std::vector<std::vector<int32_t>>& targets,

@@ -1,8 +1,8 @@
 // The learner's policy and optimizer: turns a rollout batch of scored groups into one
 // policy update with the loss learner.loss names (learner/policy_loss.h; several AdamW
-// steps, one per mini-batch), and
-// evaluates the policy on held-out prompts. Owns the model and the optimizer. Not
-// thread-safe: the training loop is its only caller. Torch stays inside the .cc.
+// steps, one per mini-batch). Owns the model and the optimizer; held-out evaluation of
+// the model is learner/evaluator.h's. Not thread-safe: the training loop is its only
+// caller. Torch stays inside the .cc files (learner/trainer_impl.h is their shared state).
 #ifndef PMDRL_LEARNER_TRAINER_H_
 #define PMDRL_LEARNER_TRAINER_H_
 
@@ -16,11 +16,11 @@
 #include "common/model_config.h"
 #include "common/tokenizer.h"
 #include "common/weight_stream.h"
-#include "learner/prompt_source.h"
 #include "pmdrl/pmdrl.pb.h"
 
 namespace pmdrl {
 
+class CausalLM;
 class Communicator;
 
 struct UpdateStats {
@@ -45,14 +45,6 @@ struct UpdateStats {
   // Peak resident (CPU) or allocated (CUDA) bytes of the process over the update:
   // measured by whoever owns the window (learner/peak_memory.h), not by the Trainer.
   int64_t peak_memory_bytes = 0;
-};
-
-struct EvalResult {
-  double greedy_accuracy = 0;
-  int64_t k = 0;                   // samples per problem behind avg_at_k / pass_at_k
-  double avg_at_k = -1;            // mean correctness over all k samples; -1 unless k > 0
-  double pass_at_k = -1;           // problems with >= 1 correct sample; -1 unless k > 0
-  double greedy_parse_errors = 0;  // fraction of greedy answers the grader could not parse
 };
 
 // The random-init architecture of config.model for this tokenizer.
@@ -87,12 +79,6 @@ class Trainer {
   // combined across ranks.
   absl::StatusOr<UpdateStats> TrainShare(const v1::RankShare& share, Communicator* comm);
 
-  // Held-out evaluation of `items` with `source`'s grader (its task), tokenizer (to
-  // decode, special tokens skipped) and stop ids: greedy accuracy, and with k > 0 also
-  // avg@k and pass@k over k samples per problem at the actor's temperature and top_p.
-  EvalResult Evaluate(const PromptSource& source, const std::vector<PromptItem>& items,
-                      int64_t max_new_tokens, int64_t k = 0);
-
   // The float32 master weights as `version` in `dtype` (converted here, once), with
   // checksums: what the WeightPublisher streams to the actors.
   std::shared_ptr<const WeightVersion> Snapshot(uint64_t version,
@@ -105,6 +91,9 @@ class Trainer {
   // differs from rank 0 and the update.
   absl::Status CheckReplicas(Communicator* comm, int64_t update);
   const ModelConfig& model_config() const;
+  // The float32 master weights, owned by the Trainer (a copy of the handle shares them):
+  // what learner/evaluator.h generates with. Only for reading between updates.
+  CausalLM& model();
 
   // Model directory (config.json + model.safetensors) plus optimizer.pt in `dir`. The
   // file holds the whole AdamW state whatever the number of ranks: with ZeRO every rank

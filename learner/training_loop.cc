@@ -15,6 +15,7 @@
 #include "common/wire_dtype.h"
 #include "learner/communicator.h"
 #include "learner/coordinator.h"
+#include "learner/evaluator.h"
 #include "learner/peak_memory.h"
 #include "learner/prompt_source.h"
 #include "learner/run_outputs.h"
@@ -54,6 +55,7 @@ struct TrainingLoop::Impl {
   Parts parts;
   const Config& config;
   Trainer& trainer;
+  Evaluator evaluator;  // held-out evaluation of trainer.model()
   Coordinator& coordinator;
   WeightPublisher& publisher;
   Communicator* comm;
@@ -97,6 +99,7 @@ TrainingLoop::Impl::Impl(Parts p, const TrainerState& start, bool resumed_run)
     : parts(std::move(p)),
       config(*parts.config),
       trainer(*parts.trainer),
+      evaluator(config, trainer.model()),
       coordinator(*parts.coordinator),
       publisher(*parts.publisher),
       comm(parts.comm),
@@ -309,8 +312,8 @@ absl::Status TrainingLoop::Impl::Finish() {
 }
 
 EvalResult TrainingLoop::Impl::Evaluate() {
-  EvalResult r = trainer.Evaluate(*parts.source, parts.source->HeldOut(),
-                                  config.actor.max_new_tokens, config.learner.eval_k);
+  EvalResult r = evaluator.Evaluate(*parts.source, parts.source->HeldOut(),
+                                    config.actor.max_new_tokens, config.learner.eval_k);
   last_eval = r;
   last_eval_update = update;
   std::lock_guard<std::mutex> lock(progress.mu);

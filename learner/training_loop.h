@@ -31,6 +31,7 @@
 #include "absl/status/statusor.h"
 #include "common/config.h"
 #include "learner/checkpoint.h"
+#include "learner/evaluator.h"
 #include "learner/trainer.h"
 #include "pmdrl/pmdrl.pb.h"
 

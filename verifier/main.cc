@@ -3,8 +3,6 @@
 // Exit codes: 0 after SIGINT/SIGTERM (or --help), 2 on a configuration or token error,
 // 1 when a port cannot be bound.
 #include <grpcpp/server.h>
-#include <pthread.h>
-#include <signal.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -24,6 +22,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/process.h"
 #include "common/rpc.h"
 #include "verifier/verifier_service.h"
 
@@ -31,14 +30,10 @@ namespace pmdrl {
 namespace {
 
 int Run(int argc, char** argv) {
-  // Block the shutdown signals before any thread exists, so every thread (gRPC's,
-  // the metrics server's, the grading pool's) inherits the mask and only sigwait
-  // below receives them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // SIGINT/SIGTERM only record themselves (common/process.h); the main thread polls
+  // for them once serving. A signal that arrives earlier is kept and ends the serving
+  // at once.
+  InstallStopSignals();
 
   std::vector<std::string> positional;
   absl::StatusOr<Config> config = ConfigFromArgs(argc, argv, &positional);
@@ -103,8 +98,8 @@ int Run(int argc, char** argv) {
   spdlog::info("verifier {} listening on {}:{} (learner {}, task {}, timeout {} ms)", vc.name, host,
                port, vc.learner, config->task.name, vc.timeout_ms);
 
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  while (!StopRequested()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const int signal_number = StopSignal();
   spdlog::info("verifier: {} received, shutting down", strsignal(signal_number));
   serving = false;
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));

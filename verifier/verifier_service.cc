@@ -4,206 +4,18 @@
 #include <grpcpp/support/sync_stream.h>
 #include <spdlog/spdlog.h>
 
-#include <algorithm>
-#include <condition_variable>
-#include <deque>
-#include <exception>
-#include <mutex>
 #include <optional>
-#include <system_error>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/auth.h"
 #include "common/rpc.h"
+#include "verifier/grader_pool.h"
 
 namespace pmdrl {
 
 using Clock = std::chrono::steady_clock;
-
-// ------------------------------------------------------------------ grader pool
-
-namespace {
-
-// One answer check. Shared by the waiter and the worker, so a waiter that gives up can
-// return while the worker still runs it; the job owns copies of its inputs for that
-// reason.
-struct Job {
-  Grader grader;
-  std::string response;
-  std::string reference;
-  std::chrono::milliseconds budget;
-  Clock::time_point submitted;
-
-  // Guarded by PoolState::mu.
-  enum class Phase { kQueued, kRunning, kDone } phase = Phase::kQueued;
-  bool abandoned = false;  // the waiter gave up: the result goes nowhere
-  Clock::time_point started;
-  GradeResult result;
-};
-
-// A waiter gives up on a queued job after this many budgets: only reached when every
-// worker is stuck and no replacement may be started (max_stuck_threads).
-constexpr int kQueueBudgets = 10;
-
-// Slack on top of the budget before a running check is written off, so that a grader
-// that honours its Deadline reports kTimeout itself and keeps its thread.
-std::chrono::milliseconds Grace(std::chrono::milliseconds budget) {
-  return std::clamp(budget / 10, std::chrono::milliseconds(5), std::chrono::milliseconds(100));
-}
-
-}  // namespace
-
-// Worker threads are detached and share this state through a shared_ptr, so a thread
-// written off while running a check outlives the pool harmlessly: when its grader
-// returns, it drops the result and exits (or rejoins the pool if no replacement was
-// started for it).
-class GraderPool {
- public:
-  GraderPool(int threads, int max_stuck) : state_(std::make_shared<State>()) {
-    state_->target = std::max(1, threads);
-    state_->max_total = state_->target + std::max(0, max_stuck);
-    std::lock_guard<std::mutex> lock(state_->mu);
-    for (int i = 0; i < state_->target; ++i) SpawnLocked();
-  }
-
-  GraderPool(const GraderPool&) = delete;
-  GraderPool& operator=(const GraderPool&) = delete;
-
-  // Stops the healthy workers and waits for them; stuck ones exit on their own later.
-  ~GraderPool() {
-    std::unique_lock<std::mutex> lock(state_->mu);
-    state_->stopping = true;
-    state_->queue.clear();
-    state_->work_cv.notify_all();
-    state_->done_cv.wait(lock, [this] { return state_->healthy == 0; });
-  }
-
-  std::shared_ptr<Job> Submit(const Grader& grader, std::string response, std::string reference,
-                              std::chrono::milliseconds budget) {
-    auto job = std::make_shared<Job>();
-    job->grader = grader;
-    job->response = std::move(response);
-    job->reference = std::move(reference);
-    job->budget = budget;
-    job->submitted = Clock::now();
-    std::lock_guard<std::mutex> lock(state_->mu);
-    state_->queue.push_back(job);
-    state_->work_cv.notify_one();
-    return job;
-  }
-
-  // The job's result, or nullopt if it overran its limit (then it is abandoned; a
-  // running one costs its thread, which is replaced). Sets *overran when a running
-  // check was written off.
-  std::optional<GradeResult> Wait(const std::shared_ptr<Job>& job, bool* overran) {
-    *overran = false;
-    std::unique_lock<std::mutex> lock(state_->mu);
-    const Clock::time_point queue_limit = job->submitted + kQueueBudgets * job->budget;
-    while (true) {
-      const Clock::time_point now = Clock::now();
-      switch (job->phase) {
-        case Job::Phase::kDone:
-          return std::move(job->result);
-        case Job::Phase::kQueued:
-          if (now >= queue_limit) {
-            job->abandoned = true;  // the worker that pops it skips it
-            return std::nullopt;
-          }
-          state_->done_cv.wait_until(lock, queue_limit);
-          break;
-        case Job::Phase::kRunning: {
-          const Clock::time_point hard = job->started + job->budget + Grace(job->budget);
-          if (now >= hard) {
-            job->abandoned = true;
-            *overran = true;
-            // Its thread is stuck until the grader returns: replace it, within limits.
-            --state_->healthy;
-            if (state_->total < state_->max_total) SpawnLocked();
-            return std::nullopt;
-          }
-          state_->done_cv.wait_until(lock, hard);
-          break;
-        }
-      }
-    }
-  }
-
-  // Threads written off and still running their grader.
-  int Stuck() const {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    return state_->total - state_->healthy;
-  }
-
- private:
-  struct State {
-    mutable std::mutex mu;
-    std::condition_variable work_cv;  // a job was queued, or stopping
-    std::condition_variable done_cv;  // a job started or finished, or a worker exited
-    std::deque<std::shared_ptr<Job>> queue;
-    int target = 1;     // workers wanted
-    int max_total = 1;  // cap on threads, stuck ones included
-    int healthy = 0;    // live workers not written off
-    int total = 0;      // all live worker threads
-    bool stopping = false;
-  };
-
-  void SpawnLocked() {
-    try {
-      std::thread(&GraderPool::WorkerLoop, state_).detach();
-      ++state_->healthy;
-      ++state_->total;
-    } catch (const std::system_error& e) {
-      spdlog::error("verifier: cannot start a grading thread: {}", e.what());
-    }
-  }
-
-  static void WorkerLoop(std::shared_ptr<State> s) {
-    std::unique_lock<std::mutex> lock(s->mu);
-    bool healthy = true;
-    while (true) {
-      s->work_cv.wait(lock, [&] { return s->stopping || !s->queue.empty(); });
-      if (s->stopping) break;
-      std::shared_ptr<Job> job = std::move(s->queue.front());
-      s->queue.pop_front();
-      if (job->abandoned) continue;
-      job->phase = Job::Phase::kRunning;
-      job->started = Clock::now();
-      s->done_cv.notify_all();  // its waiter switches from the queue limit to the run limit
-      lock.unlock();
-      GradeResult result;
-      try {
-        result = job->grader(job->response, job->reference, Deadline(job->budget));
-      } catch (const std::exception& e) {
-        // Graders promise not to throw; if one does, the answer is unreadable.
-        spdlog::error("verifier: grader threw: {}", e.what());
-        result.verdict = Verdict::kParseError;
-      } catch (...) {
-        spdlog::error("verifier: grader threw a non-standard exception");
-        result.verdict = Verdict::kParseError;
-      }
-      lock.lock();
-      job->result = std::move(result);
-      job->phase = Job::Phase::kDone;
-      s->done_cv.notify_all();
-      if (job->abandoned) {
-        // This thread was written off. Exit if a replacement took its place.
-        if (s->stopping || s->healthy >= s->target) {
-          healthy = false;
-          break;
-        }
-        ++s->healthy;  // no replacement was started (thread cap): rejoin
-      }
-    }
-    if (healthy) --s->healthy;
-    --s->total;
-    s->done_cv.notify_all();
-  }
-
-  std::shared_ptr<State> state_;
-};
 
 // ------------------------------------------------------------------ scorer
 
@@ -233,19 +45,20 @@ v1::Outcome ToOutcome(Verdict verdict) {
 
 GroupScorer::GroupScorer(ScorerOptions options, MetricsRegistry* metrics)
     : options_(std::move(options)),
-      metrics_(metrics),
       pool_(std::make_unique<GraderPool>(options_.threads, options_.max_stuck_threads)) {
-  // Register the families up front so /metrics shows them (at 0) from the start.
+  // Registered up front so /metrics shows them (at 0) from the start.
   for (Verdict v :
        {Verdict::kCorrect, Verdict::kIncorrect, Verdict::kParseError, Verdict::kTimeout}) {
-    metrics_->Counter("pmdrl_verifier_completions_total", "Completions scored, by outcome.",
-                      {{"outcome", std::string(VerdictName(v))}});
+    completions_.at(static_cast<size_t>(v)) =
+        &metrics->Counter("pmdrl_verifier_completions_total", "Completions scored, by outcome.",
+                          {{"outcome", std::string(VerdictName(v))}});
   }
-  metrics_->Histogram("pmdrl_verifier_score_seconds", "Time to score one group.", ScoreBuckets());
-  metrics_->Counter("pmdrl_verifier_grader_overruns_total",
-                    "Answer checks that ignored their deadline and were written off.");
-  metrics_->Gauge("pmdrl_verifier_grader_threads_stuck",
-                  "Grading threads written off and still running their check.");
+  score_seconds_ = &metrics->Histogram("pmdrl_verifier_score_seconds", "Time to score one group.",
+                                       ScoreBuckets());
+  overruns_ = &metrics->Counter("pmdrl_verifier_grader_overruns_total",
+                                "Answer checks that ignored their deadline and were written off.");
+  threads_stuck_ = &metrics->Gauge("pmdrl_verifier_grader_threads_stuck",
+                                   "Grading threads written off and still running their check.");
 }
 
 GroupScorer::~GroupScorer() = default;
@@ -261,7 +74,7 @@ absl::Status GroupScorer::Score(v1::Group* group) {
   }
 
   // All checks of the group run in parallel; each gets its own limit.
-  std::vector<std::shared_ptr<Job>> jobs;
+  std::vector<std::shared_ptr<GraderPool::Job>> jobs;
   jobs.reserve(group->completions_size());
   for (const v1::Completion& c : group->completions()) {
     jobs.push_back(pool_->Submit(*grader, c.text(), group->reference(), options_.timeout));
@@ -270,7 +83,7 @@ absl::Status GroupScorer::Score(v1::Group* group) {
     bool overran = false;
     std::optional<GradeResult> result = pool_->Wait(jobs[i], &overran);
     if (overran) {
-      metrics_->Counter("pmdrl_verifier_grader_overruns_total", "").Increment();
+      overruns_->Increment();
       spdlog::warn("verifier: lease {} completion {}: grader overran {} ms; thread written off",
                    group->lease_id(), i, options_.timeout.count());
     }
@@ -279,17 +92,14 @@ absl::Status GroupScorer::Score(v1::Group* group) {
     c->set_outcome(ToOutcome(verdict));
     c->set_reward(verdict == Verdict::kCorrect ? options_.reward_correct
                                                : options_.reward_incorrect);
-    metrics_
-        ->Counter("pmdrl_verifier_completions_total", "",
-                  {{"outcome", std::string(VerdictName(verdict))}})
-        .Increment();
+    completions_.at(static_cast<size_t>(verdict))->Increment();
   }
 
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   group->set_verifier_id(options_.verifier_id);
   group->set_verify_seconds(seconds);
-  metrics_->Histogram("pmdrl_verifier_score_seconds", "", ScoreBuckets()).Observe(seconds);
-  metrics_->Gauge("pmdrl_verifier_grader_threads_stuck", "").Set(pool_->Stuck());
+  score_seconds_->Observe(seconds);
+  threads_stuck_->Set(pool_->Stuck());
   return absl::OkStatus();
 }
 
@@ -388,19 +198,20 @@ class ActiveStream {
 
 VerifierService::VerifierService(VerifierOptions options, MetricsRegistry* metrics)
     : options_(std::move(options)),
-      metrics_(metrics),
       scorer_(options_.scorer, metrics),
       learner_channel_(MakeChannel(options_.learner)),
       learner_stub_(v1::Learner::NewStub(learner_channel_)) {
-  for (const char* reason : {"unauthenticated", "invalid"}) {
-    metrics_->Counter("pmdrl_verifier_rejected_total", "Calls and groups rejected, by reason.",
-                      {{"reason", reason}});
-  }
-  metrics_->Counter("pmdrl_verifier_groups_forwarded_total",
-                    "Scored groups the learner acknowledged (any ack status).");
-  metrics_->Counter("pmdrl_verifier_groups_failed_total",
-                    "Scored groups that could not be delivered to the learner.");
-  metrics_->Gauge("pmdrl_verifier_streams_active", "Actor streams being served.");
+  rejected_unauthenticated_ =
+      &metrics->Counter("pmdrl_verifier_rejected_total", "Calls and groups rejected, by reason.",
+                        {{"reason", "unauthenticated"}});
+  rejected_invalid_ =
+      &metrics->Counter("pmdrl_verifier_rejected_total", "Calls and groups rejected, by reason.",
+                        {{"reason", "invalid"}});
+  forwarded_ = &metrics->Counter("pmdrl_verifier_groups_forwarded_total",
+                                 "Scored groups the learner acknowledged (any ack status).");
+  failed_ = &metrics->Counter("pmdrl_verifier_groups_failed_total",
+                              "Scored groups that could not be delivered to the learner.");
+  streams_active_ = &metrics->Gauge("pmdrl_verifier_streams_active", "Actor streams being served.");
 }
 
 VerifierService::~VerifierService() = default;
@@ -408,12 +219,11 @@ VerifierService::~VerifierService() = default;
 grpc::Status VerifierService::ScoreGroups(
     grpc::ServerContext* context, grpc::ServerReaderWriter<v1::GroupAck, v1::Group>* stream) {
   if (grpc::Status auth = CheckBearer(*context, options_.token); !auth.ok()) {
-    metrics_->Counter("pmdrl_verifier_rejected_total", "", {{"reason", "unauthenticated"}})
-        .Increment();
+    rejected_unauthenticated_->Increment();
     spdlog::warn("verifier: rejected stream from {}: {}", context->peer(), auth.error_message());
     return auth;
   }
-  ActiveStream active(metrics_->Gauge("pmdrl_verifier_streams_active", ""));
+  ActiveStream active(*streams_active_);
   LearnerLink learner(learner_stub_.get(), options_.learner, options_.token);
 
   v1::Group group;
@@ -429,17 +239,17 @@ grpc::Status VerifierService::ScoreGroups(
                              : ValidateGroup(group, limits, /*scored=*/false);
     if (valid.ok()) valid = scorer_.Score(&group);
     if (!valid.ok()) {
-      metrics_->Counter("pmdrl_verifier_rejected_total", "", {{"reason", "invalid"}}).Increment();
+      rejected_invalid_->Increment();
       spdlog::warn("verifier: rejected group of lease {} from {}: {}", group.lease_id(),
                    context->peer(), std::string(valid.message()));
       ack.set_status(v1::ACK_REJECTED);
       ack.set_message(std::string(valid.message()));
     } else if (absl::StatusOr<v1::GroupAck> learner_ack = learner.Forward(group);
                learner_ack.ok()) {
-      metrics_->Counter("pmdrl_verifier_groups_forwarded_total", "").Increment();
+      forwarded_->Increment();
       ack = *std::move(learner_ack);
     } else {
-      metrics_->Counter("pmdrl_verifier_groups_failed_total", "").Increment();
+      failed_->Increment();
       spdlog::warn("verifier: group of lease {} not delivered: {}", group.lease_id(),
                    std::string(learner_ack.status().message()));
       ack.set_status(v1::ACK_UNKNOWN);

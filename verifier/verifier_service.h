@@ -1,4 +1,4 @@
-// The verifier's scoring service (DESIGN.md "Data flow" steps 3-4, "Verifier"):
+// The verifier's scoring service (docs/design.md "Data flow" steps 3-4, "Verifier"):
 // actors stream unscored groups in, every completion is graded against the group's
 // reference, and the scored group is forwarded to the learner, whose ack goes back to
 // the actor. Two layers:
@@ -15,6 +15,7 @@
 #include <grpcpp/support/status.h>
 #include <grpcpp/support/sync_stream.h>
 
+#include <array>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -45,7 +46,7 @@ struct ScorerOptions {
   std::function<absl::StatusOr<Grader>(std::string_view task)> grader_for_task;
 };
 
-class GraderPool;  // verifier_service.cc
+class GraderPool;  // verifier/grader_pool.h
 
 // Grades the completions of one group and writes reward, outcome, verifier_id and
 // verify_seconds into it. Thread-safe: many streams may call Score concurrently; they
@@ -77,8 +78,13 @@ class GroupScorer {
 
  private:
   const ScorerOptions options_;
-  MetricsRegistry* const metrics_;
   std::unique_ptr<GraderPool> pool_;
+  // The metrics, looked up once in `metrics` (which owns them): completions by verdict
+  // (indexed by Verdict), score time per group, overruns and stuck threads.
+  std::array<prometheus::Counter*, 4> completions_{};
+  prometheus::Histogram* score_seconds_ = nullptr;
+  prometheus::Counter* overruns_ = nullptr;
+  prometheus::Gauge* threads_stuck_ = nullptr;
 };
 
 // The limits the verifier checks groups against. It does not know the model, so they
@@ -123,10 +129,15 @@ class VerifierService final : public v1::Verifier::Service {
 
  private:
   const VerifierOptions options_;
-  MetricsRegistry* const metrics_;
   GroupScorer scorer_;
   std::shared_ptr<grpc::Channel> learner_channel_;
   std::unique_ptr<v1::Learner::Stub> learner_stub_;
+  // The metrics, looked up once in the registry (which owns them).
+  prometheus::Counter* rejected_unauthenticated_ = nullptr;
+  prometheus::Counter* rejected_invalid_ = nullptr;
+  prometheus::Counter* forwarded_ = nullptr;
+  prometheus::Counter* failed_ = nullptr;
+  prometheus::Gauge* streams_active_ = nullptr;
 };
 
 }  // namespace pmdrl

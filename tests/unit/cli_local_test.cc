@@ -10,7 +10,10 @@
 #include <string>
 #include <vector>
 
+#include "cli/child_process.h"
 #include "cli/local.h"
+#include "cli/local_console.h"
+#include "cli/local_ports.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "pmdrl/pmdrl.pb.h"

@@ -1,4 +1,4 @@
-// The PMD-mean bandit theory (DESIGN.md, "Theory (testable)"): the Lambert-W solution
+// The PMD-mean bandit theory (docs/design.md "Theory (testable)"): the Lambert-W solution
 // against an independent gradient-descent minimiser and an independent solve of the
 // KL–χ² regularised objective's KKT conditions, λ = KL(π_old‖π*), the binary small-τ
 // asymptotics, and the solver at τ down to 1e-3.
