@@ -70,6 +70,10 @@ Field Make(std::string key, std::string help, T Config::*section, auto member) {
       for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipWhitespace())) {
         dst.emplace_back(absl::StripAsciiWhitespace(part));
       }
+    } else if constexpr (std::is_enum_v<V>) {
+      absl::StatusOr<V> e = ParseConfigEnum<V>(v);
+      if (!e.ok()) return e.status();
+      dst = *e;
     } else if constexpr (std::is_same_v<V, std::vector<int64_t>>) {
       dst.clear();
       for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipWhitespace())) {
@@ -88,6 +92,8 @@ Field Make(std::string key, std::string help, T Config::*section, auto member) {
     const V& v = (c.*section).*member;
     if constexpr (std::is_same_v<V, std::string>) {
       return v;
+    } else if constexpr (std::is_enum_v<V>) {
+      return std::string(Name(v));
     } else if constexpr (std::is_same_v<V, bool>) {
       return v ? "true" : "false";
     } else if constexpr (std::is_same_v<V, double>) {
@@ -588,22 +594,19 @@ absl::Status ValidateConfig(const Config& c) {
       Check(c.learner.metrics_port >= 0 && c.learner.metrics_port < 65536, "learner.metrics_port",
             "a port number"),
       Check(c.learner.threads > 0, "learner.threads", "> 0"),
-      OneOf("learner.loss", c.learner.loss, {"pmd_mean", "pmd_part", "grpo", "gspo"}),
-      OneOf("learner.baseline", c.learner.baseline, {"mean", "loo"}),
-      OneOf("learner.length_norm", c.learner.length_norm, {"token", "max"}),
-      OneOf("learner.old_logprobs", c.learner.old_logprobs, {"actor", "recompute"}),
       Check(c.learner.tau > 0, "learner.tau", "> 0"),
       Check(c.learner.clip_eps > 0 && c.learner.clip_eps < 1, "learner.clip_eps", "in (0, 1)"),
       Check(c.learner.seq_clip_eps > 0 && c.learner.seq_clip_eps < 1, "learner.seq_clip_eps",
             "in (0, 1)"),
-      OneOf("learner.importance_weights", c.learner.importance_weights, {"none", "truncated"}),
       Check(c.learner.is_cap > 0, "learner.is_cap", "> 0"),
       // With the actor's log-probs as pi_old the loss already measures against the
       // sampling policy: weighting by pi_learner/pi_actor as well would correct twice.
-      Check(c.learner.importance_weights == "none" || c.learner.old_logprobs == "recompute",
+      Check(c.learner.importance_weights == ImportanceWeights::kNone ||
+                c.learner.old_logprobs == OldLogprobs::kRecompute,
             "learner.importance_weights", "none unless learner.old_logprobs is recompute"),
       Check(c.learner.group_size >=
-                (c.learner.loss == "pmd_mean" && c.learner.baseline == "mean" ? 1 : 2),
+                (c.learner.loss == LossKind::kPmdMean && c.learner.baseline == Baseline::kMean ? 1
+                                                                                               : 2),
             "learner.group_size", ">= 1 (>= 2 with baseline loo or loss pmd_part, grpo, gspo)"),
       Check(c.learner.prompts_per_update > 0, "learner.prompts_per_update", "> 0"),
       Check(c.learner.mini_batches > 0 && c.learner.mini_batches <= c.learner.prompts_per_update,

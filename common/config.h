@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/config_enums.h"
 
 namespace pmdrl {
 
@@ -99,15 +100,16 @@ struct LearnerConfig {
   int64_t metrics_port = 0;
   int64_t threads = 1;
   // The loss (learner/policy_loss.h).
-  std::string loss = "pmd_mean";            // pmd_mean | pmd_part | grpo | gspo
-  std::string baseline = "mean";            // mean | loo (pmd_mean only)
-  std::string length_norm = "token";        // token (L_j) | max (pmd_mean, pmd_part)
-  std::string old_logprobs = "actor";       // actor | recompute
-  double tau = 1.0;                         // pmd_mean, pmd_part
-  double clip_eps = 0.2;                    // grpo: token ratio clip ε
-  double seq_clip_eps = 4e-4;               // gspo: sequence ratio clip ε_s
-  std::string importance_weights = "none";  // none | truncated (stale samples)
-  double is_cap = 2.0;                      // truncation of the importance weights
+  // Enumerated keys are typed (common/config_enums.h); YAML and flags spell them as noted.
+  LossKind loss = LossKind::kPmdMean;              // pmd_mean | pmd_part | grpo | gspo
+  Baseline baseline = Baseline::kMean;             // mean | loo (pmd_mean only)
+  LengthNorm length_norm = LengthNorm::kTokens;    // token (L_j) | max (pmd_mean, pmd_part)
+  OldLogprobs old_logprobs = OldLogprobs::kActor;  // actor | recompute
+  double tau = 1.0;                                // pmd_mean, pmd_part
+  double clip_eps = 0.2;                           // grpo: token ratio clip ε
+  double seq_clip_eps = 4e-4;                      // gspo: sequence ratio clip ε_s
+  ImportanceWeights importance_weights = ImportanceWeights::kNone;  // none | truncated (stale)
+  double is_cap = 2.0;  // truncation of the importance weights
   // Batching.
   int64_t group_size = 8;           // k
   int64_t prompts_per_update = 64;  // B
@@ -188,7 +190,8 @@ absl::StatusOr<Config> LoadConfig(const std::string& yaml_path,
 // `--help` returns a NotFound status whose message is the help text.
 absl::StatusOr<Config> ConfigFromArgs(int argc, char** argv, std::vector<std::string>* positional);
 
-// Checks ranges and enumerations; the message names the key.
+// Checks ranges and the string enumerations; the message names the key. (Typed
+// enumerations, common/config_enums.h, are checked when their value is parsed.)
 absl::Status ValidateConfig(const Config& config);
 
 // learner.weight_dtype with "auto" resolved against actor.dtype: "float32" | "bfloat16".

@@ -10,20 +10,6 @@
 
 namespace pmdrl {
 
-absl::StatusOr<Baseline> ParseBaseline(std::string_view name) {
-  if (name == "mean") return Baseline::kMean;
-  if (name == "loo") return Baseline::kLeaveOneOut;
-  return absl::InvalidArgumentError(
-      absl::StrCat("baseline: unknown value \"", std::string(name), "\" (want mean | loo)"));
-}
-
-absl::StatusOr<LengthNorm> ParseLengthNorm(std::string_view name) {
-  if (name == "token") return LengthNorm::kTokens;
-  if (name == "max") return LengthNorm::kMax;
-  return absl::InvalidArgumentError(
-      absl::StrCat("length_norm: unknown value \"", std::string(name), "\" (want token | max)"));
-}
-
 bool AllRewardsEqual(const std::vector<double>& rewards) {
   for (double r : rewards) {
     if (r != rewards.front()) return false;
@@ -59,53 +45,6 @@ absl::StatusOr<std::vector<double>> GroupAdvantages(const std::vector<double>& r
     adv[j] = rewards[j] - b;
   }
   return adv;
-}
-
-absl::Status ValidatePmdMeanInputs(const PmdMeanInputs& in, double tau, LengthNorm norm,
-                                   double max_length, int64_t global_count) {
-  const at::Tensor* parts[] = {&in.logp_new, &in.logp_old, &in.advantages, &in.lengths};
-  const char* names[] = {"logp_new", "logp_old", "advantages", "lengths"};
-  for (int i = 0; i < 4; ++i) {
-    if (!parts[i]->defined() || parts[i]->dim() != 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("PmdMeanLoss: ", names[i], " must be a defined 1-D tensor"));
-    }
-    if (parts[i]->size(0) != in.logp_new.size(0)) {
-      return absl::InvalidArgumentError(absl::StrCat("PmdMeanLoss: ", names[i], " has ",
-                                                     parts[i]->size(0), " entries, logp_new has ",
-                                                     in.logp_new.size(0)));
-    }
-  }
-  if (!(tau > 0.0)) {
-    return absl::InvalidArgumentError(absl::StrCat("PmdMeanLoss: tau must be > 0, got ", tau));
-  }
-  if (global_count <= 0 || global_count < in.logp_new.size(0)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("PmdMeanLoss: global_count ", global_count,
-                     " must be positive and at least the local count ", in.logp_new.size(0)));
-  }
-  if (norm == LengthNorm::kMax && !(max_length > 0.0)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("PmdMeanLoss: length_norm max needs max_length > 0, got ", max_length));
-  }
-  if (in.weights.defined() &&
-      (in.weights.dim() != 1 || in.weights.size(0) != in.logp_new.size(0))) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("PmdMeanLoss: weights must be 1-D with ", in.logp_new.size(0), " entries"));
-  }
-  try {
-    if (in.lengths.numel() > 0 && !(in.lengths.min().item<double>() > 0.0)) {
-      return absl::InvalidArgumentError("PmdMeanLoss: every response length must be > 0");
-    }
-    if (in.weights.defined() && in.weights.numel() > 0 &&
-        !(at::isfinite(in.weights).all().item<bool>() && in.weights.min().item<double>() >= 0.0)) {
-      return absl::InvalidArgumentError("PmdMeanLoss: every weight must be finite and >= 0");
-    }
-  } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("PmdMeanLoss: lengths or weights: ", e.what_without_backtrace()));
-  }
-  return absl::OkStatus();
 }
 
 at::Tensor PmdMeanLoss(const PmdMeanInputs& in, double tau, LengthNorm norm, double max_length,

@@ -9,24 +9,15 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
-#include <string_view>
 #include <vector>
 
-#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/config_enums.h"
 
 namespace pmdrl {
 
-// b = (1/k) Σ_i r_i (kMean) or b_j = (1/(k−1)) Σ_{i≠j} r_i (kLeaveOneOut).
-enum class Baseline { kMean, kLeaveOneOut };
-// Divide each completion's loss by its own response length L_j (kTokens) or by the
-// maximum response length of the global mini-batch (kMax).
-enum class LengthNorm { kTokens, kMax };
-
-// "mean" | "loo" (the names of learner.baseline).
-absl::StatusOr<Baseline> ParseBaseline(std::string_view name);
-// "token" | "max" (the names of learner.length_norm).
-absl::StatusOr<LengthNorm> ParseLengthNorm(std::string_view name);
+// Baseline (learner.baseline) and LengthNorm (learner.length_norm) are config enums,
+// with their parsing, in common/config_enums.h.
 
 // Advantages A_j = r_j − b_j of one group, in double. Errors: an empty group, a
 // non-finite reward, or kLeaveOneOut with fewer than 2 rewards. A group whose rewards
@@ -56,16 +47,13 @@ struct PmdMeanInputs {
 // the mean over the whole mini-batch. No gradient flows into logp_old or weights.
 // PMD-part uses this same loss with its own advantages (learner/pmd_part_advantage.h).
 //
-// Preconditions (see ValidatePmdMeanInputs): a violation throws c10::Error like any
-// Torch op; callers convert at their boundary.
+// Preconditions: equal 1-D shapes (weights too when defined), tau > 0, global_count > 0
+// and >= N, max_length > 0 for kMax, all lengths > 0, all weights finite and >= 0. The
+// trainer reaches this loss through PolicyLoss, whose ValidatePolicyLossInputs
+// (learner/policy_loss.h) checks them. A violation is a caller's bug: a c10::Error
+// (TORCH_CHECK on tau, global_count, max_length, or a shape error) or a meaningless loss.
 at::Tensor PmdMeanLoss(const PmdMeanInputs& in, double tau, LengthNorm norm, double max_length,
                        int64_t global_count);
-
-// Checks PmdMeanLoss's preconditions: equal 1-D shapes (weights too when defined),
-// tau > 0, global_count > 0, global_count >= N, max_length > 0 for kMax, all lengths
-// > 0, all weights finite and >= 0.
-absl::Status ValidatePmdMeanInputs(const PmdMeanInputs& in, double tau, LengthNorm norm,
-                                   double max_length, int64_t global_count);
 
 }  // namespace pmdrl
 

@@ -13,16 +13,6 @@
 
 namespace pmdrl {
 
-absl::StatusOr<LossKind> ParseLossKind(std::string_view name) {
-  if (name == "pmd_mean") return LossKind::kPmdMean;
-  if (name == "pmd_part") return LossKind::kPmdPart;
-  if (name == "grpo") return LossKind::kGrpo;
-  if (name == "gspo") return LossKind::kGspo;
-  return absl::InvalidArgumentError(absl::StrCat("learner.loss: unknown value \"",
-                                                 std::string(name),
-                                                 "\" (want pmd_mean | pmd_part | grpo | gspo)"));
-}
-
 absl::StatusOr<std::vector<double>> LossAdvantages(const std::vector<double>& rewards,
                                                    LossKind kind, Baseline baseline, double tau) {
   switch (kind) {

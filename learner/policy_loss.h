@@ -1,6 +1,6 @@
 // The family of policy losses the learner can train with, chosen by learner.loss
 // (docs/design.md "The algorithm (normative)"): PMD-mean, PMD-part, GRPO and GSPO. This
-// header is the one entry point: parse the name, compute a group's advantages, compute
+// header is the one entry point: compute a group's advantages, compute
 // one rank's share of a mini-batch loss. Each loss lives in its own file
 // (pmd_mean_loss, pmd_part_advantage, grpo_loss, gspo_loss) with its formula.
 //
@@ -15,19 +15,16 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
-#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/config_enums.h"
 #include "learner/pmd_mean_loss.h"
 
 namespace pmdrl {
 
-enum class LossKind { kPmdMean, kPmdPart, kGrpo, kGspo };
-
-// "pmd_mean" | "pmd_part" | "grpo" | "gspo" (the names of learner.loss).
-absl::StatusOr<LossKind> ParseLossKind(std::string_view name);
+// LossKind (learner.loss) is a config enum, with its parsing, in common/config_enums.h.
 
 // Advantages of one group under `kind`, in double:
 //   kPmdMean: r_j − b_j with `baseline` (GroupAdvantages);

@@ -147,22 +147,6 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config,
   impl->optimizer = std::make_unique<torch::optim::AdamW>(
       impl->model->parameters(),
       torch::optim::AdamWOptions(config.learner.lr).weight_decay(config.learner.weight_decay));
-  absl::StatusOr<LossKind> loss = ParseLossKind(config.learner.loss);
-  if (!loss.ok()) return loss.status();
-  absl::StatusOr<Baseline> b = ParseBaseline(config.learner.baseline);
-  if (!b.ok()) return b.status();
-  absl::StatusOr<LengthNorm> n = ParseLengthNorm(config.learner.length_norm);
-  if (!n.ok()) return n.status();
-  if (config.learner.importance_weights != "none" &&
-      config.learner.importance_weights != "truncated") {
-    return absl::InvalidArgumentError(absl::StrCat("learner.importance_weights: unknown value \"",
-                                                   config.learner.importance_weights,
-                                                   "\" (want none | truncated)"));
-  }
-  impl->loss = *loss;
-  impl->baseline = *b;
-  impl->norm = *n;
-  impl->truncated_is = config.learner.importance_weights == "truncated";
   impl->never_sampled = NeverSampledTokens(impl->model->config());
   impl->temperature = config.actor.temperature > 0 ? config.actor.temperature : 1.0;
   return std::unique_ptr<Trainer>(new Trainer(std::move(impl)));
@@ -211,8 +195,8 @@ absl::StatusOr<std::vector<v1::RankShare>> Trainer::PlanUpdate(const std::vector
     const v1::Group& group = groups[g];
     std::vector<double> rewards;
     for (const v1::Completion& c : group.completions()) rewards.push_back(c.reward());
-    absl::StatusOr<std::vector<double>> adv =
-        LossAdvantages(rewards, m.loss, m.baseline, m.config.learner.tau);
+    absl::StatusOr<std::vector<double>> adv = LossAdvantages(
+        rewards, m.config.learner.loss, m.config.learner.baseline, m.config.learner.tau);
     if (!adv.ok()) return adv.status();
     if (AllRewardsEqual(rewards)) {
       stats->equal_reward_groups++;
@@ -284,11 +268,12 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
   Impl& m = *impl_;
   UpdateStats stats;
   const int64_t pad = m.model->config().pad_token_id >= 0 ? m.model->config().pad_token_id : 0;
-  const bool recompute = m.config.learner.old_logprobs == "recompute";
+  const bool recompute = m.config.learner.old_logprobs == OldLogprobs::kRecompute;
+  const bool truncated_is = m.config.learner.importance_weights == ImportanceWeights::kTruncated;
   // One forward pass before the first step serves both π_old (recompute) and the
   // learner's side of the importance weights.
-  const bool pre_forward = recompute || m.truncated_is;
-  const bool need_actor_logprobs = !recompute || m.truncated_is;
+  const bool pre_forward = recompute || truncated_is;
+  const bool need_actor_logprobs = !recompute || truncated_is;
   // Per-rank sums, combined across ranks at the end: loss, grad norm, mismatch
   // sum/tokens, |delta| sum/count, entropy sum/tokens, tokens, importance weight sum/count,
   // oversize rows.
@@ -385,7 +370,7 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
           ScoredTokens scored = m.Score(micro.packed, attention, /*entropy=*/false);
           if (k == 0) mismatch(mb, micro, scored.token_logp);
           if (recompute) micro.token_old = scored.token_logp;
-          if (m.truncated_is) {
+          if (truncated_is) {
             const torch::Tensor& mask = micro.packed.frame.response_mask;
             torch::Tensor log_w = MaskedRowSums(scored.token_logp, mask).to(torch::kFloat64) -
                                   MaskedRowSums(actor_lp, mask).to(torch::kFloat64);
@@ -442,9 +427,9 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
         in.lengths = torch::tensor(len_v).to(m.device);
         in.weights = micro.weights;
         PolicyLossOptions opt;
-        opt.kind = m.loss;
+        opt.kind = m.config.learner.loss;
         opt.tau = m.config.learner.tau;
-        opt.norm = m.norm;
+        opt.norm = m.config.learner.length_norm;
         opt.max_length = mb.global_max_length();
         opt.clip_eps = m.config.learner.clip_eps;
         opt.seq_clip_eps = m.config.learner.seq_clip_eps;

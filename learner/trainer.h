@@ -53,7 +53,8 @@ ModelConfig ModelConfigFromConfig(const Config& config, const Tokenizer& tokeniz
 class Trainer {
  public:
   // Starts from `model_dir` when non-empty, else from a random init seeded by run.seed.
-  // Errors: an unknown learner.loss, baseline, length_norm or importance_weights value.
+  // `config` is a validated one (LoadConfig). Errors: a bad learner.device, a model that
+  // cannot be loaded, built or moved there, or one smaller than the tokenizer's vocabulary.
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(const Config& config,
                                                          const Tokenizer& tokenizer,
                                                          const std::string& model_dir);

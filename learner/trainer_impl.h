@@ -47,10 +47,6 @@ struct Trainer::Impl {
   std::unique_ptr<torch::optim::AdamW> optimizer;
   std::unique_ptr<ShardedAdamW> sharded;
   int64_t steps = 0;
-  LossKind loss = LossKind::kPmdMean;
-  Baseline baseline = Baseline::kMean;
-  LengthNorm norm = LengthNorm::kTokens;
-  bool truncated_is = false;  // learner.importance_weights: truncated
   std::vector<int64_t> never_sampled;
   double temperature = 1.0;
 

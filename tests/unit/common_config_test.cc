@@ -18,7 +18,7 @@ std::string WriteTemp(const std::string& text) {
 TEST(Config, DefaultsAreValid) {
   auto c = LoadConfig("", {});
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->learner.baseline, "mean");
+  EXPECT_EQ(c->learner.baseline, Baseline::kMean);
 }
 
 TEST(Config, YamlThenOverride) {
@@ -26,7 +26,7 @@ TEST(Config, YamlThenOverride) {
   auto c = LoadConfig(path, {"learner.tau=0.5"});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_DOUBLE_EQ(c->learner.tau, 0.5);
-  EXPECT_EQ(c->learner.baseline, "loo");
+  EXPECT_EQ(c->learner.baseline, Baseline::kLeaveOneOut);
   ASSERT_EQ(c->actor.verifiers.size(), 2u);
   EXPECT_EQ(c->actor.verifiers[1], "b:2");
 }
@@ -59,15 +59,15 @@ TEST(Config, BadValueNamesKey) {
 TEST(Config, LossKeys) {
   auto d = LoadConfig("", {});
   ASSERT_TRUE(d.ok());
-  EXPECT_EQ(d->learner.loss, "pmd_mean");
+  EXPECT_EQ(d->learner.loss, LossKind::kPmdMean);
   EXPECT_DOUBLE_EQ(d->learner.clip_eps, 0.2);
   EXPECT_DOUBLE_EQ(d->learner.seq_clip_eps, 4e-4);
-  EXPECT_EQ(d->learner.importance_weights, "none");
+  EXPECT_EQ(d->learner.importance_weights, ImportanceWeights::kNone);
   EXPECT_DOUBLE_EQ(d->learner.is_cap, 2.0);
   for (std::string loss : {"pmd_mean", "pmd_part", "grpo", "gspo"}) {
     auto c = LoadConfig("", {"learner.loss=" + loss});
     ASSERT_TRUE(c.ok()) << c.status();
-    EXPECT_EQ(c->learner.loss, loss);
+    EXPECT_EQ(Name(c->learner.loss), loss);
   }
   auto c = LoadConfig("", {"learner.clip_eps=0.1", "learner.seq_clip_eps=0.001",
                            "learner.importance_weights=truncated", "learner.is_cap=3",
@@ -75,7 +75,7 @@ TEST(Config, LossKeys) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_DOUBLE_EQ(c->learner.clip_eps, 0.1);
   EXPECT_DOUBLE_EQ(c->learner.seq_clip_eps, 0.001);
-  EXPECT_EQ(c->learner.importance_weights, "truncated");
+  EXPECT_EQ(c->learner.importance_weights, ImportanceWeights::kTruncated);
   EXPECT_DOUBLE_EQ(c->learner.is_cap, 3);
   for (std::string o :
        {"learner.loss=ppo", "learner.clip_eps=0", "learner.clip_eps=1", "learner.seq_clip_eps=-0.1",
@@ -95,6 +95,65 @@ TEST(Config, LossKeys) {
   ASSERT_FALSE(twice.ok());
   EXPECT_NE(twice.status().message().find("learner.importance_weights"), std::string::npos);
   EXPECT_NE(ConfigHelp().find("learner.importance_weights"), std::string::npos);
+}
+
+// The enumerated keys are parsed once, when loaded, and print back as they were spelled.
+TEST(Config, EnumKeysParseAndPrintBack) {
+  EXPECT_EQ(*ParseLossKind("pmd_mean"), LossKind::kPmdMean);
+  EXPECT_EQ(*ParseLossKind("pmd_part"), LossKind::kPmdPart);
+  EXPECT_EQ(*ParseLossKind("grpo"), LossKind::kGrpo);
+  EXPECT_EQ(*ParseLossKind("gspo"), LossKind::kGspo);
+  EXPECT_EQ(*ParseBaseline("mean"), Baseline::kMean);
+  EXPECT_EQ(*ParseBaseline("loo"), Baseline::kLeaveOneOut);
+  EXPECT_EQ(*ParseLengthNorm("token"), LengthNorm::kTokens);
+  EXPECT_EQ(*ParseLengthNorm("max"), LengthNorm::kMax);
+  EXPECT_EQ(*ParseOldLogprobs("actor"), OldLogprobs::kActor);
+  EXPECT_EQ(*ParseOldLogprobs("recompute"), OldLogprobs::kRecompute);
+  EXPECT_EQ(*ParseImportanceWeights("none"), ImportanceWeights::kNone);
+  EXPECT_EQ(*ParseImportanceWeights("truncated"), ImportanceWeights::kTruncated);
+  EXPECT_EQ(Name(LossKind::kGspo), "gspo");
+  EXPECT_EQ(Name(Baseline::kLeaveOneOut), "loo");
+  EXPECT_EQ(Name(LengthNorm::kTokens), "token");
+  EXPECT_EQ(Name(OldLogprobs::kRecompute), "recompute");
+  EXPECT_EQ(Name(ImportanceWeights::kTruncated), "truncated");
+  EXPECT_FALSE(ParseBaseline("median").ok());
+  EXPECT_FALSE(ParseLengthNorm("tokens").ok());
+  EXPECT_FALSE(ParseLossKind("PMD_MEAN").ok());  // exact spellings only
+  absl::StatusOr<LossKind> bad = ParseLossKind("ppo");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().message(),
+            "config key 'learner.loss': bad value 'ppo' (want one of: pmd_mean, pmd_part, grpo, "
+            "gspo)");
+
+  auto c =
+      LoadConfig("", {"learner.loss=gspo", "learner.baseline=loo", "learner.length_norm=max",
+                      "learner.old_logprobs=recompute", "learner.importance_weights=truncated"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->learner.loss, LossKind::kGspo);
+  EXPECT_EQ(c->learner.length_norm, LengthNorm::kMax);
+  EXPECT_EQ(c->learner.old_logprobs, OldLogprobs::kRecompute);
+  const std::string yaml = ConfigToYaml(*c);
+  for (const char* line : {"  loss: gspo\n", "  baseline: loo\n", "  length_norm: max\n",
+                           "  old_logprobs: recompute\n", "  importance_weights: truncated\n"}) {
+    EXPECT_NE(yaml.find(line), std::string::npos) << line << yaml;
+  }
+  auto d = LoadConfig(WriteTemp(yaml), {});
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(ConfigToYaml(*d), yaml);
+  const std::string defaults = ConfigToYaml(*LoadConfig("", {}));
+  for (const char* line : {"  loss: pmd_mean\n", "  baseline: mean\n", "  length_norm: token\n",
+                           "  old_logprobs: actor\n", "  importance_weights: none\n"}) {
+    EXPECT_NE(defaults.find(line), std::string::npos) << line << defaults;
+  }
+  EXPECT_NE(ConfigHelp().find("--learner.loss [pmd_mean]"), std::string::npos);
+
+  // A bad value in a file names the key and the file.
+  auto e = LoadConfig(WriteTemp("learner:\n  length_norm: tokens\n"), {});
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("config key 'learner.length_norm': bad value 'tokens' "
+                                      "(want one of: token, max)"),
+            std::string::npos)
+      << e.status();
 }
 
 TEST(Config, FlagsParseBothForms) {

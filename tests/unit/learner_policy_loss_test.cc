@@ -512,16 +512,7 @@ TEST(PolicyLossTest, WeightsScaleEachSequenceBeforeTheMean) {
   }
 }
 
-TEST(PolicyLossTest, ParseAndValidate) {
-  EXPECT_EQ(*ParseLossKind("pmd_mean"), LossKind::kPmdMean);
-  EXPECT_EQ(*ParseLossKind("pmd_part"), LossKind::kPmdPart);
-  EXPECT_EQ(*ParseLossKind("grpo"), LossKind::kGrpo);
-  EXPECT_EQ(*ParseLossKind("gspo"), LossKind::kGspo);
-  absl::StatusOr<LossKind> bad = ParseLossKind("ppo");
-  ASSERT_FALSE(bad.ok());
-  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("learner.loss"));
-  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("ppo"));
-
+TEST(PolicyLossTest, ValidateChecksOptionsAndShapes) {
   PolicyLossInputs in;
   in.token_logp_new = torch::zeros({2, 3}, torch::kFloat64);
   in.token_logp_old = torch::zeros({2, 3}, torch::kFloat64);
@@ -552,6 +543,25 @@ TEST(PolicyLossTest, ParseAndValidate) {
   x = in;
   x.token_logp_old = torch::zeros({2, 2}, torch::kFloat64);
   EXPECT_THAT(std::string(ValidatePolicyLossInputs(x, opt).message()), HasSubstr("token_logp_old"));
+  x = in;
+  x.token_logp_old = torch::Tensor();
+  EXPECT_THAT(std::string(ValidatePolicyLossInputs(x, opt).message()), HasSubstr("token_logp_old"));
+  // What the PMD losses need (PmdMeanLoss's preconditions).
+  o = opt;
+  o.kind = LossKind::kPmdMean;
+  EXPECT_TRUE(ValidatePolicyLossInputs(in, o).ok());
+  o.tau = 0;
+  EXPECT_THAT(std::string(ValidatePolicyLossInputs(in, o).message()), HasSubstr("tau"));
+  o.tau = 1;
+  x = in;
+  x.advantages = torch::zeros({1}, torch::kFloat64);
+  EXPECT_THAT(std::string(ValidatePolicyLossInputs(x, o).message()), HasSubstr("advantages"));
+  x = in;
+  x.weights = torch::ones({1}, torch::kFloat64);
+  EXPECT_THAT(std::string(ValidatePolicyLossInputs(x, o).message()), HasSubstr("weights"));
+  x = in;
+  x.lengths = torch::tensor({2.0, 0.0}, torch::kFloat64);
+  EXPECT_THAT(std::string(ValidatePolicyLossInputs(x, o).message()), HasSubstr("length"));
 }
 
 TEST(SequenceLogProbsTest, PackAndResponseValues) {
@@ -624,11 +634,10 @@ TEST(PolicyLossTrainerTest, EveryLossTrains) {
     EXPECT_EQ(stats->importance_weight_mean, 1.0);
     EXPECT_GT(LargestChange(*before, *(*trainer)->Snapshot(1)), 1e-5);
   }
-  Config bad = TrainerConfig({});
-  bad.learner.loss = "ppo";
-  auto t = Trainer::Create(bad, tok, "");
-  ASSERT_FALSE(t.ok());
-  EXPECT_THAT(std::string(t.status().message()), HasSubstr("learner.loss"));
+  // An unknown loss name is refused when the configuration is loaded.
+  absl::StatusOr<Config> bad = LoadConfig("", {"learner.loss=ppo"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("learner.loss"));
 }
 
 TEST(PolicyLossTrainerTest, ImportanceWeightsAreTruncated) {
