@@ -5,15 +5,17 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all deps configure build test unit demo bench sanitize format clean
+.PHONY: all deps demo-deps configure build test unit demo cluster cluster-down bench sanitize format clean
 
 all: build
+
+CONFIGURE = cmake -S . -B $(BUILD) -G Ninja $(CMAKE_FLAGS)
 
 deps:
 	bash scripts/install-deps
 
 configure: deps
-	cmake -S . -B $(BUILD) -G Ninja $(CMAKE_FLAGS)
+	$(CONFIGURE)
 
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
@@ -24,12 +26,24 @@ test: build
 unit: build
 	ctest --test-dir $(BUILD) -L unit --output-on-failure
 
-# The demo builds only what it runs: the pmdrl tool and the three processes `pmdrl local`
-# starts (tests and benches wait for `make build` / `make test`).
+# The demo installs and builds only what it runs: the pmdrl tool and the three processes
+# `pmdrl local` starts (the tests' tools, tests and benches wait for `make build` / `make test`).
 DEMO_TARGETS = pmdrl pmdrl-learner pmdrl-actor pmdrl-verifier
-demo: configure
+demo-deps:
+	bash scripts/install-deps --demo
+
+demo: demo-deps
+	$(CONFIGURE)
 	cmake --build $(BUILD) -j $(JOBS) --target $(DEMO_TARGETS)
 	bash scripts/demo $(BUILD)
+
+# The docker-compose cluster (deploy/docker-compose.yml): Docker engine, base image, token,
+# image build and `up` with ACTORS (3) actors and VERIFIERS (2) verifiers; see scripts/cluster.
+cluster:
+	bash scripts/cluster up
+
+cluster-down:
+	bash scripts/cluster down
 
 bench: build
 	$(BUILD)/bench/throughput_bench

@@ -12,10 +12,16 @@
 #                        (Kubernetes StatefulSet pod learner-3 -> rank 3)
 #   PMDRL_RUN_DIR        --run.dir, and --learner.resume=auto once a checkpoint exists
 #                        there (a restarted learner continues instead of starting over)
-#   PMDRL_TOKEN_FILE     --run.token_file, when $PMDRL_TOKEN is empty and the file exists
+#   PMDRL_TOKEN_FILE     --run.token_file, when $PMDRL_TOKEN is empty; a token that is
+#                        neither set nor readable stops the container (exit 1) with a line
+#                        saying so, before the binary starts
+#   PMDRL_FLAGS          extra --key=value flags, space-separated, after all others (so
+#                        they win): the compose cluster's way to change a config key
 #
 # `entrypoint.sh base-policy DIR [FLAGS...]` writes the SFT base policy into DIR with
-# `pmdrl sft` unless DIR already holds a model (config.json), then exits.
+# `pmdrl sft` unless DIR already holds a model (config.json), then exits. It is the
+# compose cluster's first container and every other waits for it, so it checks the token
+# (and pmdrl sft the config) for all of them: bad input stops the stack there.
 set -eu
 
 if [ "$#" -eq 0 ]; then
@@ -28,12 +34,18 @@ shift
 pre=""
 add() { pre="$pre $1"; }
 
-if [ -n "${PMDRL_TOKEN_FILE:-}" ] && [ -z "${PMDRL_TOKEN:-}" ]; then
-  if [ -r "$PMDRL_TOKEN_FILE" ]; then
-    add "--run.token_file=$PMDRL_TOKEN_FILE"
-  else
-    echo "entrypoint: PMDRL_TOKEN is empty and $PMDRL_TOKEN_FILE is not readable by uid $(id -u)" >&2
+if [ -z "${PMDRL_TOKEN:-}" ] && [ -n "${PMDRL_TOKEN_FILE:-}" ]; then
+  if [ ! -e "$PMDRL_TOKEN_FILE" ]; then
+    echo "entrypoint: no bearer token: PMDRL_TOKEN is empty and $PMDRL_TOKEN_FILE does not exist" \
+         "(compose: the secret pmdrl_token, host file \$PMDRL_TOKEN_SECRET_FILE)" >&2
+    exit 1
   fi
+  if [ ! -r "$PMDRL_TOKEN_FILE" ] || [ ! -s "$PMDRL_TOKEN_FILE" ]; then
+    echo "entrypoint: no bearer token: PMDRL_TOKEN is empty and $PMDRL_TOKEN_FILE is empty or" \
+         "not readable by uid $(id -u) (give the host file mode 0644)" >&2
+    exit 1
+  fi
+  add "--run.token_file=$PMDRL_TOKEN_FILE"
 fi
 if [ -n "${PMDRL_RUN_DIR:-}" ]; then add "--run.dir=$PMDRL_RUN_DIR"; fi
 if [ -n "${PMDRL_METRICS_PORT:-}" ]; then add "--run.metrics_host=0.0.0.0"; fi
@@ -47,7 +59,7 @@ case "$bin" in
       exit 0
     fi
     # shellcheck disable=SC2086 # $pre holds separate flags without spaces inside
-    exec pmdrl sft $pre "--sft.output=$dir" "$@"
+    exec pmdrl sft $pre "--sft.output=$dir" "$@" ${PMDRL_FLAGS:-}
     ;;
   pmdrl-learner)
     if [ -n "${PMDRL_METRICS_PORT:-}" ]; then add "--learner.metrics_port=$PMDRL_METRICS_PORT"; fi
@@ -66,5 +78,5 @@ case "$bin" in
     ;;
 esac
 
-# shellcheck disable=SC2086
-exec "$bin" $pre "$@"
+# shellcheck disable=SC2086 # $pre and $PMDRL_FLAGS hold separate flags
+exec "$bin" $pre "$@" ${PMDRL_FLAGS:-}

@@ -136,6 +136,9 @@ TrainingLoop::Impl::Impl(Parts p, const TrainerState& start, bool resumed_run)
           "sequences longer than learner.micro_batch_tokens, trained alone")),
       m_wait(parts.metrics->Counter("pmdrl_learner_wait_seconds_total",
                                     "seconds the learner waited for rollout data")) {
+  // A resumed learner reports its checkpoint's update from its first scrape, not 0.
+  m_update.Set(static_cast<double>(update));
+  m_version.Set(static_cast<double>(version));
   progress.update = static_cast<uint64_t>(start.update);
   progress.base_accuracy = start.base_accuracy;
   progress.evaluations = start.evaluations;

@@ -2,7 +2,8 @@
 # scripts/fresh-check). `dockerd_up` starts dockerd in the background when `docker info`
 # fails (as root; Debian's docker.io, installed with apt when dockerd is missing) and waits
 # for its socket; `dockerd_down` stops it by its pid, and only if dockerd_up started it.
-# DOCKERD_LOG (default /tmp/pmdrl-dockerd.log) gets the daemon's output.
+# DOCKERD_LOG (default /tmp/pmdrl-dockerd.log) gets the daemon's output; DOCKERD_DETACH=1
+# starts it in a session of its own, so it outlives the script (scripts/docker-env).
 
 PMDRL_DOCKERD_PID=""
 
@@ -18,7 +19,11 @@ dockerd_up() {
       >/dev/null
   fi
   local log=${DOCKERD_LOG:-/tmp/pmdrl-dockerd.log}
-  dockerd >"$log" 2>&1 &
+  if [ "${DOCKERD_DETACH:-0}" = "1" ]; then
+    setsid dockerd >"$log" 2>&1 </dev/null &
+  else
+    dockerd >"$log" 2>&1 &
+  fi
   PMDRL_DOCKERD_PID=$!
   local i
   for i in $(seq 1 60); do

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lints docker/Dockerfile.cpu and docker/Dockerfile.cuda with dockerfilelint (npm),
+# Lints docker/Dockerfile.cpu, .cuda and .prometheus with dockerfilelint (npm),
 # installed by npx into a cache under the build folder, and the image entrypoint with
 # `sh -n` (and shellcheck when installed). Exit 77 (skipped) only when npm cannot reach
 # its registry and dockerfilelint is not cached.
@@ -11,7 +11,7 @@ cd "$SRC" || exit 1
 
 sh -n docker/entrypoint.sh || { echo "FAIL: docker/entrypoint.sh has a syntax error" >&2; exit 1; }
 if command -v shellcheck >/dev/null 2>&1; then
-  shellcheck docker/entrypoint.sh tests/deploy/*.sh || { echo "FAIL: shellcheck" >&2; exit 1; }
+  shellcheck -x docker/entrypoint.sh tests/deploy/*.sh scripts/cluster scripts/docker-env || { echo "FAIL: shellcheck" >&2; exit 1; }
 fi
 
 if ! command -v npx >/dev/null 2>&1; then
@@ -21,7 +21,8 @@ fi
 export npm_config_cache="$BIN/deploy-npm-cache"
 export npm_config_update_notifier=false
 mkdir -p "$npm_config_cache"
-out=$(timeout 300 npx --yes dockerfilelint docker/Dockerfile.cpu docker/Dockerfile.cuda 2>&1)
+out=$(timeout 300 npx --yes dockerfilelint docker/Dockerfile.cpu docker/Dockerfile.cuda \
+  docker/Dockerfile.prometheus 2>&1)
 rc=$?
 echo "$out"
 if [ $rc -ne 0 ] && ! grep -q "^File:" <<<"$out"; then
@@ -38,8 +39,8 @@ if [ $rc -ne 0 ]; then
   exit 1
 fi
 n=$(grep -c "Issues: None found" <<<"$out")
-if [ "$n" -ne 2 ]; then
-  echo "FAIL: expected both Dockerfiles clean, $n were" >&2
+if [ "$n" -ne 3 ]; then
+  echo "FAIL: expected the three Dockerfiles clean, $n were" >&2
   exit 1
 fi
 echo "dockerfilelint OK"
