@@ -14,6 +14,7 @@
 #include "common/bpe_regex.h"
 #include "common/bpe_tokenizer.h"
 #include "common/bpe_tokenizer_impl.h"
+#include "common/log.h"
 #include "common/utf8.h"
 #include "nlohmann/json.hpp"
 
@@ -29,6 +30,21 @@ using json = nlohmann::json;
 // GPT-2's pre-tokenisation pattern, used by ByteLevel with use_regex=true.
 constexpr char kGpt2Pattern[] =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+// How deep Sequence normalizers / pre-tokenizers may nest. Real files nest one level (a
+// Sequence of leaves); parsing them recurses, so a hostile file nested 100k deep would
+// otherwise run the loader off the end of its stack.
+constexpr int kMaxSequenceDepth = 32;
+
+// Token ids size the decoding tables (one entry, about 40 bytes, per id up to the
+// largest), so an id near INT32_MAX in a 100-byte file would ask for ~80 GB. Real
+// vocabularies are far below this bound (Qwen2: 151,665 ids; Llama 3: 128,256; Gemma:
+// 262,144).
+constexpr int64_t kMaxTokenId = (int64_t{1} << 24) - 1;
+// Ids may leave gaps (reserved or padded ranges), but the largest must stay below
+// 2 * entries + kIdSlack: the tables then cost a small multiple of the file's own size
+// (each entry takes several bytes of JSON) plus a few MB, whatever the ids claim.
+constexpr int64_t kIdSlack = 65536;
 
 // Debian's Abseil has its own string_view type, not std::string_view.
 absl::string_view Av(std::string_view s) { return absl::string_view(s.data(), s.size()); }
@@ -88,18 +104,24 @@ class Loader {
 #define ASSIGN_OR_RETURN(var, expr) \
   PMDRL_ASSIGN_OR_RETURN_IMPL(var, expr, PMDRL_BPE_CONCAT(status_or_, __LINE__))
 
-absl::Status ParseNormalizer(const Loader& L, const json& n, const std::string& field) {
+absl::Status ParseNormalizer(const Loader& L, const json& n, const std::string& field,
+                             int depth = 0) {
   if (n.is_null()) return absl::OkStatus();
   if (!n.is_object()) return L.Error(field, "must be an object or null");
   ASSIGN_OR_RETURN(std::string type, L.OptString(n, field, "type", ""));
   if (type == "NFC") return absl::OkStatus();  // assumed identity: see the header
   if (type == "Sequence") {
+    if (depth >= kMaxSequenceDepth) {
+      return L.Error(field, absl::StrCat("Sequence normalizers nested more than ",
+                                         kMaxSequenceDepth, " deep"));
+    }
     auto it = n.find("normalizers");
     if (it == n.end() || !it->is_array()) {
       return L.Error(field + ".normalizers", "must be an array");
     }
     for (size_t i = 0; i < it->size(); ++i) {
-      absl::Status s = ParseNormalizer(L, (*it)[i], absl::StrCat(field, ".normalizers[", i, "]"));
+      absl::Status s =
+          ParseNormalizer(L, (*it)[i], absl::StrCat(field, ".normalizers[", i, "]"), depth + 1);
       if (!s.ok()) return s;
     }
     return absl::OkStatus();
@@ -110,18 +132,23 @@ absl::Status ParseNormalizer(const Loader& L, const json& n, const std::string& 
 
 // Appends the steps of one pre-tokeniser; sets *byte_level when it is ByteLevel.
 absl::Status ParsePreTokenizer(const Loader& L, const json& p, const std::string& field,
-                               std::vector<PreStep>* steps, bool* byte_level) {
+                               std::vector<PreStep>* steps, bool* byte_level, int depth = 0) {
   if (p.is_null()) return absl::OkStatus();
   if (!p.is_object()) return L.Error(field, "must be an object or null");
   ASSIGN_OR_RETURN(std::string type, L.OptString(p, field, "type", ""));
   if (type == "Sequence") {
+    if (depth >= kMaxSequenceDepth) {
+      return L.Error(field, absl::StrCat("Sequence pre-tokenizers nested more than ",
+                                         kMaxSequenceDepth, " deep"));
+    }
     auto it = p.find("pretokenizers");
     if (it == p.end() || !it->is_array()) {
       return L.Error(field + ".pretokenizers", "must be an array");
     }
     for (size_t i = 0; i < it->size(); ++i) {
-      absl::Status s = ParsePreTokenizer(
-          L, (*it)[i], absl::StrCat(field, ".pretokenizers[", i, "]"), steps, byte_level);
+      absl::Status s =
+          ParsePreTokenizer(L, (*it)[i], absl::StrCat(field, ".pretokenizers[", i, "]"), steps,
+                            byte_level, depth + 1);
       if (!s.ok()) return s;
     }
     return absl::OkStatus();
@@ -173,10 +200,16 @@ absl::Status ParsePreTokenizer(const Loader& L, const json& p, const std::string
                                                "\" (supported: ByteLevel, Split, Sequence)"));
 }
 
-absl::StatusOr<int32_t> ParseId(const Loader& L, const json& v, const std::string& field) {
+// The id of `token` (for messages) at `field`, within [0, kMaxTokenId].
+absl::StatusOr<int32_t> ParseId(const Loader& L, const json& v, const std::string& field,
+                                std::string_view token) {
   if (!v.is_number_integer()) return L.Error(field, "must be an integer id");
+  // An unsigned id above INT64_MAX reads back negative: rejected like any negative one.
   int64_t id = v.get<int64_t>();
-  if (id < 0 || id > INT32_MAX - 1) return L.Error(field, absl::StrCat("id ", id, " out of range"));
+  if (id < 0 || id > kMaxTokenId) {
+    return L.Error(field, absl::StrCat("id ", v.dump(), " of token ", QuoteUntrusted(token, 64),
+                                       " is out of range [0, ", kMaxTokenId, "]"));
+  }
   return static_cast<int32_t>(id);
 }
 
@@ -224,13 +257,21 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::FromJson(std::string
   if (vocab_it == model.end() || !vocab_it->is_object()) {
     return L.Error("model.vocab", "missing object {token: id}");
   }
+  // The largest id, and where and whose it is, for the sparsity check below.
   int64_t max_id = -1;
+  std::string max_id_field, max_id_token;
+  auto note_id = [&](int64_t id, const std::string& field, const std::string& token) {
+    if (id <= max_id) return;
+    max_id = id;
+    max_id_field = field;
+    max_id_token = token;
+  };
   impl->vocab.reserve(vocab_it->size());
   for (auto it = vocab_it->begin(); it != vocab_it->end(); ++it) {
-    ASSIGN_OR_RETURN(int32_t id,
-                     ParseId(L, it.value(), absl::StrCat("model.vocab[\"", it.key(), "\"]")));
+    std::string field = absl::StrCat("model.vocab[\"", it.key(), "\"]");
+    ASSIGN_OR_RETURN(int32_t id, ParseId(L, it.value(), field, it.key()));
     impl->vocab[it.key()] = id;
-    max_id = std::max<int64_t>(max_id, id);
+    note_id(id, field, it.key());
   }
 
   auto merges_it = model.find("merges");
@@ -323,15 +364,15 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::FromJson(std::string
       std::string field = absl::StrCat("added_tokens[", i, "]");
       if (!t.is_object()) return L.Error(field, "must be an object");
       AddedToken tok;
-      auto id_it = t.find("id");
-      if (id_it == t.end()) return L.Error(field + ".id", "missing");
-      ASSIGN_OR_RETURN(tok.id, ParseId(L, *id_it, field + ".id"));
       ASSIGN_OR_RETURN(tok.content, L.OptString(t, field, "content", ""));
       if (tok.content.empty()) return L.Error(field + ".content", "missing or empty");
+      auto id_it = t.find("id");
+      if (id_it == t.end()) return L.Error(field + ".id", "missing");
+      ASSIGN_OR_RETURN(tok.id, ParseId(L, *id_it, field + ".id", tok.content));
       ASSIGN_OR_RETURN(tok.special, L.OptBool(t, field, "special", false));
       ASSIGN_OR_RETURN(tok.lstrip, L.OptBool(t, field, "lstrip", false));
       ASSIGN_OR_RETURN(tok.rstrip, L.OptBool(t, field, "rstrip", false));
-      max_id = std::max<int64_t>(max_id, tok.id);
+      note_id(tok.id, field + ".id", tok.content);
       impl->added.push_back(std::move(tok));
     }
   }
@@ -345,7 +386,16 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::FromJson(std::string
     });
   }
 
-  // --- id tables for decoding
+  // --- id tables for decoding, sized by the largest id: check it is not far beyond what
+  // the entries need before allocating (see kIdSlack).
+  const int64_t entries = static_cast<int64_t>(impl->vocab.size() + impl->added.size());
+  if (max_id >= 2 * entries + kIdSlack) {
+    return L.Error(
+        max_id_field,
+        absl::StrCat("id ", max_id, " of token ", QuoteUntrusted(max_id_token, 64),
+                     " is far beyond the ", entries,
+                     " entries of the file (ids must stay below 2 * entries + ", kIdSlack, ")"));
+  }
   impl->id_bytes.resize(max_id + 1);
   impl->id_kind.assign(max_id + 1, Impl::kUnassigned);
   for (const auto& [token, id] : impl->vocab) {

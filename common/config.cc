@@ -295,6 +295,10 @@ const std::vector<Field>& Fields() {
                      &C::learner, &LearnerConfig::eval_k));
     f.push_back(Make("learner.checkpoint_every", "updates between checkpoints (0: only at the end)",
                      &C::learner, &LearnerConfig::checkpoint_every));
+    f.push_back(Make("learner.keep_checkpoints",
+                     "complete checkpoints kept in run.dir, the newest by update; older ones "
+                     "are removed after each checkpoint (0: keep all)",
+                     &C::learner, &LearnerConfig::keep_checkpoints));
     f.push_back(Make("learner.resume",
                      "'' | auto (latest checkpoint in run.dir) | a checkpoint directory",
                      &C::learner, &LearnerConfig::resume));
@@ -576,6 +580,13 @@ absl::Status ValidateConfig(const Config& c) {
       Check(c.actor.temperature >= 0, "actor.temperature", ">= 0"),
       Check(c.actor.top_p > 0 && c.actor.top_p <= 1, "actor.top_p", "in (0, 1]"),
       Check(c.actor.max_new_tokens > 0, "actor.max_new_tokens", "> 0"),
+      // Without actor.max_context a slot holds 512 + max_new_tokens positions, and no
+      // engine (the actors', the learner's evaluator) takes more than 2^20: a larger
+      // value would fail every actor at start, or leave groups no one accepts.
+      Check(c.actor.max_context != 0 || c.actor.max_new_tokens <= (1 << 20) - 512,
+            "actor.max_new_tokens",
+            "at most 1048064 when actor.max_context is 0 (512 + max_new_tokens positions per "
+            "slot, at most 1048576)"),
       Check(c.actor.threads > 0, "actor.threads", "> 0"),
       OneOf("actor.dtype", c.actor.dtype, {"float32", "bfloat16", "float16"}),
       Check(c.actor.max_rows >= 1 && c.actor.max_rows <= 65536, "actor.max_rows", "in [1, 65536]"),
@@ -622,6 +633,7 @@ absl::Status ValidateConfig(const Config& c) {
       Check(c.learner.eval_last > 0, "learner.eval_last", "> 0"),
       Check(c.learner.eval_k >= 0, "learner.eval_k", ">= 0"),
       Check(c.learner.checkpoint_every >= 0, "learner.checkpoint_every", ">= 0"),
+      Check(c.learner.keep_checkpoints >= 0, "learner.keep_checkpoints", ">= 0"),
       Check(c.learner.lease_ttl_seconds > 0, "learner.lease_ttl_seconds", "> 0"),
       Check(c.learner.world_size >= 1 && c.learner.world_size <= 64, "learner.world_size",
             "in 1..64"),

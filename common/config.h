@@ -137,7 +137,8 @@ struct LearnerConfig {
   int64_t eval_last = 3;  // final accuracy = mean of the last this-many evaluations
   int64_t eval_k = 0;     // samples per held-out problem for avg@k / pass@k (0: greedy only)
   int64_t checkpoint_every = 10;
-  std::string resume;  // "" | "auto" (latest in run.dir) | a checkpoint directory
+  int64_t keep_checkpoints = 3;  // complete checkpoints kept in run.dir (0: all)
+  std::string resume;            // "" | "auto" (latest in run.dir) | a checkpoint directory
   double lease_ttl_seconds = 30;
   // Data parallel.
   int64_t rank = 0;

@@ -5,6 +5,8 @@
 #include <string>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "common/utf8.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
 
@@ -38,7 +40,64 @@ bool LevelFromEnv(spdlog::level::level_enum* level) {
   return true;
 }
 
+void AppendHexEscape(unsigned char c, std::string* out) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  *out += "\\x";
+  *out += kHex[c >> 4];
+  *out += kHex[c & 0xF];
+}
+
 }  // namespace
+
+std::string QuoteUntrusted(std::string_view text, size_t max) {
+  std::string out = "\"";
+  size_t i = 0;
+  while (i < text.size()) {
+    size_t bad = 0;
+    const size_t len = Utf8SequenceLength(text, i, &bad);
+    // An invalid byte is escaped on its own; a valid sequence is kept or cut whole.
+    const size_t step = len > 0 ? len : 1;
+    if (i + step > max) break;
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (len == 1) {
+      switch (c) {
+        case '"':
+          out += "\\\"";
+          break;
+        case '\\':
+          out += "\\\\";
+          break;
+        case '\n':
+          out += "\\n";
+          break;
+        case '\r':
+          out += "\\r";
+          break;
+        case '\t':
+          out += "\\t";
+          break;
+        default:
+          if (c < 0x20 || c == 0x7F) {
+            AppendHexEscape(c, &out);
+          } else {
+            out += static_cast<char>(c);
+          }
+      }
+    } else if (len == 0 ||
+               (len == 2 && c == 0xC2 && static_cast<unsigned char>(text[i + 1]) <= 0x9F)) {
+      // Invalid UTF-8, or a C1 control (U+0080..U+009F: CSI and friends) in UTF-8.
+      for (size_t k = 0; k < step; ++k) {
+        AppendHexEscape(static_cast<unsigned char>(text[i + k]), &out);
+      }
+    } else {
+      out.append(text.substr(i, len));
+    }
+    i += step;
+  }
+  out += '"';
+  if (i < text.size()) absl::StrAppend(&out, "... (", text.size(), " bytes)");
+  return out;
+}
 
 void InitLogging(std::string_view component, std::string_view id) {
   // The logger's name carries "component id" and the pattern prints it with %n, so

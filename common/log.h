@@ -5,6 +5,8 @@
 #ifndef PMDRL_COMMON_LOG_H_
 #define PMDRL_COMMON_LOG_H_
 
+#include <cstddef>
+#include <string>
 #include <string_view>
 
 #include "absl/strings/string_view.h"
@@ -20,6 +22,24 @@ namespace pmdrl {
 // case-insensitive; default info; an unknown value falls back to info with a warning).
 // Safe to call again (tests, re-configuration): the newest call wins.
 void InitLogging(std::string_view component, std::string_view id);
+
+// `text` from an untrusted peer (an RPC field, an error message echoing one), made safe
+// to put in a log line: double-quoted, at most `max` of its bytes (cut on a UTF-8
+// boundary, then marked `"..."... (N bytes)` with the full length), with quotes,
+// backslashes, control characters (C0, DEL, C1) and invalid UTF-8 escaped (\n, \xNN),
+// so a peer can neither forge log lines, drive the terminal, nor flood the log.
+std::string QuoteUntrusted(std::string_view text, size_t max = 200);
+// Debian's Abseil keeps absl::string_view distinct (status messages are one), so each
+// string type gets an exact overload rather than an ambiguous conversion.
+inline std::string QuoteUntrusted(absl::string_view text, size_t max = 200) {
+  return QuoteUntrusted(std::string_view(text.data(), text.size()), max);
+}
+inline std::string QuoteUntrusted(const std::string& text, size_t max = 200) {
+  return QuoteUntrusted(std::string_view(text), max);
+}
+inline std::string QuoteUntrusted(const char* text, size_t max = 200) {
+  return QuoteUntrusted(std::string_view(text), max);
+}
 
 }  // namespace pmdrl
 

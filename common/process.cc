@@ -29,6 +29,8 @@ void InstallStopSignals() {
 
 int StopSignal() { return g_stop_signal.load(); }
 
+void SetStopSignalForTesting(int sig) { g_stop_signal.store(sig); }
+
 void LimitBlasThreads() {
   if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr) return;
   setenv("OPENBLAS_NUM_THREADS", "1", /*overwrite=*/0);

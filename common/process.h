@@ -14,6 +14,9 @@ void InstallStopSignals();
 // The signal that asked the process to stop, 0 if none.
 int StopSignal();
 inline bool StopRequested() { return StopSignal() != 0; }
+// Records `sig` as if it had arrived (0 forgets it): for tests of what a stop does,
+// which must not leave the process stopped for the tests after them.
+void SetStopSignalForTesting(int sig);
 
 // OpenBLAS reads OPENBLAS_NUM_THREADS when it is loaded, before main runs, so setting
 // the variable only reaches child processes; the running library is told through its

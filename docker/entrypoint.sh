@@ -11,7 +11,8 @@
 #   PMDRL_RANK_FROM_HOSTNAME=1   --learner.rank from the hostname's ordinal suffix
 #                        (Kubernetes StatefulSet pod learner-3 -> rank 3)
 #   PMDRL_RUN_DIR        --run.dir, and --learner.resume=auto once a checkpoint exists
-#                        there (a restarted learner continues instead of starting over)
+#                        there (a restarted learner continues instead of starting over;
+#                        with `latest` lost, from the newest complete update-N folder)
 #   PMDRL_TOKEN_FILE     --run.token_file, when $PMDRL_TOKEN is empty; a token that is
 #                        neither set nor readable stops the container (exit 1) with a line
 #                        saying so, before the binary starts
@@ -67,8 +68,15 @@ case "$bin" in
       host=$(hostname)
       add "--learner.rank=${host##*-}"
     fi
-    if [ -n "${PMDRL_RUN_DIR:-}" ] && [ -f "$PMDRL_RUN_DIR/checkpoints/latest" ]; then
-      add "--learner.resume=auto"
+    # Resume once a checkpoint exists: `latest`, or (when `latest` was lost) a finished
+    # update-N folder, which resume=auto falls back to.
+    if [ -n "${PMDRL_RUN_DIR:-}" ]; then
+      found=""
+      if [ -f "$PMDRL_RUN_DIR/checkpoints/latest" ]; then found=1; fi
+      for d in "$PMDRL_RUN_DIR"/checkpoints/update-*; do
+        case "$d" in *.tmp | *"update-*") ;; *) [ -d "$d" ] && found=1 ;; esac
+      done
+      if [ -n "$found" ]; then add "--learner.resume=auto"; fi
     fi
     ;;
   pmdrl-actor | pmdrl-verifier)

@@ -33,6 +33,14 @@ Coordinator::Coordinator(CoordinatorOptions options, const PromptSource* source,
   leases_reissued_ = &m->Counter("pmdrl_learner_leases_reissued_total",
                                  "leases of places whose earlier lease expired");
   leases_expired_ = &m->Counter("pmdrl_learner_leases_expired_total", "leases that expired");
+  const char* released = "pmdrl_learner_places_released_total";
+  const char* released_help = "places given back for re-issue without a trained group, by reason";
+  released_stale_ = &m->Counter(released, released_help, {{"reason", "stale"}});
+  released_stale_in_buffer_ = &m->Counter(released, released_help, {{"reason", "stale_in_buffer"}});
+  released_rejected_ = &m->Counter(released, released_help, {{"reason", "rejected"}});
+  dropped_rejected_ =
+      &m->Counter("pmdrl_learner_places_dropped_total",
+                  "places never to be issued again, by reason", {{"reason", "rejected"}});
   in_flight_ = &m->Gauge("pmdrl_learner_leases_in_flight", "live leases");
   buffered_ = &m->Gauge("pmdrl_learner_groups_buffered", "accepted groups waiting for a batch");
   live_actors_ = &m->Gauge("pmdrl_learner_live_actors", "actors heard from in the last 10 s");
@@ -66,7 +74,7 @@ v1::RegisterActorResponse Coordinator::RegisterActor(const v1::RegisterActorRequ
       absl::StrCat(request.name().empty() ? "actor" : request.name(), "#", next_actor_++);
   actors_[id] = ActorInfo{request.name(), NowMs(), 0};
   live_actors_->Set(LiveActorsLocked(NowMs()));
-  spdlog::info("actor {} registered", id);
+  spdlog::info("actor {} registered", QuoteUntrusted(id));  // the name is the actor's
   v1::RegisterActorResponse r;
   r.set_actor_id(id);
   r.set_group_size(static_cast<uint32_t>(options_.group_size));
@@ -153,38 +161,30 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
 absl::StatusOr<v1::GroupAck> Coordinator::Submit(const v1::Group& group) {
   absl::Status valid = ValidateGroup(group, options_.limits, /*scored=*/true);
   absl::MutexLock lock(&mu_);
-  if (!valid.ok()) {
-    counts_.rejected++;
-    rejected_->Increment();
-    return valid;
-  }
+  if (!valid.ok()) return RejectLocked(group, std::move(valid));
   std::optional<LeaseInfo> lease = table_.Lookup(group.lease_id());
   if (!lease) {
-    counts_.rejected++;
-    rejected_->Increment();
     unknown_lease_->Increment();
-    return absl::InvalidArgumentError(
-        absl::StrCat("group: unknown lease_id '", group.lease_id(), "'"));
+    return RejectLocked(group, absl::InvalidArgumentError(absl::StrCat("group: unknown lease_id '",
+                                                                       group.lease_id(), "'")));
   }
   if (static_cast<uint64_t>(lease->epoch) != group.epoch() ||
       static_cast<uint64_t>(lease->index) != group.index()) {
-    counts_.rejected++;
-    rejected_->Increment();
-    return absl::InvalidArgumentError(absl::StrCat(
-        "group: (epoch, index) = (", group.epoch(), ", ", group.index(), ") does not match lease '",
-        group.lease_id(), "' (", lease->epoch, ", ", lease->index, ")"));
+    return RejectLocked(group, absl::InvalidArgumentError(absl::StrCat(
+                                   "group: (epoch, index) = (", group.epoch(), ", ", group.index(),
+                                   ") does not match lease '", group.lease_id(), "' (",
+                                   lease->epoch, ", ", lease->index, ")")));
   }
   if (group.policy_version() > version_) {
-    counts_.rejected++;
-    rejected_->Increment();
-    return absl::InvalidArgumentError(absl::StrCat("group: policy_version ", group.policy_version(),
-                                                   " is newer than the learner's ", version_));
+    return RejectLocked(group, absl::InvalidArgumentError(
+                                   absl::StrCat("group: policy_version ", group.policy_version(),
+                                                " is newer than the learner's ", version_)));
   }
   v1::GroupAck ack;
   ack.set_lease_id(group.lease_id());
   ack.set_learner_version(version_);
   if (version_ - group.policy_version() > static_cast<uint64_t>(options_.max_staleness)) {
-    table_.Release(group.lease_id());
+    if (table_.Release(group.lease_id())) released_stale_->Increment();
     counts_.stale++;
     stale_->Increment();
     ack.set_status(v1::ACK_STALE);
@@ -202,6 +202,7 @@ absl::StatusOr<v1::GroupAck> Coordinator::Submit(const v1::Group& group) {
     if (options_.on_group) options_.on_group(group, ack.status(), version_);
     return ack;
   }
+  rejected_once_.erase(StreamPosition{lease->epoch, lease->index});
   counts_.accepted++;
   accepted_->Increment();
   buffer_.push_back(group);
@@ -212,18 +213,56 @@ absl::StatusOr<v1::GroupAck> Coordinator::Submit(const v1::Group& group) {
   return ack;
 }
 
+absl::Status Coordinator::RejectLocked(const v1::Group& group, absl::Status why) {
+  counts_.rejected++;
+  rejected_->Increment();
+  // The group answers its lease, if live: retiring it keeps the place from waiting out
+  // the TTL and then being re-issued without end. The lease's own place counts, not the
+  // one the group claims.
+  std::optional<LeaseInfo> lease =
+      group.lease_id().empty() ? std::nullopt : table_.Lookup(group.lease_id());
+  if (!lease || !lease->live) return why;
+  const StreamPosition place{lease->epoch, lease->index};
+  if (lease->done) {
+    table_.Release(group.lease_id());  // accepted under another lease: only retire
+  } else if (rejected_once_.insert(place).second) {
+    // First rejection: another actor (or a retry) may well produce a valid group.
+    table_.Release(group.lease_id());
+    released_rejected_->Increment();
+  } else {
+    // Second rejection: the prompt itself is the likely cause; training without it
+    // beats leasing it forever.
+    table_.Drop(group.lease_id());
+    rejected_once_.erase(place);
+    dropped_rejected_->Increment();
+    spdlog::warn("place ({}, {}) rejected twice; dropped: {}", place.epoch, place.index,
+                 QuoteUntrusted(why.message()));  // may echo what the actor sent
+  }
+  in_flight_->Set(static_cast<double>(table_.InFlight()));
+  return why;
+}
+
 std::optional<std::vector<v1::Group>> Coordinator::PopBatch(uint64_t version,
                                                             std::chrono::milliseconds timeout) {
   absl::MutexLock lock(&mu_);
   const size_t want = static_cast<size_t>(options_.prompts_per_update);
-  // Drops what has grown too stale while it waited.
+  // Drops what has grown too stale while it waited. Its place was marked done when the
+  // group was accepted; it is reopened for re-issue, or it would never be trained.
   auto drop_stale = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     size_t before = buffer_.size();
-    std::erase_if(buffer_, [&](const v1::Group& g) {
-      return version - g.policy_version() > static_cast<uint64_t>(options_.max_staleness);
+    std::erase_if(buffer_, [&](const v1::Group& g) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      if (version - g.policy_version() <= static_cast<uint64_t>(options_.max_staleness)) {
+        return false;
+      }
+      if (table_.Reopen({static_cast<int64_t>(g.epoch()), static_cast<int64_t>(g.index())})) {
+        released_stale_in_buffer_->Increment();
+        if (options_.on_released) options_.on_released(g, "stale_in_buffer", version);
+      }
+      return true;
     });
     if (buffer_.size() != before) {
       stale_in_buffer_->Increment(static_cast<double>(before - buffer_.size()));
+      buffered_->Set(static_cast<double>(buffer_.size()));
     }
   };
   drop_stale();
@@ -290,6 +329,11 @@ std::vector<v1::ActorStatus> Coordinator::ActorStatuses() const {
     out.push_back(std::move(s));
   }
   return out;
+}
+
+CoordinatorSnapshot Coordinator::Snapshot() const {
+  absl::MutexLock lock(&mu_);
+  return CoordinatorSnapshot{table_.Save(), std::vector<v1::Group>(buffer_.begin(), buffer_.end())};
 }
 
 LeaseTableState Coordinator::SaveState() const {

@@ -2,14 +2,24 @@
 // registry, admission control, and the intake of scored groups into rollout batches.
 //
 // Promises (docs/design.md "Data flow"):
-//  - a group is accepted at most once per place in the data stream (epoch, index), so
-//    neither a retried send nor a late group from an expired, re-issued lease counts
-//    twice;
+//  - a place in the data stream (epoch, index) is trained at most once: a group is
+//    accepted at most once per place (again only after its accepted group went stale in
+//    the buffer, untrained), so neither a retried send nor a late group from an expired,
+//    re-issued lease counts twice;
 //  - every submitted group with a known lease is answered accepted, stale or duplicate,
-//    and counted under exactly that outcome;
+//    and counted under exactly that outcome, unless it fails validation (rejected);
+//  - no place is lost: an expired lease, a stale group and a group that went stale in
+//    the buffer (PopBatch) all give the place back for re-issue, counted in
+//    pmdrl_learner_places_released_total{reason}; a rejected group retires its lease and
+//    gives its place back once, and a place rejected a second time is dropped (marked
+//    done, never issued again), counted in pmdrl_learner_places_dropped_total: a prompt
+//    that always yields an invalid group must not be re-issued forever, yet one bad
+//    actor must not cost a prompt;
 //  - no lease is handed out while the work in flight would arrive too stale
 //    (in flight + buffered < prompts_per_update * (1 + max_staleness));
-//  - expired leases are re-issued, so an actor that dies loses nothing.
+//  - expired leases are re-issued, so an actor that dies loses nothing;
+//  - Snapshot() is one consistent view for a checkpoint: a buffered group's place is
+//    done there, never also outstanding, so a resumed run does not train it twice.
 // Thread-safe: gRPC handlers and the training loop call it concurrently. It owns the
 // lease table and the buffer of accepted groups; it does not own the metrics registry.
 #ifndef PMDRL_LEARNER_COORDINATOR_H_
@@ -23,8 +33,11 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/metrics.h"
@@ -45,6 +58,17 @@ struct CoordinatorOptions {
   // Called under the coordinator's lock for every classified group (not for rejected
   // ones), in arrival order: the audit log of <run.dir>/groups.csv.
   std::function<void(const v1::Group&, v1::AckStatus, uint64_t learner_version)> on_group;
+  // Called under the lock for an accepted group whose place is given back untrained
+  // (reason "stale_in_buffer": it went stale waiting in the buffer), so the audit log
+  // shows why that place is accepted again later.
+  std::function<void(const v1::Group&, std::string_view reason, uint64_t learner_version)>
+      on_released;
+};
+
+// What a checkpoint keeps of the coordinator, taken under one lock acquisition.
+struct CoordinatorSnapshot {
+  LeaseTableState lease;            // cursor, done places, outstanding places
+  std::vector<v1::Group> buffered;  // accepted, not yet trained: their places are done
 };
 
 class Coordinator {
@@ -57,11 +81,13 @@ class Coordinator {
   absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request);
 
   // Learner.SubmitGroups: validates one scored group (INVALID_ARGUMENT naming the field,
-  // or an unknown lease) and classifies it. Counted either way.
+  // or an unknown lease) and classifies it. Counted either way. A rejected group with a
+  // live lease retires it (see the class comment).
   absl::StatusOr<v1::GroupAck> Submit(const v1::Group& group);
 
   // Blocks until `prompts_per_update` accepted groups usable at `version` are buffered
-  // (stale ones are dropped and counted), or until `timeout`. nullopt on timeout.
+  // (stale ones are dropped, counted, and their places given back for re-issue), or
+  // until `timeout`. nullopt on timeout.
   std::optional<std::vector<v1::Group>> PopBatch(uint64_t version,
                                                  std::chrono::milliseconds timeout);
 
@@ -81,8 +107,11 @@ class Coordinator {
   // One entry per registered actor, for GetStatus.
   std::vector<v1::ActorStatus> ActorStatuses() const;
 
-  // For a checkpoint: the lease table (cursor, done places, outstanding places) and
-  // the accepted groups not yet trained, which a resumed run trains on.
+  // For a checkpoint: the lease table and the accepted groups not yet trained (which a
+  // resumed run trains on), as one view.
+  CoordinatorSnapshot Snapshot() const;
+  // Each alone. Never pair them for a checkpoint: a group accepted between the two
+  // calls would be saved both as outstanding and as buffered, and trained twice.
   LeaseTableState SaveState() const;
   std::vector<v1::Group> BufferedGroups() const;
   void RestoreBuffer(std::vector<v1::Group> groups);
@@ -97,6 +126,9 @@ class Coordinator {
   int64_t NowMs() const;
   void ExpireLocked(int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint32_t LiveActorsLocked(int64_t now_ms) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Counts a rejected group and answers its lease (see the class comment); returns `why`.
+  absl::Status RejectLocked(const v1::Group& group, absl::Status why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const CoordinatorOptions options_;
   const PromptSource* source_;
@@ -110,6 +142,9 @@ class Coordinator {
   uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   Counts counts_ ABSL_GUARDED_BY(mu_);
+  // Places rejected once and not accepted or dropped since. Not checkpointed: after a
+  // resume such a place gets one more chance.
+  absl::flat_hash_set<StreamPosition> rejected_once_ ABSL_GUARDED_BY(mu_);
 
   prometheus::Counter* accepted_;
   prometheus::Counter* stale_;
@@ -120,6 +155,10 @@ class Coordinator {
   prometheus::Counter* leases_issued_;
   prometheus::Counter* leases_reissued_;
   prometheus::Counter* leases_expired_;
+  prometheus::Counter* released_stale_;
+  prometheus::Counter* released_stale_in_buffer_;
+  prometheus::Counter* released_rejected_;
+  prometheus::Counter* dropped_rejected_;
   prometheus::Gauge* in_flight_;
   prometheus::Gauge* buffered_;
   prometheus::Gauge* live_actors_;

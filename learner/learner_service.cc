@@ -105,8 +105,8 @@ grpc::Status LearnerService::SubmitGroups(
     absl::StatusOr<v1::GroupAck> ack = coordinator_->Submit(group);
     if (!ack.ok()) {
       invalid_->Increment();
-      spdlog::warn("rejected group from {} via {}: {}", group.actor_id(), group.verifier_id(),
-                   ack.status().message());
+      spdlog::warn("rejected group from {} via {}: {}", QuoteUntrusted(group.actor_id()),
+                   QuoteUntrusted(group.verifier_id()), QuoteUntrusted(ack.status().message()));
       v1::GroupAck rejected;
       rejected.set_lease_id(group.lease_id());
       rejected.set_status(v1::ACK_REJECTED);

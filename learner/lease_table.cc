@@ -175,6 +175,36 @@ bool LeaseTable::Release(std::string_view lease_id) {
   return true;
 }
 
+bool LeaseTable::Drop(std::string_view lease_id) {
+  auto it = leases_.find(AbslView(lease_id));
+  if (it == leases_.end() || !it->second.live) return false;
+  Record& r = it->second;
+  MarkDone(r.pos);
+  queued_.erase(r.pos);  // its queue_ entry is skipped lazily
+  Retire(r, it->first);
+  return true;
+}
+
+bool LeaseTable::Reopen(StreamPosition p) {
+  if (!IsDone(p)) return false;
+  // Whole epochs collapsed into done_below_epoch_ come back as explicit, fully done
+  // epochs first, so that p's epoch has an entry to take p out of.
+  while (done_below_epoch_ > p.epoch) {
+    --done_below_epoch_;
+    done_[done_below_epoch_].low_water = items_per_epoch_;
+  }
+  EpochDone& e = done_[p.epoch];
+  if (p.index < e.low_water) {
+    // The done run [p.index + 1, low_water) stays done, now listed in `above`.
+    for (int64_t i = p.index + 1; i < e.low_water; ++i) e.above.insert(i);
+    e.low_water = p.index;
+  } else {
+    e.above.erase(p.index);
+  }
+  Enqueue(p);
+  return true;
+}
+
 LeaseTableState LeaseTable::Save() const {
   LeaseTableState s;
   s.items_per_epoch = items_per_epoch_;

@@ -3,7 +3,8 @@
 //
 // Promises:
 //  - every place of the stream is issued, and once accepted (Complete) it is counted
-//    exactly once, however many leases it was issued under;
+//    exactly once, however many leases it was issued under; a place is done when
+//    accepted or dropped (Drop), and only Reopen makes a done place outstanding again;
 //  - a place whose lease expired or was released goes back to a re-issue queue and is
 //    issued again before any fresh place; nothing is lost while the table lives, and
 //    Save/Restore keeps every place that was issued but not done;
@@ -125,6 +126,17 @@ class LeaseTable {
   // The lease's group was dropped: a live lease is retired and its place re-queued
   // unless done. Returns false (and does nothing) when the lease is not live.
   bool Release(std::string_view lease_id);
+
+  // The lease's group was rejected for good: a live lease is retired and its place
+  // marked done without an accepted group, so it is never issued again (not counted
+  // in counters().completed). Returns false (and does nothing) when the lease is not live.
+  bool Drop(std::string_view lease_id);
+
+  // The accepted group of done place `p` was discarded untrained (it grew too stale
+  // while buffered): `p` is no longer done and goes to the re-issue queue. Costs
+  // O(places done in p's epoch above p), which stays small as buffered groups are
+  // recent. Returns false (and does nothing) when `p` is not done.
+  bool Reopen(StreamPosition p);
 
   int64_t InFlight() const { return static_cast<int64_t>(live_.size()); }
   // Live leases of one actor.

@@ -90,6 +90,9 @@ int Run(int argc, char** argv) {
   copts->on_group = [&group_log](const v1::Group& g, v1::AckStatus status, uint64_t version) {
     group_log.Write(g, status, version);
   };
+  copts->on_released = [&group_log](const v1::Group& g, std::string_view reason, uint64_t version) {
+    group_log.WriteReleased(g, reason, version);
+  };
   Coordinator coordinator(*std::move(copts), source->get(), std::move(start->table), &metrics);
   coordinator.RestoreBuffer(std::move(start->buffered));
   WeightPublisher publisher({.delta = config.learner.weight_delta, .metrics = &metrics});

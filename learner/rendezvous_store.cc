@@ -70,11 +70,23 @@ void PutU64(std::string* out, uint64_t v) { out->append(reinterpret_cast<const c
 bool ReadU32(int fd, uint32_t* v) { return ReadFull(fd, v, 4); }
 bool ReadU64(int fd, uint64_t* v) { return ReadFull(fd, v, 8); }
 
+// How far a blob's buffer may run ahead of the bytes received (see ReadBlob).
+constexpr size_t kReadStepBytes = size_t{1} << 20;
+
+// Reads a length-prefixed blob of at most `max` bytes. The buffer grows as bytes arrive,
+// a step at a time, rather than to the claimed length up front: a peer that claims
+// `max` and sends ten bytes costs a step, not `max`.
 bool ReadBlob(int fd, uint32_t max, std::string* out) {
   uint32_t n = 0;
   if (!ReadU32(fd, &n) || n > max) return false;
-  out->resize(n);
-  return n == 0 || ReadFull(fd, out->data(), n);
+  out->clear();
+  while (out->size() < n) {
+    const size_t have = out->size();
+    const size_t chunk = std::min<size_t>(kReadStepBytes, n - have);
+    out->resize(have + chunk);  // amortised: std::string grows its capacity geometrically
+    if (!ReadFull(fd, out->data() + have, chunk)) return false;
+  }
+  return true;
 }
 
 class StoreServerImpl : public StoreServer {

@@ -5,6 +5,7 @@
 #include <numeric>
 #include <system_error>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
@@ -85,9 +86,17 @@ void GroupLog::Open(const std::string& path, bool append) {
 }
 
 void GroupLog::Write(const v1::Group& g, v1::AckStatus status, uint64_t version) {
+  WriteRow(g, v1::AckStatus_Name(status), version);
+}
+
+void GroupLog::WriteReleased(const v1::Group& g, std::string_view reason, uint64_t version) {
+  WriteRow(g, absl::AsciiStrToUpper(absl::StrCat("released_", std::string(reason))), version);
+}
+
+void GroupLog::WriteRow(const v1::Group& g, std::string_view outcome, uint64_t version) {
   out_ << g.actor_id() << ',' << g.verifier_id() << ',' << g.lease_id() << ',' << g.epoch() << ','
        << g.index() << ',' << g.policy_version() << ',' << g.issued_at_version() << ',' << version
-       << ',' << v1::AckStatus_Name(status) << '\n';
+       << ',' << outcome << '\n';
   out_.flush();
 }
 

@@ -15,6 +15,7 @@
 #include <fstream>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -50,14 +51,21 @@ class MetricsCsv {
 };
 
 // <run.dir>/groups.csv: every classified group (accepted, stale, duplicate), in arrival
-// order; tests and audits read it. The header is written unless appending.
+// order, and every accepted group whose place was given back untrained (outcome
+// RELEASED_<REASON>, e.g. RELEASED_STALE_IN_BUFFER, when it is released): a place is
+// trained at most once when between two ACK_ACCEPTED rows of it there is a RELEASED one.
+// Tests and audits read it. The header is written unless appending.
 class GroupLog {
  public:
   void Open(const std::string& path, bool append);
   // Fits CoordinatorOptions::on_group.
   void Write(const v1::Group& group, v1::AckStatus status, uint64_t learner_version);
+  // Fits CoordinatorOptions::on_released.
+  void WriteReleased(const v1::Group& group, std::string_view reason, uint64_t learner_version);
 
  private:
+  void WriteRow(const v1::Group& group, std::string_view outcome, uint64_t learner_version);
+
   std::ofstream out_;
 };
 

@@ -30,6 +30,11 @@ namespace {
 
 // How long Run's steps wait for a batch before they tick the followers.
 constexpr std::chrono::milliseconds kPollInterval{500};
+// A checkpoint write that fails (a full or flaky disk) is tried this many times, waiting
+// kCheckpointBackoff, then twice that, between tries, before the run stops: training on
+// without a checkpoint would lose everything since the last one at the next crash.
+constexpr int kCheckpointAttempts = 3;
+constexpr std::chrono::milliseconds kCheckpointBackoff{1000};
 
 }  // namespace
 
@@ -41,9 +46,11 @@ struct TrainingLoop::Impl {
   absl::Status Tick();  // tells waiting followers that no batch is coming yet
   absl::Status Record(const std::vector<v1::Group>& batch, UpdateStats& stats);
   // The pieces of Checkpoint: the followers' optimizer shards (while they still listen
-  // for shares), then the checkpoint itself (logged).
+  // for shares), then the checkpoint itself (logged), tried kCheckpointAttempts times.
+  // A ZeRO Trainer::Save uses up the gathered shards, so a retry gathers them again when
+  // `regather` (the followers still listen); at the end of the run it cannot.
   absl::Status GatherOptimizer();
-  absl::StatusOr<std::string> WriteCheckpointNow();
+  absl::StatusOr<std::string> WriteCheckpointNow(bool regather);
   // Hands `share` to every rank (rank 0 included, which ignores it).
   absl::Status Scatter(const v1::RankShare& share);
   absl::Status Finish();
@@ -274,38 +281,75 @@ absl::Status TrainingLoop::Impl::GatherOptimizer() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> TrainingLoop::Impl::WriteCheckpointNow() {
-  const TrainerState st = State();
+absl::StatusOr<std::string> TrainingLoop::Impl::WriteCheckpointNow(bool regather) {
+  // The lease state and the buffered groups as one view: taken apart, a group accepted
+  // in between would be saved as outstanding and as buffered, and trained twice.
+  CoordinatorSnapshot snapshot = coordinator.Snapshot();
+  TrainerState st = State();
+  st.lease_state_json = ToJson(snapshot.lease);
+  const std::vector<v1::Group> buffered = std::move(snapshot.buffered);
+  // The tokenizer files go into the temporary folder too, so that they are synced and
+  // in place before the checkpoint counts as complete.
+  const SaveCheckpointFiles save_files = [this](const std::string& dir) {
+    if (absl::Status s = trainer.Save(dir); !s.ok()) return s;
+    if (parts.source->tokenizer_name() == "hf") CopyTokenizerFiles(config.model.path, dir);
+    return absl::OkStatus();
+  };
+  CheckpointWriteOptions options;
+  options.keep = config.learner.keep_checkpoints;
+  int attempt = 0;
   absl::StatusOr<std::string> dir =
-      WriteCheckpoint(config.run.dir, st, trainer, coordinator.BufferedGroups(), parts.config_yaml);
+      RetryCheckpointWrite(kCheckpointAttempts, kCheckpointBackoff, [&] {
+        if (++attempt > 1 && regather) {
+          if (absl::Status s = GatherOptimizer(); !s.ok()) return absl::StatusOr<std::string>(s);
+        }
+        return WriteCheckpoint(config.run.dir, st, save_files, buffered, parts.config_yaml,
+                               options);
+      });
   if (!dir.ok()) {
     return absl::Status(dir.status().code(),
-                        absl::StrCat("checkpoint failed: ", dir.status().message()));
+                        absl::StrCat("update ", update, ": ", dir.status().message(),
+                                     "; stopping the run (it resumes from the last checkpoint)"));
   }
-  if (parts.source->tokenizer_name() == "hf") CopyTokenizerFiles(config.model.path, *dir);
   spdlog::info("checkpoint {}", *dir);
   return dir;
 }
 
 absl::Status TrainingLoop::Impl::Finish() {
+  const bool stopped = StopRequested();
   // The final checkpoint below runs after the other ranks have stopped: gather first.
-  bool final_gathered = true;
-  if (!StopRequested() && last_checkpoint_update != update) {
-    if (absl::Status s = GatherOptimizer(); !s.ok()) {
-      spdlog::error("{}", s.message());
-      final_gathered = false;
-    }
-  }
+  absl::Status final_gathered;
+  if (last_checkpoint_update != update) final_gathered = GatherOptimizer();
   if (comm != nullptr) {
     v1::RankShare stop;
     stop.set_stop(true);
     (void)Scatter(stop);  // a follower that is gone already needs no stop
   }
-  if (StopRequested()) return absl::OkStatus();
+  if (stopped) {
+    // SIGTERM (docker stop, Ctrl-C in pmdrl local) keeps the updates since the last
+    // checkpoint: the loop stops between updates, so the state is whole. Without the
+    // optimizer shards (followers signalled too and gone) the last checkpoint stands.
+    if (last_checkpoint_update == update) return absl::OkStatus();
+    if (!final_gathered.ok()) {
+      spdlog::warn("stopped at update {} without a final checkpoint ({}); resume starts at {}",
+                   update, std::string(final_gathered.message()), last_checkpoint_update);
+      return absl::OkStatus();
+    }
+    last_checkpoint_update = update;
+    absl::StatusOr<std::string> dir = WriteCheckpointNow(false);
+    if (!dir.ok()) return dir.status();
+    spdlog::info("stopped by signal {} at update {}: final checkpoint written", StopSignal(),
+                 update);
+    return absl::OkStatus();
+  }
   if (last_eval_update != update) Evaluate();
-  if (last_checkpoint_update != update && final_gathered) {
-    if (absl::StatusOr<std::string> dir = WriteCheckpointNow(); !dir.ok()) {
-      spdlog::error("{}", dir.status().message());
+  if (last_checkpoint_update != update) {
+    // Without the final checkpoint the run's last updates are lost: an error, not a
+    // "training finished".
+    if (!final_gathered.ok()) return final_gathered;
+    last_checkpoint_update = update;
+    if (absl::StatusOr<std::string> dir = WriteCheckpointNow(false); !dir.ok()) {
+      return dir.status();
     }
   }
   coordinator.Finish();
@@ -416,9 +460,8 @@ absl::StatusOr<bool> TrainingLoop::Step(std::chrono::milliseconds wait) {
   Publish();
   if (absl::Status s = m.Record(*batch, *stats); !s.ok()) return s;
   if (m.config.learner.checkpoint_every > 0 && m.update % m.config.learner.checkpoint_every == 0) {
-    if (absl::StatusOr<std::string> dir = Checkpoint(); !dir.ok()) {
-      spdlog::error("{}", dir.status().message());
-    }
+    // A checkpoint that failed every attempt ends the run (see WriteCheckpointNow).
+    if (absl::StatusOr<std::string> dir = Checkpoint(); !dir.ok()) return dir.status();
   }
   return true;
 }
@@ -429,7 +472,7 @@ absl::StatusOr<std::string> TrainingLoop::Checkpoint() {
   Impl& m = *impl_;
   m.last_checkpoint_update = m.update;
   if (absl::Status s = m.GatherOptimizer(); !s.ok()) return s;
-  return m.WriteCheckpointNow();
+  return m.WriteCheckpointNow(/*regather=*/true);
 }
 
 void TrainingLoop::Publish() { impl_->Publish(); }

@@ -18,7 +18,7 @@
 // run's outputs (metrics.csv, samples.jsonl) and progress. One thread drives the loop;
 // FillStatus may be called from any thread.
 // Errors: a failed update, a lost rank or replicas that differ end the run (Step and Run
-// return them); a failed checkpoint is logged and training goes on.
+// return them); so does a checkpoint that failed 3 attempts (learner/checkpoint.h).
 #ifndef PMDRL_LEARNER_TRAINING_LOOP_H_
 #define PMDRL_LEARNER_TRAINING_LOOP_H_
 

@@ -11,6 +11,7 @@
 #include <thread>
 #include <utility>
 
+#include "common/log.h"
 #include "verifier/deadline.h"
 
 namespace pmdrl {
@@ -163,7 +164,8 @@ void GraderPool::WorkerLoop(std::shared_ptr<State> s) {
       result = job->grader(job->response, job->reference, Deadline(job->budget));
     } catch (const std::exception& e) {
       // Graders promise not to throw; if one does, the answer is unreadable.
-      spdlog::error("verifier: grader threw: {}", e.what());
+      // The message may quote the (untrusted) answer being graded.
+      spdlog::error("verifier: grader threw: {}", QuoteUntrusted(e.what()));
       result.verdict = Verdict::kParseError;
     } catch (...) {
       spdlog::error("verifier: grader threw a non-standard exception");

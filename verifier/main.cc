@@ -70,6 +70,7 @@ int Run(int argc, char** argv) {
   options.scorer.threads = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
   options.learner = vc.learner;
   options.token = *token;
+  options.limits = VerifierLimitsFor(*config);
   VerifierService service(std::move(options), &metrics);
 
   std::atomic<bool> serving{false};

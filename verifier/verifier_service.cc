@@ -4,12 +4,14 @@
 #include <grpcpp/support/sync_stream.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <optional>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/auth.h"
+#include "common/log.h"
 #include "common/rpc.h"
 #include "verifier/grader_pool.h"
 
@@ -85,7 +87,7 @@ absl::Status GroupScorer::Score(v1::Group* group) {
     if (overran) {
       overruns_->Increment();
       spdlog::warn("verifier: lease {} completion {}: grader overran {} ms; thread written off",
-                   group->lease_id(), i, options_.timeout.count());
+                   QuoteUntrusted(group->lease_id()), i, options_.timeout.count());
     }
     const Verdict verdict = result ? result->verdict : Verdict::kTimeout;
     v1::Completion* c = group->mutable_completions(i);
@@ -112,6 +114,19 @@ GroupLimits DefaultVerifierLimits() {
   return limits;
 }
 
+GroupLimits VerifierLimitsFor(const Config& config) {
+  GroupLimits limits = DefaultVerifierLimits();
+  const ActorConfig& actor = config.actor;
+  // What an actor of this config can send: responses up to max_new_tokens, prompts up
+  // to its slot context (engine/generation_engine.h) less the response. Never tighter
+  // than the defaults: a verifier started without an override given only to the actors
+  // stays as loose as before instead of rejecting every group.
+  const int64_t context = actor.max_context > 0 ? actor.max_context : 512 + actor.max_new_tokens;
+  limits.max_response_tokens = std::max(limits.max_response_tokens, actor.max_new_tokens);
+  limits.max_prompt_tokens = std::max(limits.max_prompt_tokens, context - actor.max_new_tokens);
+  return limits;
+}
+
 // ------------------------------------------------------------------ service
 
 namespace {
@@ -131,8 +146,9 @@ class LearnerLink {
   absl::StatusOr<v1::GroupAck> Forward(const v1::Group& group) {
     absl::StatusOr<v1::GroupAck> ack = TryOnce(group);
     if (ack.ok()) return ack;
+    // The learner's status may echo what the actor sent.
     spdlog::warn("verifier: learner stream to {} broke ({}); reopening", target_,
-                 ack.status().ToString());
+                 QuoteUntrusted(ack.status().ToString()));
     absl::StatusOr<v1::GroupAck> retry = TryOnce(group);
     if (retry.ok()) return retry;
     return absl::UnavailableError(
@@ -145,7 +161,8 @@ class LearnerLink {
     stream_->WritesDone();
     grpc::Status status = stream_->Finish();
     if (!status.ok()) {
-      spdlog::debug("verifier: learner stream to {} ended: {}", target_, status.error_message());
+      spdlog::debug("verifier: learner stream to {} ended: {}", target_,
+                    QuoteUntrusted(status.error_message()));
     }
     stream_.reset();
     context_.reset();
@@ -220,7 +237,8 @@ grpc::Status VerifierService::ScoreGroups(
     grpc::ServerContext* context, grpc::ServerReaderWriter<v1::GroupAck, v1::Group>* stream) {
   if (grpc::Status auth = CheckBearer(*context, options_.token); !auth.ok()) {
     rejected_unauthenticated_->Increment();
-    spdlog::warn("verifier: rejected stream from {}: {}", context->peer(), auth.error_message());
+    spdlog::warn("verifier: rejected stream from {}: {}", context->peer(),
+                 QuoteUntrusted(auth.error_message()));
     return auth;
   }
   ActiveStream active(*streams_active_);
@@ -240,8 +258,9 @@ grpc::Status VerifierService::ScoreGroups(
     if (valid.ok()) valid = scorer_.Score(&group);
     if (!valid.ok()) {
       rejected_invalid_->Increment();
-      spdlog::warn("verifier: rejected group of lease {} from {}: {}", group.lease_id(),
-                   context->peer(), std::string(valid.message()));
+      spdlog::warn("verifier: rejected group of lease {} from {}: {}",
+                   QuoteUntrusted(group.lease_id()), context->peer(),
+                   QuoteUntrusted(valid.message()));
       ack.set_status(v1::ACK_REJECTED);
       ack.set_message(std::string(valid.message()));
     } else if (absl::StatusOr<v1::GroupAck> learner_ack = learner.Forward(group);
@@ -250,8 +269,9 @@ grpc::Status VerifierService::ScoreGroups(
       ack = *std::move(learner_ack);
     } else {
       failed_->Increment();
-      spdlog::warn("verifier: group of lease {} not delivered: {}", group.lease_id(),
-                   std::string(learner_ack.status().message()));
+      spdlog::warn("verifier: group of lease {} not delivered: {}",
+                   QuoteUntrusted(group.lease_id()),
+                   QuoteUntrusted(learner_ack.status().message()));
       ack.set_status(v1::ACK_UNKNOWN);
       ack.set_message(std::string(learner_ack.status().message()));
     }

@@ -24,6 +24,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/config.h"
 #include "common/metrics.h"
 #include "common/validate.h"
 #include "pmdrl/pmdrl.grpc.pb.h"
@@ -89,8 +90,13 @@ class GroupScorer {
 
 // The limits the verifier checks groups against. It does not know the model, so they
 // are loose (the learner checks against the real vocabulary): vocab 2^20, 8192 prompt
-// and response tokens, any group size k >= 1 (group_size 0).
+// and response tokens, any group size k >= 1 (group_size 0). pmdrl-verifier uses
+// VerifierLimitsFor(config), which only widens them.
 GroupLimits DefaultVerifierLimits();
+// The defaults, widened to what an actor of `config` can send (actor.max_new_tokens
+// response tokens; its slot context less that for the prompt), so that a long-response
+// run is not rejected by its verifiers without end.
+GroupLimits VerifierLimitsFor(const Config& config);
 
 struct VerifierOptions {
   ScorerOptions scorer;

@@ -7,17 +7,20 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_split.h"
 #include "common/config.h"
 #include "common/metrics.h"
+#include "common/process.h"
 #include "learner/checkpoint.h"
 #include "learner/coordinator.h"
 #include "learner/learner_setup.h"
@@ -417,6 +420,39 @@ TEST(TrainingLoop, RunEndsWithEvaluationAndCheckpoint) {
   EXPECT_EQ(state->evaluations.size(), 2u);  // base and the last update
   EXPECT_EQ(l.loop->FinalAccuracy(),
             (state->evaluations[0] + state->evaluations[1]) / 2);  // eval_last 3 > 2
+  fs::remove_all(dir);
+}
+
+// SIGTERM mid-run (docker stop, Ctrl-C): the loop stops between updates and writes a
+// final checkpoint of the last update, so a resume loses nothing.
+TEST(TrainingLoop, StopSignalEndsWithAFinalCheckpoint) {
+  const std::string dir = FreshTempDir("training_loop", "stop");
+  auto learner = MakeLearner(
+      LoopConfig(dir, {"learner.updates=5", "learner.eval_every=5", "learner.checkpoint_every=0"}));
+  ASSERT_TRUE(learner.ok()) << learner.status();
+  Learner& l = **learner;
+  ASSERT_TRUE(l.loop->Start().ok());
+  FakeActors actors(l.coordinator.get());
+  for (const v1::Lease& lease : actors.Lease(2)) {  // one update's worth
+    EXPECT_EQ(actors.Submit(lease, 0), v1::ACK_ACCEPTED);
+  }
+  absl::Status run;
+  std::thread runner([&] { run = l.loop->Run(); });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (l.loop->update() < 1 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  SetStopSignalForTesting(SIGTERM);  // as the handler records a delivered SIGTERM
+  runner.join();
+  SetStopSignalForTesting(0);
+  ASSERT_TRUE(run.ok()) << run;
+  ASSERT_EQ(l.loop->update(), 1);
+  absl::StatusOr<std::string> checkpoint = FindCheckpoint(dir, "auto");
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  absl::StatusOr<TrainerState> state = ReadTrainerState(*checkpoint);
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_EQ(state->update, 1);
+  EXPECT_FALSE(l.coordinator->finished()) << "a stopped run is not a finished one";
   fs::remove_all(dir);
 }
 
