@@ -126,13 +126,37 @@ class Actor::Impl {
  private:
   bool Done() const {
     std::lock_guard<std::mutex> lock(mu_);
-    return stop_ || finished_ || shutdown_;
+    return DoneLocked();
   }
+  bool DoneLocked() const { return stop_ || finished_ || shutdown_ || !fatal_.ok(); }
   // Sleeps `d` or until Done(); returns !Done().
   bool SleepFor(milliseconds d) {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, d, [&] { return stop_ || finished_ || shutdown_; });
-    return !(stop_ || finished_ || shutdown_);
+    cv_.wait_for(lock, d, [&] { return DoneLocked(); });
+    return !DoneLocked();
+  }
+  // An error of a background thread that ends Run (the first one is kept).
+  void SetFatal(absl::Status s) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (fatal_.ok()) fatal_ = std::move(s);
+    }
+    cv_.notify_all();
+  }
+  absl::Status Fatal() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return fatal_;
+  }
+  // Who this actor is to the coordinator now. `generation` counts registrations: leases
+  // taken under an earlier one belong to a coordinator that is gone.
+  struct Identity {
+    std::string actor_id;
+    uint64_t generation = 0;
+    uint64_t current_version = 0;  // the coordinator's version when it registered us
+  };
+  Identity CurrentIdentity() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return identity_;
   }
   void SetFinished() {
     {
@@ -159,13 +183,25 @@ class Actor::Impl {
     return ctx;
   }
 
+  // Calls RegisterActor (retried while the coordinator does not answer, up to
+  // coordinator_timeout) and checks the answer.
+  absl::Status CallRegister(v1::RegisterActorResponse* response);
   absl::Status Register();
+  // Registers again after the coordinator answered NotFound for `stale_id` (it restarted
+  // and does not know us): once, however many threads saw the NotFound. An error when the
+  // new coordinator runs a model or task this actor's engine was not built for.
+  absl::Status Reregister(const Identity& stale);
+  // After a re-registration, in the generation thread: forgets the engine's leases (their
+  // coordinator is gone) and makes sure the weights are the new coordinator's.
+  absl::Status AdoptRegistration(const Identity& me,
+                                 std::optional<v1::LeasePromptsResponse>* deferred);
   absl::Status Setup();
   // Blocks until weights of version >= v are held by the receiver (true), or until
   // Done() or `max_wait` (0: no limit) passes (false).
   absl::StatusOr<bool> WaitForWeights(uint64_t v, milliseconds max_wait = milliseconds(0));
-  // Loads the receiver's newest version if it is newer than the engine's.
-  absl::Status MaybeSwapWeights();
+  // Loads the receiver's newest version if it is newer than the engine's (or, with
+  // `any_version`, whatever version it is).
+  absl::Status MaybeSwapWeights(bool any_version = false);
   void HeartbeatLoop();
   // Leases prompts while the engine has room, steps it, and hands every finished group
   // to the sender; weights change only when the engine has drained (see Actor).
@@ -198,7 +234,14 @@ class Actor::Impl {
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Coordinator::Stub> coordinator_;
+  // The first registration: what the engine was built for (group size, task, model,
+  // tokenizer), which a re-registration must match. Its actor_id and version are only the
+  // first ones: identity_ has the current ones.
   v1::RegisterActorResponse registration_;
+  std::mutex register_mu_;                // one re-registration at a time
+  std::atomic<int64_t> lease_ttl_ms_{0};  // of the current registration
+  std::string lease_actor_id_;            // the generation thread's leases' owner
+  uint64_t lease_generation_ = 0;         // and its registration generation
   ModelConfig model_config_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<GenerationEngine> engine_;
@@ -222,17 +265,19 @@ class Actor::Impl {
   bool stop_ = false;                  // Stop() was called
   bool finished_ = false;              // the coordinator said the run is over
   bool shutdown_ = false;              // Run is returning: background threads end
+  absl::Status fatal_;                 // a background thread's error: Run returns it
+  Identity identity_;                  // guarded by mu_
   std::set<std::string> in_progress_;  // lease ids being worked on (heartbeated)
 };
 
-absl::Status Actor::Impl::Register() {
+absl::Status Actor::Impl::CallRegister(v1::RegisterActorResponse* response) {
   const auto deadline = Clock::now() + options_.coordinator_timeout;
   milliseconds backoff{200};
   v1::RegisterActorRequest request;
   request.set_name(options_.config.name);
   for (int attempt = 0;; ++attempt) {
     auto ctx = Context(std::min(kRpcTimeout, options_.coordinator_timeout));
-    const grpc::Status status = coordinator_->RegisterActor(ctx.get(), request, &registration_);
+    const grpc::Status status = coordinator_->RegisterActor(ctx.get(), request, response);
     if (status.ok()) break;
     const absl::Status s = ToAbsl(status);
     if (s.code() == absl::StatusCode::kUnauthenticated ||
@@ -253,8 +298,9 @@ absl::Status Actor::Impl::Register() {
     if (!SleepFor(backoff)) return absl::OkStatus();
     backoff = std::min(backoff * 2, kMaxBackoff);
   }
+  if (Done()) return absl::OkStatus();
   Contact();
-  const v1::RegisterActorResponse& r = registration_;
+  const v1::RegisterActorResponse& r = *response;
   if (r.actor_id().empty()) {
     return absl::InvalidArgumentError("coordinator answered RegisterActor with an empty actor_id");
   }
@@ -262,9 +308,96 @@ absl::Status Actor::Impl::Register() {
     return absl::InvalidArgumentError(absl::StrCat(
         "coordinator asked for group_size ", r.group_size(), " (must be 1..", kMaxGroupSize, ")"));
   }
+  return absl::OkStatus();
+}
+
+absl::Status Actor::Impl::Register() {
+  if (absl::Status s = CallRegister(&registration_); !s.ok() || Done()) return s;
+  const v1::RegisterActorResponse& r = registration_;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    identity_ = Identity{r.actor_id(), 1, r.current_version()};
+  }
+  lease_ttl_ms_.store(r.lease_ttl_ms());
+  lease_actor_id_ = r.actor_id();
+  lease_generation_ = 1;
   spdlog::info("registered as {} (k = {}, version {}, task '{}', tokenizer '{}')", r.actor_id(),
                r.group_size(), r.current_version(), r.task(), r.tokenizer());
   return absl::OkStatus();
+}
+
+absl::Status Actor::Impl::Reregister(const Identity& stale) {
+  std::lock_guard<std::mutex> registering(register_mu_);
+  // The other thread may have registered again while this one waited.
+  if (CurrentIdentity().generation != stale.generation) return absl::OkStatus();
+  v1::RegisterActorResponse r;
+  if (absl::Status s = CallRegister(&r); !s.ok() || Done()) return s;
+  // The engine, tokenizer and sampling were built for the first registration: a
+  // coordinator that now wants something else needs a new actor, not this one.
+  const v1::RegisterActorResponse& first = registration_;
+  std::string different;
+  if (r.group_size() != first.group_size()) {
+    different = absl::StrCat("group size ", r.group_size(), " instead of ", first.group_size());
+  } else if (r.task() != first.task()) {
+    different = absl::StrCat("task '", r.task(), "' instead of '", first.task(), "'");
+  } else if (r.tokenizer() != first.tokenizer() || r.tokenizer_json() != first.tokenizer_json() ||
+             !std::equal(r.stop_ids().begin(), r.stop_ids().end(), first.stop_ids().begin(),
+                         first.stop_ids().end())) {
+    different = absl::StrCat("tokenizer '", r.tokenizer(), "' (or its stop ids) instead of '",
+                             first.tokenizer(), "'");
+  } else if (r.model_config_json() != first.model_config_json()) {
+    different = "another model config";
+  }
+  if (!different.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the coordinator at ", options_.config.coordinator, " restarted with ", different,
+        ", which this actor's engine was not built for: restart the actor"));
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    identity_ = Identity{r.actor_id(), identity_.generation + 1, r.current_version()};
+  }
+  lease_ttl_ms_.store(r.lease_ttl_ms());
+  spdlog::info("the coordinator restarted: registered again as {} (was {}, version {})",
+               r.actor_id(), stale.actor_id, r.current_version());
+  return absl::OkStatus();
+}
+
+absl::Status Actor::Impl::AdoptRegistration(const Identity& me,
+                                            std::optional<v1::LeasePromptsResponse>* deferred) {
+  // Groups of these leases would be rejected as unknown leases: dropped unsent (the
+  // sender drops the queued ones of the old id itself), counted as unacked.
+  const size_t dropped = pending_.size() + (deferred->has_value() ? (*deferred)->leases_size() : 0);
+  engine_->Cancel();
+  pending_.clear();
+  deferred->reset();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    in_progress_.clear();
+    window_outcomes_[v1::ACK_UNKNOWN] += static_cast<int>(dropped);
+  }
+  groups_in_flight_.Set(0);
+  groups_sent_[v1::ACK_UNKNOWN]->Increment(static_cast<double>(dropped));
+  if (dropped > 0) {
+    spdlog::info("dropped {} leases of the previous coordinator unsent", dropped);
+  }
+  lease_actor_id_ = me.actor_id;
+  lease_generation_ = me.generation;
+  // A learner resumed from a checkpoint older than the weights held numbers its next
+  // versions as ones this actor already has, with other weights: start over from its
+  // current version. Otherwise the weights held are its (its checkpoint's) and stay.
+  const std::optional<uint64_t> received = receiver_->NewestVersion();
+  const bool rolled_back = engine_->version() > me.current_version ||
+                           (received.has_value() && *received > me.current_version);
+  if (rolled_back) {
+    spdlog::info("the coordinator is at version {}, behind this actor's {}: fetching its weights",
+                 me.current_version, std::max(engine_->version(), received.value_or(0)));
+    receiver_->Forget();
+  }
+  absl::StatusOr<bool> have = WaitForWeights(me.current_version);
+  if (!have.ok()) return have.status();
+  if (!*have) return absl::OkStatus();  // stopping
+  return MaybeSwapWeights(/*any_version=*/rolled_back);
 }
 
 absl::Status Actor::Impl::Setup() {
@@ -294,10 +427,12 @@ absl::StatusOr<bool> Actor::Impl::WaitForWeights(uint64_t v, milliseconds max_wa
   return true;
 }
 
-absl::Status Actor::Impl::MaybeSwapWeights() {
+absl::Status Actor::Impl::MaybeSwapWeights(bool any_version) {
   std::shared_ptr<const WeightVersion> latest = receiver_->Latest();
   if (latest == nullptr) return absl::OkStatus();
-  if (engine_->has_weights() && latest->version <= engine_->version()) return absl::OkStatus();
+  if (!any_version && engine_->has_weights() && latest->version <= engine_->version()) {
+    return absl::OkStatus();
+  }
   latest = receiver_->Take();
   if (latest == nullptr) return absl::OkStatus();
   const auto t0 = Clock::now();
@@ -324,8 +459,9 @@ absl::Status Actor::Impl::MaybeSwapWeights() {
 void Actor::Impl::HeartbeatLoop() {
   bool healthy = true;
   while (SleepFor(options_.heartbeat_interval)) {
+    const Identity me = CurrentIdentity();
     v1::HeartbeatRequest request;
-    request.set_actor_id(registration_.actor_id());
+    request.set_actor_id(me.actor_id);
     request.set_policy_version(engine_version_.load());
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -334,6 +470,14 @@ void Actor::Impl::HeartbeatLoop() {
     v1::HeartbeatResponse response;
     auto ctx = Context(std::min(kRpcTimeout, options_.heartbeat_interval * 2));
     const grpc::Status status = coordinator_->Heartbeat(ctx.get(), request, &response);
+    if (status.error_code() == grpc::StatusCode::NOT_FOUND) {
+      // The coordinator does not know our actor_id: it restarted.
+      if (absl::Status s = Reregister(me); !s.ok()) {
+        SetFatal(std::move(s));
+        return;
+      }
+      continue;
+    }
     if (!status.ok()) {
       if (healthy) spdlog::warn("heartbeat failed: {}", ToAbsl(status).ToString());
       healthy = false;
@@ -352,6 +496,12 @@ void Actor::Impl::HeartbeatLoop() {
 v1::AckStatus Actor::Impl::SendGroup(const v1::Group& group, int64_t deadline_ms) {
   milliseconds backoff{100};
   while (true) {
+    if (group.actor_id() != CurrentIdentity().actor_id) {
+      // Leased from a coordinator that has since restarted: it would reject the group as
+      // of an unknown lease.
+      spdlog::debug("dropping the group of lease {}: its coordinator restarted", group.lease_id());
+      return v1::ACK_UNKNOWN;
+    }
     absl::StatusOr<v1::GroupAck> ack = verifiers_->Send(group);
     if (ack.ok()) {
       if (ack->status() == v1::ACK_REJECTED) {
@@ -417,13 +567,13 @@ absl::Status Actor::Impl::StepEngine() {
     const v1::Lease lease = std::move(it->second);
     pending_.erase(it);
     int64_t tokens = 0;
-    v1::Group group = GroupFromFinished(lease, done, registration_.actor_id(), registration_.task(),
-                                        *tokenizer_, &tokens);
+    v1::Group group =
+        GroupFromFinished(lease, done, lease_actor_id_, registration_.task(), *tokenizer_, &tokens);
     generated_tokens_.Increment(static_cast<double>(tokens));
     window_tokens_ += tokens;
     // Heartbeats extend the lease while we hold it, so its deadline is at least a TTL away.
     const int64_t deadline_ms =
-        std::max<int64_t>(lease.deadline_unix_ms(), UnixMillis() + registration_.lease_ttl_ms());
+        std::max<int64_t>(lease.deadline_unix_ms(), UnixMillis() + lease_ttl_ms_.load());
     const double waited = sender_->Push(std::move(group), deadline_ms);
     window_send_wait_ += waited;
     send_wait_seconds_.Increment(waited);
@@ -463,12 +613,18 @@ absl::Status Actor::Impl::GenerateLoop() {
   while (!Done()) {
     if (absl::Status s = CheckCoordinatorAlive(); !s.ok()) return s;
     MaybeLogProgress(false);
+    const Identity me = CurrentIdentity();
+    if (me.generation != lease_generation_) {
+      if (absl::Status s = AdoptRegistration(me, &deferred); !s.ok()) return s;
+      next_lease = Clock::now();
+      continue;
+    }
     if (deferred.has_value() && engine_->idle()) {
       // These leases must be sampled by at least the coordinator's current version:
       // after an update, every actor's next groups use the newest weights. Bounded by the
       // lease TTL: if the version never arrives (the feed is broken), the leases go back
       // to the coordinator instead of being heartbeated forever.
-      const milliseconds max_wait(std::max<int64_t>(registration_.lease_ttl_ms(), 1000));
+      const milliseconds max_wait(std::max<int64_t>(lease_ttl_ms_.load(), 1000));
       absl::StatusOr<bool> ready = WaitForWeights(deferred->current_version(), max_wait);
       if (!ready.ok()) return ready.status();
       if (!*ready) {
@@ -494,7 +650,7 @@ absl::Status Actor::Impl::GenerateLoop() {
     if (!deferred.has_value() && (room >= enough || engine_->idle()) &&
         Clock::now() >= next_lease) {
       v1::LeasePromptsRequest request;
-      request.set_actor_id(registration_.actor_id());
+      request.set_actor_id(me.actor_id);
       const int64_t want = std::clamp<int64_t>(room / k, 1, options_.config.prompts_per_batch);
       request.set_max_prompts(static_cast<uint32_t>(want));
       v1::LeasePromptsResponse response;
@@ -505,6 +661,11 @@ absl::Status Actor::Impl::GenerateLoop() {
         if (s.code() == absl::StatusCode::kUnauthenticated ||
             s.code() == absl::StatusCode::kPermissionDenied) {
           return absl::Status(s.code(), absl::StrCat("LeasePrompts refused: ", s.message()));
+        }
+        if (s.code() == absl::StatusCode::kNotFound) {
+          // The coordinator does not know our actor_id: it restarted.
+          if (absl::Status r = Reregister(me); !r.ok()) return r;
+          continue;
         }
         if (lease_rpc_healthy) spdlog::warn("LeasePrompts failed: {}", s.ToString());
         lease_rpc_healthy = false;
@@ -555,7 +716,7 @@ absl::Status Actor::Impl::GenerateLoop() {
   while (!engine_->idle()) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (stop_ || shutdown_) break;
+      if (stop_ || shutdown_ || !fatal_.ok()) break;
     }
     if (absl::Status s = StepEngine(); !s.ok()) return s;
   }
@@ -601,6 +762,8 @@ absl::Status Actor::Impl::Run() {
 
     return GenerateLoop();
   }();
+  // A background thread's error (a re-registration refused) ended the loop.
+  if (result.ok()) result = Fatal();
   MaybeLogProgress(true);
   // Groups already generated get their sends (one attempt each once stopping) before the
   // streams close.

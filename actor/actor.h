@@ -33,7 +33,10 @@ uint64_t DeriveActorSeed(uint64_t run_seed, const std::string& actor_name);
 // One actor. Promises: nothing is generated before the weights of the version current
 // at registration are loaded; each group is sampled entirely by one version, at least the
 // version the coordinator named with its lease (weights are swapped only when the engine
-// has drained, never to an older version), and is stamped with that version. Leases are
+// has drained, never to an older version except after the coordinator restarted from an
+// older checkpoint), and is stamped with that version. A coordinator that answers NotFound
+// for the actor's id has restarted: the actor registers again (same name), drops the
+// leases of the old one unsent, and goes on with its engine. Leases are
 // taken while the engine has room for a group (actor.max_rows), and each finished group
 // goes to a sender thread, so generation waits for acks only when actor.send_window groups
 // are outstanding. Owns its threads (weight feed, heartbeat, sender) and RPC clients;
@@ -47,7 +50,8 @@ class Actor {
 
   // Runs until the coordinator says the run is finished or Stop() is called (OK), or
   // until a fatal error: the coordinator never answered or was lost, the bearer token
-  // was refused, or the model it described cannot be built or loaded.
+  // was refused, the model it described cannot be built or loaded, or it restarted
+  // with a different group size, task, tokenizer or model.
   absl::Status Run();
 
   // Asks Run to return: it stops at the next wait or engine step (groups already

@@ -54,9 +54,27 @@ bool WeightReceiver::WaitForVersion(uint64_t v, std::chrono::milliseconds timeou
   return have();
 }
 
-void WeightReceiver::Publish(std::shared_ptr<const WeightVersion> version) {
+std::optional<uint64_t> WeightReceiver::NewestVersion() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return latest_version_;
+}
+
+void WeightReceiver::Forget() {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    latest_.reset();
+    latest_version_.reset();
+    ++forget_epoch_;
+    // Loop reopens the stream (asking for a full push) and drops its delta base.
+    if (call_context_ != nullptr) call_context_->TryCancel();
+  }
+  cv_.notify_all();
+}
+
+void WeightReceiver::Publish(std::shared_ptr<const WeightVersion> version, uint64_t epoch) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (epoch != forget_epoch_) return;
     if (latest_version_.has_value() && *latest_version_ >= version->version) return;
     latest_version_ = version->version;
     latest_ = std::move(version);
@@ -77,6 +95,7 @@ void WeightReceiver::Loop() {
   // written into.
   std::shared_ptr<WeightVersion> last;
   std::chrono::milliseconds backoff = options_.initial_backoff;
+  uint64_t epoch = 0;  // the Forget() epoch of the stream being opened
   while (true) {
     grpc::ClientContext ctx;
     AddBearer(&ctx, token_);
@@ -87,6 +106,11 @@ void WeightReceiver::Loop() {
       if (stopping_) return;
       call_context_ = &ctx;
       if (latest_version_.has_value()) request.set_have_version(*latest_version_);
+      if (epoch != forget_epoch_) {
+        epoch = forget_epoch_;
+        last.reset();  // a base of the forgotten versions
+        backoff = options_.initial_backoff;
+      }
     }
     if (last != nullptr && !IsWhole(*last)) last.reset();
     if (last != nullptr && last->keep_base && request.have_version() == last->version) {
@@ -134,7 +158,7 @@ void WeightReceiver::Loop() {
                             : std::string(),
                    seconds);
       last = complete;
-      Publish(std::move(complete));
+      Publish(std::move(complete), epoch);
     }
     const grpc::Status status = reader->Finish();
     std::unique_lock<std::mutex> lock(mu_);
@@ -144,7 +168,7 @@ void WeightReceiver::Loop() {
       spdlog::warn("weight stream from the learner ended ({}: {}); reconnecting in {} ms",
                    static_cast<int>(status.error_code()), status.error_message(), backoff.count());
     }
-    cv_.wait_for(lock, backoff, [&] { return stopping_; });
+    cv_.wait_for(lock, backoff, [&] { return stopping_ || epoch != forget_epoch_; });
     if (stopping_) return;
     backoff = std::min(backoff * 2, options_.max_backoff);
   }

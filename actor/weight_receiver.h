@@ -68,6 +68,15 @@ class WeightReceiver {
   // the receiver stops (false). With v = 0 it waits for any version.
   bool WaitForVersion(uint64_t v, std::chrono::milliseconds timeout);
 
+  // The newest version received (taken or not) since the start or the last Forget().
+  std::optional<uint64_t> NewestVersion() const;
+
+  // Forgets every version received so far (and the delta base) and reopens the stream
+  // asking for a full push. For a learner that restarted from an older checkpoint: its
+  // version numbers repeat ones this receiver holds with other weights, and a stream
+  // that says it has them would never be sent the new ones.
+  void Forget();
+
   // Versions dropped because a chunk failed a check.
   uint64_t malformed_versions() const { return malformed_.load(); }
   // Versions received as deltas, and bytes received over the wire for all versions.
@@ -76,7 +85,9 @@ class WeightReceiver {
 
  private:
   void Loop();
-  void Publish(std::shared_ptr<const WeightVersion> version);
+  // Publishes a version assembled from a stream opened in Forget() epoch `epoch`; one of
+  // an earlier epoch is dropped.
+  void Publish(std::shared_ptr<const WeightVersion> version, uint64_t epoch);
 
   const std::shared_ptr<grpc::Channel> channel_;
   const std::string actor_id_;
@@ -88,6 +99,7 @@ class WeightReceiver {
   std::shared_ptr<const WeightVersion> latest_;  // guarded by mu_
   std::optional<uint64_t> latest_version_;       // newest ever published; guarded by mu_
   bool stopping_ = false;                        // guarded by mu_
+  uint64_t forget_epoch_ = 0;                    // Forget() calls; guarded by mu_
   grpc::ClientContext* call_context_ = nullptr;  // of the open stream; guarded by mu_
   std::thread thread_;
   std::atomic<uint64_t> malformed_{0};

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/log.h"
@@ -13,6 +15,17 @@ namespace pmdrl {
 namespace {
 
 constexpr int64_t kActorLiveMs = 10000;  // an actor silent this long is not counted live
+
+// Drawn once per learner process and put in every actor_id it issues, so that an id of a
+// coordinator before a restart is never issued again: an actor still using one gets
+// NotFound (and registers again) instead of being taken for another actor.
+uint32_t ProcessIncarnation() {
+  static const uint32_t incarnation = [] {
+    std::random_device rd;
+    return static_cast<uint32_t>(rd());
+  }();
+  return incarnation;
+}
 
 }  // namespace
 
@@ -70,8 +83,8 @@ uint32_t Coordinator::LiveActorsLocked(int64_t now_ms) const {
 
 v1::RegisterActorResponse Coordinator::RegisterActor(const v1::RegisterActorRequest& request) {
   absl::MutexLock lock(&mu_);
-  std::string id =
-      absl::StrCat(request.name().empty() ? "actor" : request.name(), "#", next_actor_++);
+  std::string id = absl::StrFormat("%s#%d-%08x", request.name().empty() ? "actor" : request.name(),
+                                   next_actor_++, ProcessIncarnation());
   actors_[id] = ActorInfo{request.name(), NowMs(), 0};
   live_actors_->Set(LiveActorsLocked(NowMs()));
   spdlog::info("actor {} registered", QuoteUntrusted(id));  // the name is the actor's
@@ -93,8 +106,10 @@ absl::StatusOr<v1::LeasePromptsResponse> Coordinator::LeasePrompts(
   absl::MutexLock lock(&mu_);
   auto actor = actors_.find(request.actor_id());
   if (actor == actors_.end()) {
+    // NotFound, not InvalidArgument: an id this coordinator never issued is what an actor
+    // of a learner that restarted holds, and that actor answers by registering again.
     unknown_lease_->Increment();
-    return absl::InvalidArgumentError(
+    return absl::NotFoundError(
         absl::StrCat("LeasePrompts: unknown actor_id '", request.actor_id(), "'"));
   }
   int64_t now = NowMs();
@@ -142,7 +157,7 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
   auto actor = actors_.find(request.actor_id());
   if (actor == actors_.end()) {
     unknown_lease_->Increment();
-    return absl::InvalidArgumentError(
+    return absl::NotFoundError(
         absl::StrCat("Heartbeat: unknown actor_id '", request.actor_id(), "'"));
   }
   int64_t now = NowMs();

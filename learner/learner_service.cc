@@ -49,7 +49,8 @@ grpc::Status CoordinatorService::LeasePrompts(grpc::ServerContext* ctx,
   if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
   absl::StatusOr<v1::LeasePromptsResponse> r = coordinator_->LeasePrompts(*req);
   if (!r.ok()) {
-    invalid_->Increment();
+    // An unknown actor_id (NotFound) is counted by the coordinator as unknown_lease.
+    if (r.status().code() == absl::StatusCode::kInvalidArgument) invalid_->Increment();
     return ToGrpc(r.status());
   }
   *resp = *std::move(r);
@@ -62,7 +63,8 @@ grpc::Status CoordinatorService::Heartbeat(grpc::ServerContext* ctx,
   if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
   absl::StatusOr<v1::HeartbeatResponse> r = coordinator_->Heartbeat(*req);
   if (!r.ok()) {
-    invalid_->Increment();
+    // An unknown actor_id (NotFound) is counted by the coordinator as unknown_lease.
+    if (r.status().code() == absl::StatusCode::kInvalidArgument) invalid_->Increment();
     return ToGrpc(r.status());
   }
   *resp = *std::move(r);

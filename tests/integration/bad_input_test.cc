@@ -190,8 +190,18 @@ TEST_F(HostileRpc, RejectedAndCountedNeverCrashes) {
     v1::HeartbeatRequest hb;
     hb.set_actor_id("nobody");
     v1::HeartbeatResponse r;
-    EXPECT_EQ(coordinator_->Heartbeat(&ctx, hb, &r).error_code(),
-              grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(coordinator_->Heartbeat(&ctx, hb, &r).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  {
+    grpc::ClientContext ctx;
+    AddBearer(&ctx, kToken);
+    v1::LeasePromptsRequest lr;
+    lr.set_actor_id("nobody");
+    v1::LeasePromptsResponse r;
+    const grpc::Status s = coordinator_->LeasePrompts(&ctx, lr, &r);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_NE(s.error_message().find("unknown actor_id 'nobody'"), std::string::npos)
+        << s.error_message();
   }
 
   // The well-formed group is still accepted afterwards, and again only once.

@@ -335,6 +335,236 @@ TEST(ActorLoopTest, UnreachableCoordinatorFailsAfterTheTimeout) {
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
 }
 
+// A coordinator that "restarts" after the actor's first lease: it forgets the first
+// actor_id (NotFound for it) and registers the actor again as "id-2", with group size
+// `second_group_size`, at `second_version` (resumed from an older checkpoint when lower
+// than `first_version`). Then one lease for id-2, then finished.
+class RestartingCoordinator final : public v1::Coordinator::Service {
+ public:
+  RestartingCoordinator(ModelConfig config, uint32_t second_group_size, uint64_t first_version = 1,
+                        uint64_t second_version = 1)
+      : config_json_(ConfigJson(config)),
+        second_group_size_(second_group_size),
+        first_version_(first_version),
+        second_version_(second_version) {}
+
+  grpc::Status RegisterActor(grpc::ServerContext* ctx, const v1::RegisterActorRequest* /*request*/,
+                             v1::RegisterActorResponse* response) override {
+    if (grpc::Status s = CheckBearer(*ctx, kToken); !s.ok()) return s;
+    const int n = ++registrations;
+    response->set_actor_id(n == 1 ? "id-1" : "id-2");
+    response->set_group_size(n == 1 ? kGroupSize : second_group_size_);
+    response->set_current_version(n == 1 ? first_version_ : second_version_);
+    response->set_lease_ttl_ms(30000);
+    response->set_model_config_json(config_json_);
+    response->set_tokenizer("char");
+    response->set_task("arith");
+    return grpc::Status::OK;
+  }
+
+  grpc::Status LeasePrompts(grpc::ServerContext* ctx, const v1::LeasePromptsRequest* request,
+                            v1::LeasePromptsResponse* response) override {
+    if (grpc::Status s = CheckBearer(*ctx, kToken); !s.ok()) return s;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (request->actor_id() == "id-1") {
+      if (restarted_) return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown actor_id 'id-1'");
+      restarted_ = true;  // from now on, id-1 is unknown
+      response->set_current_version(first_version_);
+      *response->add_leases() = MakeLease(0, first_version_);
+      *response->add_leases() = MakeLease(1, first_version_);
+      return grpc::Status::OK;
+    }
+    response->set_current_version(second_version_);
+    if (request->actor_id() != "id-2") {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown actor_id");
+    }
+    if (second_leases_++ == 0) {
+      *response->add_leases() = MakeLease(2, second_version_);
+    } else {
+      response->set_finished(true);
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* request,
+                         v1::HeartbeatResponse* response) override {
+    if (grpc::Status s = CheckBearer(*ctx, kToken); !s.ok()) return s;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (request->actor_id() != "id-2" && (restarted_ || request->actor_id() != "id-1")) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown actor_id");
+    }
+    response->set_current_version(restarted_ ? second_version_ : first_version_);
+    return grpc::Status::OK;
+  }
+
+  bool restarted() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return restarted_;
+  }
+
+  std::atomic<int> registrations{0};
+
+ private:
+  const std::string config_json_;
+  const uint32_t second_group_size_;
+  const uint64_t first_version_;
+  const uint64_t second_version_;
+  std::mutex mu_;
+  bool restarted_ = false;
+  int second_leases_ = 0;
+};
+
+// Version 1, then nothing more, on every connection.
+class VersionOneFeed final : public v1::WeightFeed::Service {
+ public:
+  explicit VersionOneFeed(ModelConfig config) : config_(std::move(config)) {}
+  grpc::Status WatchWeights(grpc::ServerContext* ctx, const v1::WatchWeightsRequest* request,
+                            grpc::ServerWriter<v1::WeightChunk>* writer) override {
+    if (grpc::Status s = CheckBearer(*ctx, kToken); !s.ok()) return s;
+    if (request->have_version() < 1) {
+      for (const auto& c : WeightChunks(config_, 1)) writer->Write(c);
+    }
+    while (!ctx->IsCancelled()) std::this_thread::sleep_for(milliseconds(5));
+    return grpc::Status::CANCELLED;
+  }
+
+ private:
+  const ModelConfig config_;
+};
+
+// Before the coordinator's restart, version 2; after it, version 1 (other weights), to a
+// receiver that holds nothing.
+class RollbackFeed final : public v1::WeightFeed::Service {
+ public:
+  RollbackFeed(ModelConfig config, RestartingCoordinator* coordinator)
+      : config_(std::move(config)), coordinator_(coordinator) {}
+  grpc::Status WatchWeights(grpc::ServerContext* ctx, const v1::WatchWeightsRequest* request,
+                            grpc::ServerWriter<v1::WeightChunk>* writer) override {
+    if (grpc::Status s = CheckBearer(*ctx, kToken); !s.ok()) return s;
+    const uint64_t current = coordinator_->restarted() ? 1 : 2;
+    if (request->have_version() < current) {
+      for (const auto& c : WeightChunks(config_, current)) writer->Write(c);
+    }
+    while (!ctx->IsCancelled()) std::this_thread::sleep_for(milliseconds(5));
+    return grpc::Status::CANCELLED;
+  }
+
+ private:
+  const ModelConfig config_;
+  RestartingCoordinator* coordinator_;
+};
+
+ActorOptions LoopOptions(int cport, int vport) {
+  ActorOptions options;
+  options.config.name = "actor-7";
+  options.config.coordinator = "127.0.0.1:" + std::to_string(cport);
+  options.config.verifiers = {"127.0.0.1:" + std::to_string(vport)};
+  options.config.prompts_per_batch = 2;
+  options.config.max_new_tokens = 5;
+  options.run_seed = 3;
+  options.token = kToken;
+  options.heartbeat_interval = milliseconds(20);
+  return options;
+}
+
+TEST(ActorLoopTest, RegistersAgainWhenTheCoordinatorForgotItsId) {
+  const ModelConfig config = TinyConfig();
+  RestartingCoordinator coordinator(config, kGroupSize);
+  VersionOneFeed feed(config);
+  FakeVerifier verifier;
+  int cport = 0, vport = 0;
+  auto cserver = StartServer("127.0.0.1:0", {&coordinator, &feed}, &cport);
+  auto vserver = StartServer("127.0.0.1:0", {&verifier}, &vport);
+  ASSERT_TRUE(cserver.ok() && vserver.ok());
+
+  MetricsRegistry metrics("actor");
+  Actor actor(LoopOptions(cport, vport), &metrics);
+  const absl::Status status = actor.Run();
+  ASSERT_TRUE(status.ok()) << status;
+  // Once, though both the heartbeat and the lease loop may have seen NotFound.
+  EXPECT_EQ(coordinator.registrations.load(), 2);
+
+  std::vector<v1::Group> groups;
+  {
+    std::lock_guard<std::mutex> lock(verifier.mu);
+    groups = verifier.groups;
+  }
+  bool got_new_lease = false;
+  for (const v1::Group& g : groups) {
+    if (g.index() == 2) {
+      got_new_lease = true;
+      EXPECT_EQ(g.actor_id(), "id-2");
+    } else {
+      EXPECT_EQ(g.actor_id(), "id-1");  // finished before the restart was noticed
+    }
+  }
+  EXPECT_TRUE(got_new_lease);
+  // The first two leases were either sent before the restart was noticed or dropped
+  // unsent; none is lost track of.
+  const std::string text = metrics.Serialize();
+  EXPECT_EQ(MetricValue(text, "pmdrl_actor_groups_sent_total{status=\"accepted\"}") +
+                MetricValue(text, "pmdrl_actor_groups_sent_total{status=\"unknown\"}"),
+            3);
+  EXPECT_EQ(MetricValue(text, "pmdrl_actor_groups_in_flight"), 0);
+
+  (*cserver)->Shutdown();
+  (*vserver)->Shutdown();
+}
+
+TEST(ActorLoopTest, ACoordinatorResumedAtAnOlderVersionIsFollowedBack) {
+  const ModelConfig config = TinyConfig();
+  RestartingCoordinator coordinator(config, kGroupSize, /*first_version=*/2, /*second_version=*/1);
+  RollbackFeed feed(config, &coordinator);
+  FakeVerifier verifier;
+  int cport = 0, vport = 0;
+  auto cserver = StartServer("127.0.0.1:0", {&coordinator, &feed}, &cport);
+  auto vserver = StartServer("127.0.0.1:0", {&verifier}, &vport);
+  ASSERT_TRUE(cserver.ok() && vserver.ok());
+
+  MetricsRegistry metrics("actor");
+  Actor actor(LoopOptions(cport, vport), &metrics);
+  const absl::Status status = actor.Run();
+  ASSERT_TRUE(status.ok()) << status;
+  std::vector<v1::Group> groups;
+  {
+    std::lock_guard<std::mutex> lock(verifier.mu);
+    groups = verifier.groups;
+  }
+  bool got_new_lease = false;
+  for (const v1::Group& g : groups) {
+    if (g.index() != 2) continue;
+    got_new_lease = true;
+    // Sampled with the resumed coordinator's version 1, not the forgotten version 2.
+    EXPECT_EQ(g.policy_version(), 1u);
+  }
+  EXPECT_TRUE(got_new_lease);
+  EXPECT_EQ(MetricValue(metrics.Serialize(), "pmdrl_actor_policy_version"), 1);
+
+  (*cserver)->Shutdown();
+  (*vserver)->Shutdown();
+}
+
+TEST(ActorLoopTest, ARestartedCoordinatorWithAnotherGroupSizeIsAnError) {
+  const ModelConfig config = TinyConfig();
+  RestartingCoordinator coordinator(config, kGroupSize + 1);
+  VersionOneFeed feed(config);
+  FakeVerifier verifier;
+  int cport = 0, vport = 0;
+  auto cserver = StartServer("127.0.0.1:0", {&coordinator, &feed}, &cport);
+  auto vserver = StartServer("127.0.0.1:0", {&verifier}, &vport);
+  ASSERT_TRUE(cserver.ok() && vserver.ok());
+
+  MetricsRegistry metrics("actor");
+  Actor actor(LoopOptions(cport, vport), &metrics);
+  const absl::Status status = actor.Run();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_NE(status.message().find("group size 4 instead of 3"), absl::string_view::npos) << status;
+  EXPECT_EQ(coordinator.registrations.load(), 2);
+
+  (*cserver)->Shutdown();
+  (*vserver)->Shutdown();
+}
+
 TEST(GenerationEngineDeviceTest, DeviceIsCheckedWhenTheEngineIsBuilt) {
   EngineOptions options;
   options.device = "cpu";

@@ -344,6 +344,25 @@ TEST(WeightReceiverTest, ReconnectsAfterBrokenStreamWithHaveVersion) {
   ExpectAsked(requests[1], 1, false);  // version 1 came without keep_base
 }
 
+// A learner restarted from an older checkpoint numbers its versions below what the
+// receiver holds: after Forget(), the receiver asks for a full push as a new actor would
+// and takes the lower version.
+TEST(WeightReceiverTest, ForgetAsksForAFullPushAndTakesALowerVersion) {
+  std::shared_ptr<const WeightVersion> v3 = MakeVersion(3), v1 = MakeVersion(1);
+  FakeHarness h(
+      {{Chunks(v3, 24, /*keep_base=*/true), std::nullopt}, {Chunks(v1, 24), std::nullopt}});
+
+  ASSERT_TRUE(h.receiver().WaitForVersion(3, kLong));
+  EXPECT_EQ(h.receiver().NewestVersion(), std::optional<uint64_t>(3));
+  h.receiver().Forget();
+  ASSERT_TRUE(Eventually([&] { return h.receiver().Latest() != nullptr; }));
+  ExpectSameVersion(h.receiver().Latest(), *v1);
+  EXPECT_EQ(h.receiver().NewestVersion(), std::optional<uint64_t>(1));
+  const auto requests = h.service().requests();
+  ASSERT_GE(requests.size(), 2u);
+  ExpectAsked(requests[1], 0, false);  // neither version 3 nor its base
+}
+
 TEST(WeightReceiverTest, ReconnectsWithHaveBaseAndAppliesADelta) {
   std::shared_ptr<const WeightVersion> v1 = MakeVersion(1);
   std::shared_ptr<const WeightVersion> v2 = SmallStep(*v1, 2);
