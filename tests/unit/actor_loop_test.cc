@@ -226,16 +226,7 @@ double MetricValue(const std::string& text, const std::string& line_prefix) {
   return -1;
 }
 
-TEST(ActorLoopTest, LeasesSamplesSendsAndSwapsBetweenBatches) {
-  const ModelConfig config = TinyConfig();
-  FakeCoordinator coordinator(config);
-  FakeWeightFeed feed(config, &coordinator.lease_calls);
-  FakeVerifier verifier;
-  int cport = 0, vport = 0;
-  auto cserver = StartServer("127.0.0.1:0", {&coordinator, &feed}, &cport);
-  auto vserver = StartServer("127.0.0.1:0", {&verifier}, &vport);
-  ASSERT_TRUE(cserver.ok() && vserver.ok());
-
+ActorOptions LoopOptions(int cport, int vport) {
   ActorOptions options;
   options.config.name = "actor-7";
   options.config.coordinator = "127.0.0.1:" + std::to_string(cport);
@@ -245,9 +236,32 @@ TEST(ActorLoopTest, LeasesSamplesSendsAndSwapsBetweenBatches) {
   options.run_seed = 3;
   options.token = kToken;
   options.heartbeat_interval = milliseconds(20);
-  MetricsRegistry metrics("actor");
-  Actor actor(options, &metrics);
+  return options;
+}
+
+// Serves `coordinator` and `feed` on one port and `verifier` on another, runs an actor
+// with LoopOptions against them until it stops, and returns what its Run returned.
+absl::Status RunActorAgainst(grpc::Service* coordinator, grpc::Service* feed,
+                             FakeVerifier* verifier, MetricsRegistry* metrics) {
+  int cport = 0, vport = 0;
+  auto cserver = StartServer("127.0.0.1:0", {coordinator, feed}, &cport);
+  if (!cserver.ok()) return cserver.status();
+  auto vserver = StartServer("127.0.0.1:0", {verifier}, &vport);
+  if (!vserver.ok()) return vserver.status();
+  Actor actor(LoopOptions(cport, vport), metrics);
   const absl::Status status = actor.Run();
+  (*cserver)->Shutdown();
+  (*vserver)->Shutdown();
+  return status;
+}
+
+TEST(ActorLoopTest, LeasesSamplesSendsAndSwapsBetweenBatches) {
+  const ModelConfig config = TinyConfig();
+  FakeCoordinator coordinator(config);
+  FakeWeightFeed feed(config, &coordinator.lease_calls);
+  FakeVerifier verifier;
+  MetricsRegistry metrics("actor");
+  const absl::Status status = RunActorAgainst(&coordinator, &feed, &verifier, &metrics);
   ASSERT_TRUE(status.ok()) << status;
   EXPECT_EQ(coordinator.name_seen, "actor-7");
   EXPECT_GE(coordinator.lease_calls.load(), 4);
@@ -305,9 +319,6 @@ TEST(ActorLoopTest, LeasesSamplesSendsAndSwapsBetweenBatches) {
   EXPECT_EQ(MetricValue(text, "pmdrl_actor_groups_sent_total{status=\"stale\"}"), 1);
   EXPECT_EQ(MetricValue(text, "pmdrl_actor_groups_sent_total{status=\"unknown\"}"), 0);
   EXPECT_EQ(MetricValue(text, "pmdrl_actor_weight_sync_seconds_count"), 2);
-
-  (*cserver)->Shutdown();
-  (*vserver)->Shutdown();
 }
 
 TEST(ActorLoopTest, StopBeforeTheCoordinatorAnswersReturnsOk) {
@@ -454,32 +465,13 @@ class RollbackFeed final : public v1::WeightFeed::Service {
   RestartingCoordinator* coordinator_;
 };
 
-ActorOptions LoopOptions(int cport, int vport) {
-  ActorOptions options;
-  options.config.name = "actor-7";
-  options.config.coordinator = "127.0.0.1:" + std::to_string(cport);
-  options.config.verifiers = {"127.0.0.1:" + std::to_string(vport)};
-  options.config.prompts_per_batch = 2;
-  options.config.max_new_tokens = 5;
-  options.run_seed = 3;
-  options.token = kToken;
-  options.heartbeat_interval = milliseconds(20);
-  return options;
-}
-
 TEST(ActorLoopTest, RegistersAgainWhenTheCoordinatorForgotItsId) {
   const ModelConfig config = TinyConfig();
   RestartingCoordinator coordinator(config, kGroupSize);
   VersionOneFeed feed(config);
   FakeVerifier verifier;
-  int cport = 0, vport = 0;
-  auto cserver = StartServer("127.0.0.1:0", {&coordinator, &feed}, &cport);
-  auto vserver = StartServer("127.0.0.1:0", {&verifier}, &vport);
-  ASSERT_TRUE(cserver.ok() && vserver.ok());
-
   MetricsRegistry metrics("actor");
-  Actor actor(LoopOptions(cport, vport), &metrics);
-  const absl::Status status = actor.Run();
+  const absl::Status status = RunActorAgainst(&coordinator, &feed, &verifier, &metrics);
   ASSERT_TRUE(status.ok()) << status;
   // Once, though both the heartbeat and the lease loop may have seen NotFound.
   EXPECT_EQ(coordinator.registrations.load(), 2);
@@ -506,9 +498,6 @@ TEST(ActorLoopTest, RegistersAgainWhenTheCoordinatorForgotItsId) {
                 MetricValue(text, "pmdrl_actor_groups_sent_total{status=\"unknown\"}"),
             3);
   EXPECT_EQ(MetricValue(text, "pmdrl_actor_groups_in_flight"), 0);
-
-  (*cserver)->Shutdown();
-  (*vserver)->Shutdown();
 }
 
 TEST(ActorLoopTest, ACoordinatorResumedAtAnOlderVersionIsFollowedBack) {
@@ -516,14 +505,8 @@ TEST(ActorLoopTest, ACoordinatorResumedAtAnOlderVersionIsFollowedBack) {
   RestartingCoordinator coordinator(config, kGroupSize, /*first_version=*/2, /*second_version=*/1);
   RollbackFeed feed(config, &coordinator);
   FakeVerifier verifier;
-  int cport = 0, vport = 0;
-  auto cserver = StartServer("127.0.0.1:0", {&coordinator, &feed}, &cport);
-  auto vserver = StartServer("127.0.0.1:0", {&verifier}, &vport);
-  ASSERT_TRUE(cserver.ok() && vserver.ok());
-
   MetricsRegistry metrics("actor");
-  Actor actor(LoopOptions(cport, vport), &metrics);
-  const absl::Status status = actor.Run();
+  const absl::Status status = RunActorAgainst(&coordinator, &feed, &verifier, &metrics);
   ASSERT_TRUE(status.ok()) << status;
   std::vector<v1::Group> groups;
   {
@@ -539,9 +522,6 @@ TEST(ActorLoopTest, ACoordinatorResumedAtAnOlderVersionIsFollowedBack) {
   }
   EXPECT_TRUE(got_new_lease);
   EXPECT_EQ(MetricValue(metrics.Serialize(), "pmdrl_actor_policy_version"), 1);
-
-  (*cserver)->Shutdown();
-  (*vserver)->Shutdown();
 }
 
 TEST(ActorLoopTest, ARestartedCoordinatorWithAnotherGroupSizeIsAnError) {
@@ -549,20 +529,11 @@ TEST(ActorLoopTest, ARestartedCoordinatorWithAnotherGroupSizeIsAnError) {
   RestartingCoordinator coordinator(config, kGroupSize + 1);
   VersionOneFeed feed(config);
   FakeVerifier verifier;
-  int cport = 0, vport = 0;
-  auto cserver = StartServer("127.0.0.1:0", {&coordinator, &feed}, &cport);
-  auto vserver = StartServer("127.0.0.1:0", {&verifier}, &vport);
-  ASSERT_TRUE(cserver.ok() && vserver.ok());
-
   MetricsRegistry metrics("actor");
-  Actor actor(LoopOptions(cport, vport), &metrics);
-  const absl::Status status = actor.Run();
+  const absl::Status status = RunActorAgainst(&coordinator, &feed, &verifier, &metrics);
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
   EXPECT_NE(status.message().find("group size 4 instead of 3"), absl::string_view::npos) << status;
   EXPECT_EQ(coordinator.registrations.load(), 2);
-
-  (*cserver)->Shutdown();
-  (*vserver)->Shutdown();
 }
 
 TEST(GenerationEngineDeviceTest, DeviceIsCheckedWhenTheEngineIsBuilt) {
