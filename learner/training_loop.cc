@@ -325,32 +325,28 @@ absl::Status TrainingLoop::Impl::Finish() {
     stop.set_stop(true);
     (void)Scatter(stop);  // a follower that is gone already needs no stop
   }
-  if (stopped) {
-    // SIGTERM (docker stop, Ctrl-C in pmdrl local) keeps the updates since the last
-    // checkpoint: the loop stops between updates, so the state is whole. Without the
-    // optimizer shards (followers signalled too and gone) the last checkpoint stands.
-    if (last_checkpoint_update == update) return absl::OkStatus();
+  // A stop signal (docker stop, Ctrl-C in pmdrl local) also keeps the updates since the
+  // last checkpoint: the loop stops between updates, so the state is whole. Only the
+  // evaluation is skipped.
+  if (!stopped && last_eval_update != update) Evaluate();
+  if (last_checkpoint_update != update) {
     if (!final_gathered.ok()) {
+      // Without the final checkpoint the run's last updates are lost: an error, not a
+      // "training finished". A stopped run's followers may have been signalled too and
+      // be gone with their optimizer shards: then its last checkpoint stands.
+      if (!stopped) return final_gathered;
       spdlog::warn("stopped at update {} without a final checkpoint ({}); resume starts at {}",
                    update, std::string(final_gathered.message()), last_checkpoint_update);
       return absl::OkStatus();
     }
     last_checkpoint_update = update;
-    absl::StatusOr<std::string> dir = WriteCheckpointNow(false);
-    if (!dir.ok()) return dir.status();
-    spdlog::info("stopped by signal {} at update {}: final checkpoint written", StopSignal(),
-                 update);
-    return absl::OkStatus();
-  }
-  if (last_eval_update != update) Evaluate();
-  if (last_checkpoint_update != update) {
-    // Without the final checkpoint the run's last updates are lost: an error, not a
-    // "training finished".
-    if (!final_gathered.ok()) return final_gathered;
-    last_checkpoint_update = update;
     if (absl::StatusOr<std::string> dir = WriteCheckpointNow(false); !dir.ok()) {
       return dir.status();
     }
+  }
+  if (stopped) {
+    spdlog::info("stopped by signal {} at update {}", StopSignal(), update);
+    return absl::OkStatus();
   }
   coordinator.Finish();
   spdlog::info("training finished: {} updates, final accuracy {:.1f}% (mean of last {})", update,
