@@ -39,10 +39,6 @@ if ! docker info >/dev/null 2>&1; then
     echo "SKIP: no Docker engine answers and starting one needs root (run scripts/docker-env as root)"
     exit 77
   fi
-  if ! command -v dockerd >/dev/null 2>&1 && ! apt-get install -y -qq docker.io >/dev/null 2>&1; then
-    echo "SKIP: no Docker engine here and docker.io could not be installed"
-    exit 77
-  fi
   if ! dockerd_up; then
     echo "SKIP: no Docker engine answers and dockerd would not start here (see above)"
     exit 77
@@ -50,7 +46,8 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 TMP=$(mktemp -d /tmp/pmdrl-compose-test.XXXXXX)
-dc() { docker-compose -f "$SRC/deploy/docker-compose.yml" "$@"; }
+# docker-compose on the cluster's file, with the Prometheus image scripts/cluster picks.
+dc() { bash "$SRC/scripts/cluster" compose "$@"; }
 
 cleanup() {
   local rc=$?
@@ -114,11 +111,6 @@ scale() {
 log "scripts/cluster up (ACTORS=3 VERIFIERS=2, Prometheus on $PROM)"
 start=$SECONDS
 ACTORS=3 VERIFIERS=2 bash scripts/cluster up || fail "scripts/cluster up failed"
-# What scripts/cluster picked for Prometheus where prom/prometheus cannot be pulled; the
-# test's own docker-compose calls need it too.
-if ! docker image inspect prom/prometheus:v2.53.0 >/dev/null 2>&1; then
-  export PMDRL_PROMETHEUS_IMAGE=pmdrl-prometheus:debian
-fi
 log "cluster up in $((SECONDS - start)) s (image build included); pmdrl:cpu is" \
     "$(docker image inspect -f '{{.Size}}' pmdrl:cpu | awk '{printf "%.0f MB", $1 / 1e6}')"
 
