@@ -5,7 +5,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all deps demo-deps configure build test unit demo cluster cluster-down bench sanitize format clean
+.PHONY: all deps demo-deps configure build test unit demo cluster cluster-down bench sanitize fuzz format clean
 
 all: build
 
@@ -54,8 +54,15 @@ sanitize: deps
 	cmake --build build-asan -j $(JOBS)
 	ASAN_OPTIONS=detect_leaks=0 ctest --test-dir build-asan -L unit --output-on-failure
 
+# The libFuzzer targets (fuzz/): built with clang in build-fuzz/, each run FUZZ_SECONDS over
+# its seed corpus (scripts/fuzz; FUZZ_SECONDS=0 FUZZ_ARGS=-runs=1000000 runs a count instead).
+FUZZ_SECONDS ?= 60
+FUZZ_ARGS ?=
+fuzz: deps
+	bash scripts/fuzz $(FUZZ_SECONDS) $(FUZZ_ARGS)
+
 format:
 	clang-format -i $$(git ls-files '*.cc' '*.h')
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-fuzz

@@ -66,6 +66,8 @@ const char* AckName(v1::AckStatus status) {
       return "duplicate";
     case v1::ACK_REJECTED:
       return "rejected";
+    case v1::ACK_RELEASED:
+      return "released";
     default:
       return "unknown";
   }
@@ -105,8 +107,8 @@ class Actor::Impl {
             "pmdrl_actor_weight_sync_seconds",
             "From the first chunk of a version to its weights loaded in the model",
             {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120})) {
-    for (v1::AckStatus s :
-         {v1::ACK_ACCEPTED, v1::ACK_STALE, v1::ACK_DUPLICATE, v1::ACK_REJECTED, v1::ACK_UNKNOWN}) {
+    for (v1::AckStatus s : {v1::ACK_ACCEPTED, v1::ACK_STALE, v1::ACK_DUPLICATE, v1::ACK_REJECTED,
+                            v1::ACK_RELEASED, v1::ACK_UNKNOWN}) {
       groups_sent_[s] = &metrics->Counter(
           "pmdrl_actor_groups_sent_total",
           "Groups handed to verifiers, by the learner's answer (unknown: dropped unacked)",
@@ -211,7 +213,7 @@ class Actor::Impl {
   // One engine step; its finished groups go to the sender.
   absl::Status StepEngine();
   // Sends one group (retrying until the lease deadline) and returns the learner's answer,
-  // ACK_UNKNOWN when it gave up. Runs on the sender's thread.
+  // ACK_UNKNOWN when it gave up. Runs on a sender thread (several at once).
   v1::AckStatus SendGroup(const v1::Group& group, int64_t deadline_ms);
   void GroupSent(const v1::Group& group, v1::AckStatus status);
   void MaybeLogProgress(bool force);
@@ -736,7 +738,10 @@ absl::Status Actor::Impl::Run() {
   }
   // host:port entries are one verifier each; a dns:/// entry stands for every replica
   // its name resolves to (one round_robin channel, re-resolved as replicas change).
-  verifiers_ = std::make_unique<VerifierPool>(options_.config.verifiers, options_.token);
+  VerifierPool::Options pool_options;
+  pool_options.window = static_cast<int>(options_.config.send_window);
+  verifiers_ =
+      std::make_unique<VerifierPool>(options_.config.verifiers, options_.token, pool_options);
   spdlog::info("verifiers: {} ({} streams)", absl::StrJoin(options_.config.verifiers, ", "),
                verifiers_->size());
 
@@ -747,10 +752,16 @@ absl::Status Actor::Impl::Run() {
                                                registration_.actor_id(), options_.token);
   receiver_->Start();
   heartbeat_ = std::thread([this] { HeartbeatLoop(); });
+  // actor.send_window groups in flight on each verifier stream: one sender thread per
+  // group in flight, each blocked on its own ack while the stream carries the others
+  // (threads capped: a huge window is then only partly in flight, the rest queued).
+  const int64_t in_flight =
+      options_.config.send_window * static_cast<int64_t>(std::max<size_t>(1, verifiers_->size()));
   sender_ = std::make_unique<GroupSender>(
-      options_.config.send_window,
+      in_flight,
       [this](const v1::Group& g, int64_t deadline_ms) { return SendGroup(g, deadline_ms); },
-      [this](const v1::Group& g, v1::AckStatus status) { GroupSent(g, status); });
+      [this](const v1::Group& g, v1::AckStatus status) { GroupSent(g, status); },
+      std::min<int64_t>(in_flight, 256));
 
   absl::Status result = [&]() -> absl::Status {
     // A new actor holds the current weights before it generates anything.

@@ -24,6 +24,7 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/process.h"
+#include "common/rpc.h"
 #include "spdlog/spdlog.h"
 
 int main(int argc, char** argv) {
@@ -55,6 +56,12 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::string> token = pmdrl::LoadToken(config->run.token_file);
   if (!token.ok()) {
     spdlog::error("{}", std::string(token.status().message()));
+    return 2;
+  }
+  if (absl::Status s = pmdrl::ConfigureTransportSecurity(
+          {config->run.tls_cert, config->run.tls_key, config->run.tls_ca});
+      !s.ok()) {
+    spdlog::error("{}", std::string(s.message()));
     return 2;
   }
 

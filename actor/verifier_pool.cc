@@ -3,6 +3,7 @@
 #include <grpcpp/client_context.h>
 
 #include <algorithm>
+#include <deque>
 #include <optional>
 #include <utility>
 
@@ -40,18 +41,30 @@ struct VerifierPool::Target {
   }
 };
 
+// A group written on a stream, waiting for its ack; completed by the stream's reader.
+struct VerifierPool::Pending {
+  std::string lease_id;
+  bool done = false;  // guarded by the verifier's mu
+  absl::StatusOr<v1::GroupAck> result = absl::UnknownError("pending");
+};
+
+// One stream slot. Its `mu` guards the stream's state; writes are made under it too, so
+// the order of `pending` is the order of the groups on the wire.
 struct VerifierPool::Verifier {
   std::string address;
   Target* target = nullptr;                      // owned by the pool's targets_
   std::shared_ptr<v1::Verifier::Stub> stub;      // of the open stream's channel
   std::chrono::steady_clock::time_point opened;  // of the open stream
 
-  std::mutex mu;                             // serialises use of the stream: one group at a time
+  std::mutex mu;
+  std::condition_variable changed;           // a group completed, or the stream closed
   std::unique_ptr<grpc::ClientContext> ctx;  // of the open stream; null when closed
   std::unique_ptr<grpc::ClientReaderWriter<v1::Group, v1::GroupAck>> stream;
+  std::deque<std::shared_ptr<Pending>> pending;  // written, unacked, oldest first
+  std::thread reader;  // of the open stream (or, once it closed, finishing its last lines)
   std::atomic<bool> healthy{true};  // last attempt succeeded (to log transitions)
 
-  // Guarded by the pool's watchdog_mu_: the ack deadline of the group in flight.
+  // Guarded by the pool's watchdog_mu_: the ack deadline of the oldest group in flight.
   std::optional<std::chrono::steady_clock::time_point> deadline;
   bool timed_out = false;
 };
@@ -76,19 +89,20 @@ VerifierPool::VerifierPool(std::vector<std::string> addresses, std::string token
 }
 
 VerifierPool::~VerifierPool() {
+  // Each reader closes its own stream once cancelled (failing what is still pending).
+  for (auto& v : verifiers_) {
+    {
+      std::lock_guard<std::mutex> lock(v->mu);
+      if (v->ctx != nullptr) v->ctx->TryCancel();
+    }
+    if (v->reader.joinable()) v->reader.join();
+  }
   {
     std::lock_guard<std::mutex> lock(watchdog_mu_);
     watchdog_stop_ = true;
   }
   watchdog_cv_.notify_all();
   watchdog_.join();
-  for (auto& v : verifiers_) {
-    std::lock_guard<std::mutex> lock(v->mu);
-    if (v->stream != nullptr) {
-      v->ctx->TryCancel();
-      v->stream->Finish().IgnoreError();
-    }
-  }
 }
 
 const std::string& VerifierPool::address(size_t i) const { return verifiers_.at(i)->address; }
@@ -105,8 +119,8 @@ void VerifierPool::Watchdog() {
     for (auto& v : verifiers_) {
       if (!v->deadline.has_value()) continue;
       if (*v->deadline <= now) {
-        // The ctx outlives the deadline: SendTo clears `deadline` (under this mutex)
-        // before it closes the stream.
+        // The ctx outlives the deadline: the reader clears `deadline` (under this
+        // mutex) before it closes the stream.
         v->timed_out = true;
         v->deadline.reset();
         v->ctx->TryCancel();
@@ -123,70 +137,120 @@ void VerifierPool::Watchdog() {
 }
 
 absl::StatusOr<v1::GroupAck> VerifierPool::SendTo(Verifier& v, const v1::Group& group) {
-  std::lock_guard<std::mutex> lock(v.mu);
+  std::unique_lock<std::mutex> lock(v.mu);
+  const size_t window = static_cast<size_t>(std::max(1, options_.window));
+  v.changed.wait(lock, [&] { return v.pending.size() < window; });
   if (v.stream == nullptr) {
+    // The previous stream's reader has closed it and is past its last use of `mu`.
+    if (v.reader.joinable()) v.reader.join();
     v.ctx = std::make_unique<grpc::ClientContext>();
     AddBearer(v.ctx.get(), token_);
     v.stub = v.target->Stub(options_.dns_refresh);
     v.stream = v.stub->ScoreGroups(v.ctx.get());
     v.opened = std::chrono::steady_clock::now();
+    v.reader = std::thread([this, pv = &v] { ReadAcks(pv); });
   }
-  {
+  auto mine = std::make_shared<Pending>();
+  mine->lease_id = group.lease_id();
+  v.pending.push_back(mine);
+  if (v.pending.size() == 1) {
     std::lock_guard<std::mutex> wlock(watchdog_mu_);
     v.deadline = std::chrono::steady_clock::now() + options_.ack_timeout;
     v.timed_out = false;
+    watchdog_cv_.notify_all();
   }
-  watchdog_cv_.notify_all();
-
-  const bool written = v.stream->Write(group);
-  v1::GroupAck ack;
-  const bool read = written && v.stream->Read(&ack);
-
-  bool timed_out;
-  {
-    std::lock_guard<std::mutex> wlock(watchdog_mu_);
-    v.deadline.reset();
-    timed_out = v.timed_out;
+  // A failed Write means the call is over: the reader's Read fails too, and it fails
+  // every pending group, this one included.
+  v.stream->Write(group);
+  v.changed.wait(lock, [&] { return mine->done; });
+  absl::StatusOr<v1::GroupAck> ack = std::move(mine->result);
+  if (ack.ok() && ack->status() == v1::ACK_UNKNOWN) {
+    return absl::UnavailableError(absl::StrCat(v.address, ": ACK_UNKNOWN (", ack->message(), ")"));
   }
+  return ack;
+}
 
-  // A stream that may still be open (a timed-out Read) is cancelled first, so Finish
-  // cannot block. A failed Write or Read means the call is over: Finish then returns the
-  // server's own status (UNAUTHENTICATED, say), which a cancel would mask as CANCELLED.
-  auto close = [&](std::string why, bool cancel) {
-    if (cancel) v.ctx->TryCancel();
-    const grpc::Status status = v.stream->Finish();
+void VerifierPool::ReadAcks(Verifier* v) {
+  // Only this thread reads or resets the stream; `stream` and `ctx` stay put until then.
+  grpc::ClientReaderWriter<v1::Group, v1::GroupAck>* stream = v->stream.get();
+  while (true) {
+    v1::GroupAck ack;
+    const bool read = stream->Read(&ack);
+    std::unique_lock<std::mutex> lock(v->mu);
+    bool timed_out;
+    {
+      std::lock_guard<std::mutex> wlock(watchdog_mu_);
+      timed_out = v->timed_out;
+      if (read && !timed_out && !v->pending.empty() &&
+          ack.lease_id() == v->pending.front()->lease_id) {
+        // The next group's ack is due within ack_timeout from now.
+        if (v->pending.size() > 1) {
+          v->deadline = std::chrono::steady_clock::now() + options_.ack_timeout;
+        } else {
+          v->deadline.reset();
+        }
+      } else {
+        v->deadline.reset();  // the stream closes below: the watchdog lets go of ctx
+      }
+    }
+    std::string why;
+    bool cancel = false;
+    if (!read || timed_out) {
+      cancel = timed_out;  // a timed-out stream may still be open
+    } else if (v->pending.empty() || ack.lease_id() != v->pending.front()->lease_id) {
+      why = absl::StrCat("ack for lease '", ack.lease_id(), "' while waiting for '",
+                         v->pending.empty() ? "" : v->pending.front()->lease_id,
+                         "': stream out of step, reopened");
+      cancel = true;
+    } else {
+      std::shared_ptr<Pending> front = std::move(v->pending.front());
+      v->pending.pop_front();
+      front->result = std::move(ack);
+      front->done = true;
+      v->changed.notify_all();
+      if (!v->pending.empty() || !v->target->dns ||
+          std::chrono::steady_clock::now() - v->opened < options_.dns_refresh) {
+        continue;
+      }
+      // Nothing in flight: ending the stream loses nothing. The next group opens a new
+      // one, which round_robin may place on a replica that appeared since.
+      v->ctx->TryCancel();
+      v->stream->Finish().IgnoreError();
+      v->stream.reset();
+      v->ctx.reset();
+      return;
+    }
+
+    // A stream that may still be open is cancelled first, so Finish cannot block. A
+    // failed Read means the call is over: Finish then returns the server's own status
+    // (UNAUTHENTICATED, say), which a cancel would mask as CANCELLED. Writers hold `mu`
+    // while they write, so Finish runs alone on the stream.
+    if (cancel) v->ctx->TryCancel();
+    const grpc::Status status = v->stream->Finish();
     // Which replica of a DNS target it was (peer() is known once the call started).
-    const std::string peer = v.target->dns ? v.ctx->peer() : "";
+    const std::string peer = v->target->dns ? v->ctx->peer() : "";
     const std::string where =
-        peer.empty() || peer == v.address ? v.address : absl::StrCat(v.address, " (", peer, ")");
-    v.stream.reset();
-    v.ctx.reset();
+        peer.empty() || peer == v->address ? v->address : absl::StrCat(v->address, " (", peer, ")");
     if (timed_out) {
       why = absl::StrCat("no ack within ", options_.ack_timeout.count(), " ms");
     } else if (why.empty()) {
       why = absl::StrCat("stream broken (", ToAbsl(status).ToString(), ")");
     }
-    return absl::UnavailableError(absl::StrCat(where, ": ", why));
-  };
-
-  if (!read || timed_out) return close("", timed_out);
-  if (ack.lease_id() != group.lease_id()) {
-    return close(absl::StrCat("ack for lease '", ack.lease_id(), "' while waiting for '",
-                              group.lease_id(), "': stream out of step, reopened"),
-                 true);
+    const absl::Status error = absl::UnavailableError(absl::StrCat(where, ": ", why));
+    for (std::shared_ptr<Pending>& p : v->pending) {
+      p->result = error;
+      p->done = true;
+    }
+    if (v->pending.size() > 1) {
+      spdlog::warn("verifier {}: {} groups in flight go to other verifiers", where,
+                   v->pending.size());
+    }
+    v->pending.clear();
+    v->stream.reset();
+    v->ctx.reset();
+    v->changed.notify_all();
+    return;
   }
-  if (ack.status() == v1::ACK_UNKNOWN) {
-    return absl::UnavailableError(absl::StrCat(v.address, ": ACK_UNKNOWN (", ack.message(), ")"));
-  }
-  if (v.target->dns && std::chrono::steady_clock::now() - v.opened >= options_.dns_refresh) {
-    // Its ack is in: nothing is lost by ending the stream here. The next group opens a
-    // new one, which round_robin may place on a replica that appeared since.
-    v.ctx->TryCancel();
-    v.stream->Finish().IgnoreError();
-    v.stream.reset();
-    v.ctx.reset();
-  }
-  return ack;
 }
 
 absl::StatusOr<v1::GroupAck> VerifierPool::Send(const v1::Group& group) {

@@ -112,6 +112,7 @@ int Main(int argc, char** argv) {
   CommOptions base;
   base.world_size = world;
   base.store_address = absl::StrCat("127.0.0.1:", FreePort());
+  base.token = "allreduce-bench-token";  // the store authenticates every rank
   base.bucket_bytes = f.bucket_mib << 20;
   Result grad, large;
   int64_t grad_tensors = 0;

@@ -194,6 +194,7 @@ int main(int argc, char** argv) {
     CommOptions o;
     o.world_size = static_cast<int>(ranks);
     o.store_address = absl::StrCat("127.0.0.1:", FreePort());
+    o.token = "learner-bench-token";  // the store authenticates every rank
     o.backend = cuda ? "nccl" : "gloo";
     std::vector<std::thread> joining;
     std::vector<absl::Status> joined(ranks);

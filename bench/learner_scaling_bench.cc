@@ -97,6 +97,7 @@ Figure TwoRanks(Config config, bool overlap, const std::vector<v1::Group>& batch
   CommOptions o0;
   o0.world_size = 2;
   o0.store_address = absl::StrCat("127.0.0.1:", FreePort());
+  o0.token = "scaling-bench-token";  // the store authenticates every rank
   o0.bucket_bytes = config.learner.bucket_mb << 20;
   CommOptions o1 = o0;
   o1.rank = 1;
@@ -163,6 +164,7 @@ int RunCuda(Config config, const std::vector<v1::Group>& batch, double seconds) 
   CommOptions o;
   o.backend = "nccl";
   o.store_address = absl::StrCat("127.0.0.1:", FreePort());
+  o.token = "scaling-bench-token";
   o.bucket_bytes = 1 << 20;
   Config gpu_nccl = gpu;
   gpu_nccl.learner.bucket_mb = 1;  // two buckets of the 1.7 MB gradient: one overlaps backward

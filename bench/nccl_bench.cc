@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   pmdrl::CommOptions o;
   o.backend = "nccl";
   o.store_address = argc > 1 ? argv[1] : "127.0.0.1:29533";
+  o.token = "nccl-bench-token";  // one rank: the store is its own, on loopback
   auto comm = pmdrl::CreateCommunicator(o);
   if (!comm.ok()) {
     std::printf("nccl_bench: %s\n", std::string(comm.status().ToString()).c_str());

@@ -31,6 +31,7 @@ struct Child {
   int port = 0;  // 0: not a server
   int metrics_port = 0;
   std::string log_path;
+  std::vector<std::string> argv;  // the command it was started with, for a restart
   bool alive = false;
   int wait_status = 0;  // valid once !alive
 };

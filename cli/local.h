@@ -1,6 +1,7 @@
 // `pmdrl local`: runs a whole cluster (local.learners data-parallel learner ranks,
 // local.verifiers verifiers, local.actors actors) as child processes on this machine,
-// bound to loopback and sharing a fresh random bearer token, shows progress, stops
+// bound to loopback, sharing a fresh random bearer token and (local.tls) talking mutual
+// TLS with a throw-away CA made for the run, shows progress, stops
 // everything cleanly and summarises a finished run (curve.svg and one "demo:" line on stdout).
 #ifndef PMDRL_CLI_LOCAL_H_
 #define PMDRL_CLI_LOCAL_H_

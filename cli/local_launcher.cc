@@ -23,11 +23,13 @@
 #include "cli/child_process.h"
 #include "cli/local_console.h"
 #include "cli/local_ports.h"
+#include "cli/local_tls.h"
 #include "cli/plot.h"
 #include "common/auth.h"
 #include "common/rpc.h"
 #include "grpc/grpc.h"
 #include "grpcpp/grpcpp.h"
+#include "learner/checkpoint.h"
 #include "nlohmann/json.hpp"
 #include "pmdrl/pmdrl.grpc.pb.h"
 #include "spdlog/spdlog.h"
@@ -65,7 +67,10 @@ std::string ExeDir() {
 // reaps any left by an early return), and is the only waitpid caller for them.
 class Launcher {
  public:
-  Launcher(Config config, LocalArgs args) : config_(std::move(config)), args_(std::move(args)) {}
+  Launcher(Config config, LocalArgs args)
+      : config_(std::move(config)),
+        args_(std::move(args)),
+        restarts_left_(config_.local.restarts) {}
   ~Launcher() { KillAll(); }
 
   int Run();
@@ -74,6 +79,9 @@ class Launcher {
   enum class Outcome { kFinished, kSignal, kFailed };
 
   absl::Status Prepare();
+  // Certificates of the run (cli/local_tls.h) unless local.tls is false or run.tls_*
+  // name files, and this process's transport security set to match.
+  absl::Status PrepareTls();
   absl::StatusOr<Child> Start(const std::string& name, std::vector<std::string> argv, int port,
                               int metrics_port);
   // Polls GetStatus until it answers. kFinished here means "ready".
@@ -82,8 +90,13 @@ class Launcher {
   // wait_for_ready: wait (up to the timeout) for the connection instead of failing
   // at once while it is down.
   absl::StatusOr<v1::StatusResponse> GetStatus(int timeout_ms, bool wait_for_ready);
-  // Reaps exited children and reports them; returns false when the learner exited.
+  // Reaps exited children and reports them, restarting killed ones while local.restarts
+  // allows (see Restart); returns false when the learner exited and was not restarted.
   bool CheckChildren();
+  // Starts `c` again after it was killed by a signal (not by us: we reap our own), when
+  // local.restarts has some left: an actor or verifier as it was, the learner (one rank
+  // only) with learner.resume=auto once a checkpoint exists. False: not restarted.
+  bool Restart(Child& c);
   // Reaps learner ranks >= 1. An exit with code 0 is normal (rank 0 ends them at the
   // end of training); any other exit is reported with its log's tail and returns false.
   bool CheckLearnerRanks();
@@ -107,6 +120,7 @@ class Launcher {
   ClusterPlan plan_;
   fs::path run_dir_;
   std::string token_;
+  TlsFiles tls_;                      // what the children use (all empty: plaintext)
   Child learner_;                     // rank 0
   std::vector<Child> learner_ranks_;  // ranks 1..N-1, [r - 1] for rank r
   std::vector<Child> verifiers_, actors_;
@@ -119,6 +133,7 @@ class Launcher {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Coordinator::Stub> stub_;
   v1::StatusResponse last_status_;
+  int64_t restarts_left_ = 0;  // local.restarts still unused
   bool warned_no_actors_ = false;
   bool warned_no_verifiers_ = false;
 };
@@ -158,7 +173,32 @@ absl::Status Launcher::Prepare() {
 
   token_ = RandomToken();
   plan_.token_file = (run_dir_ / "token").string();
-  return WriteTokenFile(plan_.token_file, token_);
+  if (absl::Status s = WriteTokenFile(plan_.token_file, token_); !s.ok()) return s;
+  return PrepareTls();
+}
+
+absl::Status Launcher::PrepareTls() {
+  // The user's own files (run.tls_*) reach the children through the config and the
+  // overrides; otherwise, by default, the run gets certificates of its own.
+  TlsFiles tls{config_.run.tls_cert, config_.run.tls_key, config_.run.tls_ca};
+  if (tls.cert.empty() && config_.local.tls) {
+    absl::StatusOr<TlsFiles> made = MakeLocalCertificates((run_dir_ / "tls").string());
+    if (!made.ok()) return made.status();
+    tls = *made;
+    plan_.tls_cert = tls.cert;
+    plan_.tls_key = tls.key;
+    plan_.tls_ca = tls.ca;
+  }
+  // Our own GetStatus channel is a client of the learner like any other.
+  if (absl::Status s = ConfigureTransportSecurity(tls); !s.ok()) return s;
+  tls_ = tls;
+  if (tls.cert.empty()) {
+    console_.Info("gRPC in plaintext (local.tls=false)");
+  } else {
+    console_.Info("gRPC over {} TLS; certificates: {}", tls.ca.empty() ? "server-only" : "mutual",
+                  fs::path(tls.cert).parent_path().string());
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Child> Launcher::Start(const std::string& name, std::vector<std::string> argv,
@@ -168,6 +208,7 @@ absl::StatusOr<Child> Launcher::Start(const std::string& name, std::vector<std::
   child.port = port;
   child.metrics_port = metrics_port;
   child.log_path = (run_dir_ / "logs" / (name + ".log")).string();
+  child.argv = argv;
   absl::StatusOr<pid_t> pid =
       Spawn(std::move(argv), ChildEnvironment(token_), child.log_path, "pmdrl local");
   if (!pid.ok()) {
@@ -202,7 +243,7 @@ Launcher::Outcome Launcher::WaitForLearner() {
   channel_args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   channel_ = grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", learner_.port),
-                                       grpc::InsecureChannelCredentials(), channel_args);
+                                       ClientCredentials(), channel_args);
   stub_ = v1::Coordinator::NewStub(channel_);
   // Every rank loads the model before rank 0 can serve; on a small machine they
   // compete for the cores, so allow more time per extra rank.
@@ -244,6 +285,7 @@ bool Launcher::CheckChildren() {
       if (Reap(c)) {
         console_.Warn("{} exited ({}); training continues", c.name,
                       DescribeWaitStatus(c.wait_status));
+        Restart(c);
         changed = true;
       }
     }
@@ -264,8 +306,34 @@ bool Launcher::CheckChildren() {
     warned_no_verifiers_ = true;
     console_.Warn("every verifier has exited: no rollouts can be scored");
   }
-  Reap(learner_);
+  if (Reap(learner_) && plan_.learners == 1 && Restart(learner_)) WriteClusterJson();
   return learner_.alive;
+}
+
+bool Launcher::Restart(Child& c) {
+  if (!WIFSIGNALED(c.wait_status) || restarts_left_ <= 0) return false;
+  std::vector<std::string> argv = c.argv;
+  if (&c == &learner_ && FindCheckpoint(run_dir_.string(), "auto").ok() &&
+      std::find(argv.begin(), argv.end(), "--learner.resume=auto") == argv.end()) {
+    argv.push_back("--learner.resume=auto");
+  }
+  --restarts_left_;
+  console_.Warn("restarting {} ({} of local.restarts left)", c.name, restarts_left_);
+  absl::StatusOr<Child> again = Start(c.name, std::move(argv), c.port, c.metrics_port);
+  if (!again.ok()) {
+    console_.Error("{}", std::string(again.status().message()));
+    return false;
+  }
+  c = *std::move(again);
+  if (&c == &learner_) {
+    // A channel of its own to the new process, with MakeChannel's settings: measured
+    // here, the start-up channel's (100 ms connect attempts) never completed a TLS
+    // handshake with a learner restarted under a running cluster ("Handshake read
+    // failed"), while MakeChannel's did.
+    channel_ = MakeChannel(absl::StrCat("127.0.0.1:", learner_.port));
+    stub_ = v1::Coordinator::NewStub(channel_);
+  }
+  return true;
 }
 
 bool Launcher::CheckLearnerRanks() {
@@ -357,6 +425,11 @@ void Launcher::WriteClusterJson() {
                            {"alive", c.alive}});
   }
   j["token_file"] = plan_.token_file;
+  // What a client of this cluster needs to connect (common/rpc.h TlsFiles); absent in
+  // plaintext.
+  if (!tls_.cert.empty()) {
+    j["tls"] = {{"cert", tls_.cert}, {"key", tls_.key}, {"ca", tls_.ca}};
+  }
   // Written whole under a temporary name and renamed: a reader never sees half a file.
   fs::path path = run_dir_ / "cluster.json";
   fs::path tmp = run_dir_ / "cluster.json.tmp";

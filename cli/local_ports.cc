@@ -77,7 +77,8 @@ absl::StatusOr<ClusterPorts> PickPorts(int64_t base_port, int verifiers, int act
 
 namespace {
 
-// The part every child shares: binary, --config, the user's overrides, the token file.
+// The part every child shares: binary, --config, the user's overrides, the token file
+// and the run's certificates.
 std::vector<std::string> CommonPrefix(const ClusterPlan& plan, const std::string& binary) {
   std::vector<std::string> argv = {binary};
   if (!plan.config_path.empty()) {
@@ -86,6 +87,11 @@ std::vector<std::string> CommonPrefix(const ClusterPlan& plan, const std::string
   }
   for (const std::string& o : plan.overrides) argv.push_back("--" + o);
   if (!plan.token_file.empty()) argv.push_back("--run.token_file=" + plan.token_file);
+  if (!plan.tls_cert.empty()) {
+    argv.push_back("--run.tls_cert=" + plan.tls_cert);
+    argv.push_back("--run.tls_key=" + plan.tls_key);
+    argv.push_back("--run.tls_ca=" + plan.tls_ca);
+  }
   return argv;
 }
 

@@ -38,6 +38,9 @@ struct ClusterPlan {
   std::string config_path;             // passed as --config when non-empty
   std::vector<std::string> overrides;  // the user's "section.key=value"
   std::string token_file;              // passed as --run.token_file when non-empty
+  // Passed as --run.tls_cert/--run.tls_key/--run.tls_ca when cert is non-empty: the
+  // certificates `pmdrl local` made for the run (cli/local_tls.h).
+  std::string tls_cert, tls_key, tls_ca;
   bool resume = false;
   int learners = 1;  // data-parallel learner ranks; 1: no rank flags at all
   ClusterPorts ports;

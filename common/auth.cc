@@ -1,12 +1,15 @@
 #include "common/auth.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <random>
-#include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
@@ -49,14 +52,44 @@ absl::StatusOr<std::string> CheckToken(std::string token, absl::string_view wher
 
 absl::StatusOr<std::string> LoadToken(const std::string& token_file) {
   if (!token_file.empty()) {
-    std::ifstream in(token_file, std::ios::binary);
-    if (!in) {
+    // The mode is checked on the descriptor that is read, so the file cannot be
+    // swapped between the check and the read.
+    const int fd = ::open(token_file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
       return absl::NotFoundError(
           absl::StrCat("cannot read bearer token file ", token_file, ": ", std::strerror(errno)));
     }
-    std::stringstream text;
-    text << in.rdbuf();
-    return CheckToken(std::string(absl::StripAsciiWhitespace(text.str())),
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+      const int err = errno;
+      ::close(fd);
+      return absl::NotFoundError(
+          absl::StrCat("cannot stat bearer token file ", token_file, ": ", std::strerror(err)));
+    }
+    if ((st.st_mode & 077) != 0) {
+      ::close(fd);
+      char mode[8];
+      std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+      return absl::PermissionDeniedError(absl::StrCat(
+          "permissions ", mode, " for bearer token file '", token_file,
+          "' are too open: it must not be readable or writable by group or others; chmod 600 it"));
+    }
+    std::string text;
+    char buf[4096];
+    ssize_t n;
+    // A token is 64 bytes; a file far larger than any token is not one.
+    while (text.size() <= (1 << 16) && (n = ::read(fd, buf, sizeof(buf))) != 0) {
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        const int err = errno;
+        ::close(fd);
+        return absl::NotFoundError(
+            absl::StrCat("cannot read bearer token file ", token_file, ": ", std::strerror(err)));
+      }
+      text.append(buf, static_cast<size_t>(n));
+    }
+    ::close(fd);
+    return CheckToken(std::string(absl::StripAsciiWhitespace(text)),
                       absl::StrCat("token file ", token_file));
   }
   const char* env = std::getenv("PMDRL_TOKEN");

@@ -19,6 +19,9 @@ namespace pmdrl {
 // $PMDRL_TOKEN. Surrounding whitespace (the file's trailing newline) is trimmed. An
 // empty or missing token, or one with characters that cannot travel in gRPC metadata
 // (anything but printable ASCII without spaces), is an error saying where it looked.
+// Like ssh with a private key, a token file that group or others may read or write
+// (any of mode 077) is refused with PermissionDenied: "permissions 0644 for bearer
+// token file '<path>' are too open ...; chmod 600 it".
 absl::StatusOr<std::string> LoadToken(const std::string& token_file);
 
 // A fresh token: 32 bytes from std::random_device as 64 lowercase hex digits.

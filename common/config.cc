@@ -124,6 +124,16 @@ const std::vector<Field>& Fields() {
     f.push_back(Make("run.metrics_host",
                      "address the /metrics and /healthz servers bind (0.0.0.0 in containers)",
                      &C::run, &RunConfig::metrics_host));
+    f.push_back(Make("run.tls_cert",
+                     "PEM certificate (chain) of every gRPC server and, with run.tls_ca, client "
+                     "('': plaintext)",
+                     &C::run, &RunConfig::tls_cert));
+    f.push_back(
+        Make("run.tls_key", "PEM private key of run.tls_cert", &C::run, &RunConfig::tls_key));
+    f.push_back(Make("run.tls_ca",
+                     "PEM CA for mutual TLS: servers require client certificates it signed, "
+                     "clients verify servers with it ('': servers ask no client certificate)",
+                     &C::run, &RunConfig::tls_ca));
     // model
     f.push_back(Make("model.path",
                      "Hugging Face model directory to start from (empty: random init)", &C::model,
@@ -208,7 +218,7 @@ const std::vector<Field>& Fields() {
                      "completions decoded together (row slots of the engine's KV pool)", &C::actor,
                      &ActorConfig::max_rows));
     f.push_back(Make("actor.send_window",
-                     "finished groups queued or being sent before generation waits for acks",
+                     "groups per verifier stream queued or unacked before generation waits",
                      &C::actor, &ActorConfig::send_window));
     f.push_back(Make("actor.max_context",
                      "positions per row slot, prompt + response (0: 512 + max_new_tokens)",
@@ -229,10 +239,19 @@ const std::vector<Field>& Fields() {
     f.push_back(Make("verifier.reward_correct", "reward of a correct answer", &C::verifier,
                      &VerifierConfig::reward_correct));
     f.push_back(Make("verifier.reward_incorrect",
-                     "reward of a wrong, unparsable or timed-out answer", &C::verifier,
-                     &VerifierConfig::reward_incorrect));
+                     "reward of a wrong or unparsable answer (timed out: see timeout_reward)",
+                     &C::verifier, &VerifierConfig::reward_incorrect));
     f.push_back(Make("verifier.metrics_port", "HTTP port of /metrics and /healthz (0: none)",
                      &C::verifier, &VerifierConfig::metrics_port));
+    f.push_back(Make("verifier.grader_processes",
+                     "worker processes for symbolic (math) checks, each killed and replaced when "
+                     "a check overruns timeout_ms (0: one per core, at least 2)",
+                     &C::verifier, &VerifierConfig::grader_processes));
+    f.push_back(Make("verifier.timeout_reward",
+                     "what the learner makes of answers whose check timed out: requeue (their "
+                     "group's place is issued again once, untrained; the next time they score "
+                     "reward_incorrect) or a number (their reward, trained at once)",
+                     &C::verifier, &VerifierConfig::timeout_reward));
     // learner
     f.push_back(Make("learner.listen", "gRPC address of the coordinator and learner services",
                      &C::learner, &LearnerConfig::listen));
@@ -365,6 +384,14 @@ const std::vector<Field>& Fields() {
                      &LocalConfig::verifiers));
     f.push_back(Make("local.base_port", "first port of the local cluster (0: free ports)",
                      &C::local, &LocalConfig::base_port));
+    f.push_back(Make("local.tls",
+                     "`pmdrl local`: mutual TLS with a throw-away CA and certificate made with "
+                     "openssl in <run.dir>/tls (unless run.tls_* name files; false: plaintext)",
+                     &C::local, &LocalConfig::tls));
+    f.push_back(Make("local.restarts",
+                     "`pmdrl local`: children killed by a signal that it starts again, in all "
+                     "(the learner resumes from its last checkpoint); 0: none",
+                     &C::local, &LocalConfig::restarts));
     // compare
     f.push_back(Make("compare.variants",
                      "`pmdrl compare` runs: loss names (pmd_mean, pmd_part, grpo, gspo), each "
@@ -539,9 +566,22 @@ absl::StatusOr<Config> ConfigFromArgs(int argc, char** argv, std::vector<std::st
   return LoadConfig(config_path, overrides);
 }
 
+absl::StatusOr<std::optional<double>> TimeoutRewardValue(const std::string& value) {
+  if (value == "requeue") return std::nullopt;
+  double d = 0;
+  if (!absl::SimpleAtod(value, &d) || !std::isfinite(d)) {
+    return BadValue("verifier.timeout_reward", value, "requeue or a number");
+  }
+  return d;
+}
+
 absl::Status ValidateConfig(const Config& c) {
   std::vector<absl::Status> checks = {
       Check(!c.run.dir.empty(), "run.dir", "non-empty"),
+      Check(c.run.tls_cert.empty() == c.run.tls_key.empty(), "run.tls_cert",
+            "set together with run.tls_key (both or neither)"),
+      Check(c.run.tls_ca.empty() || !c.run.tls_cert.empty(), "run.tls_ca",
+            "empty unless run.tls_cert and run.tls_key are set"),
       OneOf("model.architecture", c.model.architecture, {"llama", "qwen2", "qwen3"}),
       Check(c.model.hidden_size > 0, "model.hidden_size", "> 0"),
       Check(c.model.intermediate_size > 0, "model.intermediate_size", "> 0"),
@@ -600,6 +640,9 @@ absl::Status ValidateConfig(const Config& c) {
       Check(c.actor.metrics_port >= 0 && c.actor.metrics_port < 65536, "actor.metrics_port",
             "a port number"),
       Check(c.verifier.timeout_ms > 0, "verifier.timeout_ms", "> 0"),
+      Check(c.verifier.grader_processes >= 0 && c.verifier.grader_processes <= 256,
+            "verifier.grader_processes", "in 0..256 (0: one per core, at least 2)"),
+      TimeoutRewardValue(c.verifier.timeout_reward).status(),
       Check(c.verifier.metrics_port >= 0 && c.verifier.metrics_port < 65536,
             "verifier.metrics_port", "a port number"),
       Check(c.learner.metrics_port >= 0 && c.learner.metrics_port < 65536, "learner.metrics_port",
@@ -660,6 +703,7 @@ absl::Status ValidateConfig(const Config& c) {
       Check(c.local.learners >= 1 && c.local.learners <= 16, "local.learners", "in 1..16"),
       Check(c.local.actors >= 0 && c.local.actors <= 64, "local.actors", "in 0..64"),
       Check(c.local.verifiers >= 1 && c.local.verifiers <= 64, "local.verifiers", "in 1..64"),
+      Check(c.local.restarts >= 0, "local.restarts", ">= 0"),
       Check(!c.compare.variants.empty(), "compare.variants", "at least one variant"),
       Check(!c.compare.seeds.empty(), "compare.seeds", "at least one seed"),
       Check(!c.compare.output.empty(), "compare.output", "non-empty"),

@@ -5,6 +5,7 @@
 #define PMDRL_COMMON_CONFIG_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,11 @@ struct RunConfig {
   // Address the /metrics and /healthz servers bind: loopback by default (they carry no
   // auth); 0.0.0.0 in containers so Prometheus and probes can reach them.
   std::string metrics_host = "127.0.0.1";
+  // gRPC transport security (common/rpc.h ConfigureTransportSecurity), PEM files; all
+  // empty: plaintext. cert + key: TLS; with ca too: mutual TLS.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_ca;
 };
 
 struct ModelSection {
@@ -81,7 +87,7 @@ struct ActorConfig {
   std::string dtype = "float32";  // float32 | bfloat16 | float16: the engine's weights and KV
   int64_t max_rows = 64;          // completions decoded together (engine row slots)
   int64_t max_context = 0;        // positions per slot; 0: 512 + max_new_tokens
-  int64_t send_window = 8;   // finished groups queued for the verifiers before generation waits
+  int64_t send_window = 8;   // groups per verifier stream queued or unacked before generation waits
   int64_t metrics_port = 0;  // 0: no HTTP endpoint
 };
 
@@ -93,6 +99,12 @@ struct VerifierConfig {
   double reward_correct = 1.0;
   double reward_incorrect = -1.0;
   int64_t metrics_port = 0;
+  // Worker processes that run the GiNaC (math) checks; 0: one per core, at least 2.
+  int64_t grader_processes = 0;
+  // What the learner makes of a completion graded OUTCOME_TIMEOUT: "requeue" (its
+  // group's place goes back to the queue once, untrained; the next time the timed-out
+  // answers score reward_incorrect) | a number (their reward, trained at once).
+  std::string timeout_reward = "requeue";
 };
 
 struct LearnerConfig {
@@ -157,6 +169,11 @@ struct LocalConfig {
   int64_t actors = 2;
   int64_t verifiers = 2;
   int64_t base_port = 0;  // 0: pick free loopback ports
+  bool tls = true;        // mutual TLS with a throw-away CA, unless run.tls_* name files
+  // Children killed by a signal (kill -9, the OOM killer) that `pmdrl local` starts
+  // again, in all, in one run (the learner resumes from its last checkpoint); 0: none,
+  // a killed learner ends the run.
+  int64_t restarts = 0;
 };
 
 // `pmdrl compare`: one run per variant and seed (cli/compare.h).
@@ -194,6 +211,10 @@ absl::StatusOr<Config> ConfigFromArgs(int argc, char** argv, std::vector<std::st
 // Checks ranges and the string enumerations; the message names the key. (Typed
 // enumerations, common/config_enums.h, are checked when their value is parsed.)
 absl::Status ValidateConfig(const Config& config);
+
+// verifier.timeout_reward: "requeue" -> nullopt; a finite number -> it; else
+// InvalidArgument naming the key.
+absl::StatusOr<std::optional<double>> TimeoutRewardValue(const std::string& value);
 
 // learner.weight_dtype with "auto" resolved against actor.dtype: "float32" | "bfloat16".
 std::string WeightWireDtypeName(const Config& config);

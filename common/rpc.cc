@@ -10,7 +10,14 @@
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/channel_arguments.h>
 
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 
 namespace pmdrl {
@@ -80,11 +87,98 @@ grpc::ChannelArguments ChannelArgs() {
 
 }  // namespace
 
-// TODO(tls): TLS and mutual TLS plug in here: grpc::SslCredentials(options) built from
-// the config's CA/cert/key instead of InsecureChannelCredentials (and the matching
-// grpc::SslServerCredentials in StartServer).
+namespace {
+
+// The PEM contents ConfigureTransportSecurity read; all empty: plaintext.
+struct TlsPem {
+  std::string cert, key, ca;
+};
+
+absl::Mutex tls_mu;
+TlsPem& TlsSetting() ABSL_EXCLUSIVE_LOCKS_REQUIRED(tls_mu) {
+  static TlsPem* pem = new TlsPem();  // never destroyed: channels may outlive main
+  return *pem;
+}
+
+TlsPem CurrentTls() {
+  absl::MutexLock lock(&tls_mu);
+  return TlsSetting();
+}
+
+// Reads a whole PEM file named by config key `key`; the error names both.
+absl::StatusOr<std::string> ReadPem(const std::string& key, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config key '", key, "': cannot read '", path, "': ", std::strerror(errno)));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  if (in.bad()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config key '", key, "': cannot read '", path, "'"));
+  }
+  std::string pem = text.str();
+  if (pem.empty() || !absl::StrContains(pem, "-----BEGIN ")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config key '", key, "': '", path, "' is not a PEM file"));
+  }
+  return pem;
+}
+
+}  // namespace
+
+absl::Status ConfigureTransportSecurity(const TlsFiles& files) {
+  TlsPem pem;
+  if (files.cert.empty() != files.key.empty()) {
+    return absl::InvalidArgumentError(
+        files.cert.empty()
+            ? absl::StrCat("config key 'run.tls_key' ('", files.key,
+                           "') needs run.tls_cert: a TLS key comes with its certificate")
+            : absl::StrCat("config key 'run.tls_cert' ('", files.cert,
+                           "') needs run.tls_key: a TLS certificate comes with its key"));
+  }
+  if (!files.ca.empty() && files.cert.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config key 'run.tls_ca' ('", files.ca,
+                     "') needs run.tls_cert and run.tls_key: mutual TLS presents a certificate"));
+  }
+  if (!files.cert.empty()) {
+    absl::StatusOr<std::string> cert = ReadPem("run.tls_cert", files.cert);
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadPem("run.tls_key", files.key);
+    if (!key.ok()) return key.status();
+    pem.cert = *std::move(cert);
+    pem.key = *std::move(key);
+  }
+  if (!files.ca.empty()) {
+    absl::StatusOr<std::string> ca = ReadPem("run.tls_ca", files.ca);
+    if (!ca.ok()) return ca.status();
+    pem.ca = *std::move(ca);
+  }
+  absl::MutexLock lock(&tls_mu);
+  TlsSetting() = std::move(pem);
+  return absl::OkStatus();
+}
+
+bool TransportSecurityEnabled() { return !CurrentTls().cert.empty(); }
+
+std::shared_ptr<grpc::ChannelCredentials> ClientCredentials() {
+  const TlsPem tls = CurrentTls();
+  if (tls.cert.empty()) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions options;
+  if (!tls.ca.empty()) {
+    // Mutual TLS: the server must chain to the run's CA, and we show ours.
+    options.pem_root_certs = tls.ca;
+    options.pem_cert_chain = tls.cert;
+    options.pem_private_key = tls.key;
+  }
+  // Without a CA: the system roots verify the server (a publicly signed certificate).
+  return grpc::SslCredentials(options);
+}
+
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), ChannelArgs());
+  return grpc::CreateCustomChannel(target, ClientCredentials(), ChannelArgs());
 }
 
 std::shared_ptr<grpc::Channel> MakeBulkChannel(const std::string& target) {
@@ -100,7 +194,7 @@ std::shared_ptr<grpc::Channel> MakeBulkChannel(const std::string& target) {
   // A distinct argument set also gives the channel its own connection, so a weight
   // push never queues the coordinator's small calls behind it.
   args.SetString("pmdrl.channel", "bulk");
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(target, ClientCredentials(), args);
 }
 
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
@@ -109,8 +203,19 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
   if (bound_port != nullptr) *bound_port = 0;
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
-  // TODO(tls): grpc::SslServerCredentials from the config goes here (see MakeChannel).
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  // One listening port, with one kind of credentials: under TLS nothing listens in
+  // plaintext, so a plaintext client fails its handshake.
+  const TlsPem tls = CurrentTls();
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!tls.cert.empty()) {
+    grpc::SslServerCredentialsOptions options(
+        tls.ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                       : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    options.pem_root_certs = tls.ca;
+    options.pem_key_cert_pairs.push_back({tls.key, tls.cert});
+    credentials = grpc::SslServerCredentials(options);
+  }
+  builder.AddListeningPort(listen, credentials, &port);
   for (size_t i = 0; i < services.size(); ++i) {
     if (services[i] == nullptr) {
       return absl::InvalidArgumentError(
@@ -131,7 +236,9 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
     if (server != nullptr) server->Shutdown();
     return absl::UnavailableError(
         absl::StrCat("cannot start gRPC server on ", listen,
-                     " (port in use, address not local, or not host:port?)"));
+                     tls.cert.empty() ? " (port in use, address not local, or not host:port?)"
+                                      : " (port in use, address not local, not host:port, or "
+                                        "a run.tls_cert / run.tls_key that do not match?)"));
   }
   if (bound_port != nullptr) *bound_port = port;
   return server;

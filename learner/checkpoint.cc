@@ -26,6 +26,17 @@ namespace fs = std::filesystem;
 constexpr char kManifest[] = "manifest.json";
 constexpr char kTmpSuffix[] = ".tmp";
 
+// A JSON integer as T: nlohmann's get<T>() of a float outside T's range is undefined
+// behaviour (fuzz/checkpoint_readers_fuzz), so anything but an integer is a type error.
+template <typename T>
+T JsonInteger(const nlohmann::json& j) {
+  if (!j.is_number_integer()) {
+    throw nlohmann::json::type_error::create(
+        302, std::string("type must be an integer, but is ") + j.type_name(), &j);
+  }
+  return j.get<T>();
+}
+
 absl::Status ErrnoError(const char* what, const fs::path& path, int err) {
   return absl::InternalError(absl::StrCat(what, " ", path.string(), ": ", std::strerror(err)));
 }
@@ -209,6 +220,9 @@ absl::StatusOr<std::string> WriteCheckpoint(const std::string& run_dir, const Tr
   j["elapsed_seconds"] = state.elapsed_seconds;
   j["base_accuracy"] = state.base_accuracy;
   j["evaluations"] = state.evaluations;
+  j["run_files"] = {{"ledger.csv", state.ledger_bytes},
+                    {"metrics.csv", state.metrics_bytes},
+                    {"samples.jsonl", state.samples_bytes}};
   try {
     j["lease_state"] = nlohmann::json::parse(state.lease_state_json);
   } catch (const nlohmann::json::exception& e) {
@@ -301,7 +315,7 @@ absl::Status CheckCheckpointComplete(const std::string& dir) {
   try {
     const nlohmann::json m = nlohmann::json::parse(*text);
     for (const auto& [file, size] : m.at("files").items()) {
-      const uint64_t want = size.get<uint64_t>();
+      const uint64_t want = JsonInteger<uint64_t>(size);
       const uint64_t have = fs::file_size(d / file, ec);
       if (ec) {
         return absl::NotFoundError(absl::StrCat((d / file).string(), " (listed in ", kManifest,
@@ -367,13 +381,22 @@ absl::StatusOr<TrainerState> ReadTrainerState(const std::string& dir) {
   TrainerState s;
   try {
     nlohmann::json j = nlohmann::json::parse(*text);
-    s.update = j.at("update").get<int64_t>();
-    s.version = j.at("version").get<uint64_t>();
-    s.optimizer_steps = j.at("optimizer_steps").get<int64_t>();
+    s.update = JsonInteger<int64_t>(j.at("update"));
+    s.version = JsonInteger<uint64_t>(j.at("version"));
+    s.optimizer_steps = JsonInteger<int64_t>(j.at("optimizer_steps"));
     s.elapsed_seconds = j.at("elapsed_seconds").get<double>();
     s.base_accuracy = j.at("base_accuracy").get<double>();
     s.evaluations = j.at("evaluations").get<std::vector<double>>();
     s.lease_state_json = j.at("lease_state").dump();
+    if (j.contains("run_files")) {  // absent in checkpoints written before the ledger
+      const nlohmann::json& files = j.at("run_files");
+      auto bytes = [&files](const char* name) {
+        return JsonInteger<int64_t>(files.value(name, nlohmann::json(-1)));
+      };
+      s.ledger_bytes = bytes("ledger.csv");
+      s.metrics_bytes = bytes("metrics.csv");
+      s.samples_bytes = bytes("samples.jsonl");
+    }
   } catch (const nlohmann::json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(dir, "/trainer_state.json: ", e.what()));
   }

@@ -35,6 +35,11 @@ struct TrainerState {
   double base_accuracy = -1;
   std::vector<double> evaluations;  // greedy accuracy of every evaluation, in order
   std::string lease_state_json;     // LeaseTableState as JSON
+  // Lengths of the run files that grow per update, synced before the checkpoint was
+  // written (learner/ledger.h); a resume cuts them back to these. -1: not recorded.
+  int64_t ledger_bytes = -1;   // ledger.csv
+  int64_t metrics_bytes = -1;  // metrics.csv
+  int64_t samples_bytes = -1;  // samples.jsonl
 };
 
 // Writes the files a checkpoint holds besides WriteCheckpoint's own: the trainer's model

@@ -47,12 +47,13 @@ std::vector<Bucket> PlanBuckets(const std::vector<at::Tensor>& tensors, int64_t 
 absl::StatusOr<StoreHandle> JoinStore(const CommOptions& options) {
   StoreHandle handle;
   if (options.rank == 0) {
-    absl::StatusOr<std::unique_ptr<StoreServer>> server = StoreServer::Start(options.store_address);
+    absl::StatusOr<std::unique_ptr<StoreServer>> server =
+        StoreServer::Start(options.store_address, options.token);
     if (!server.ok()) return server.status();
     handle.server = *std::move(server);
   }
   absl::StatusOr<std::unique_ptr<StoreClient>> client =
-      StoreClient::Connect(options.store_address, options.timeout);
+      StoreClient::Connect(options.store_address, options.token, options.timeout);
   if (!client.ok()) return client.status();
   handle.client = *std::move(client);
   return handle;

@@ -26,6 +26,9 @@ struct CommOptions {
   int world_size = 1;
   // Rendezvous store served by rank 0 ("host:port"); rank 0 binds exactly this address.
   std::string store_address = "127.0.0.1:29500";
+  // The run's bearer token: every connection to the store proves it holds it
+  // (learner/rendezvous_store.h). Required: joining fails with InvalidArgument without.
+  std::string token;
   std::string backend = "gloo";  // gloo | nccl
   // nccl: the GPU this rank uses; -1: rank % visible GPUs (one process per GPU).
   int cuda_device = -1;

@@ -51,6 +51,10 @@ Coordinator::Coordinator(CoordinatorOptions options, const PromptSource* source,
   released_stale_ = &m->Counter(released, released_help, {{"reason", "stale"}});
   released_stale_in_buffer_ = &m->Counter(released, released_help, {{"reason", "stale_in_buffer"}});
   released_rejected_ = &m->Counter(released, released_help, {{"reason", "rejected"}});
+  released_grader_timeout_ = &m->Counter(released, released_help, {{"reason", "grader_timeout"}});
+  grader_timeouts_ = &m->Counter("pmdrl_learner_grader_timeouts_total",
+                                 "completions whose check timed out in the verifier "
+                                 "(OUTCOME_TIMEOUT), in groups with a known lease");
   dropped_rejected_ =
       &m->Counter("pmdrl_learner_places_dropped_total",
                   "places never to be issued again, by reason", {{"reason", "rejected"}});
@@ -190,6 +194,9 @@ absl::StatusOr<v1::GroupAck> Coordinator::Submit(const v1::Group& group) {
                                    ") does not match lease '", group.lease_id(), "' (",
                                    lease->epoch, ", ", lease->index, ")")));
   }
+  if (absl::Status same = MatchesLeaseLocked(group, *lease); !same.ok()) {
+    return RejectLocked(group, std::move(same));
+  }
   if (group.policy_version() > version_) {
     return RejectLocked(group, absl::InvalidArgumentError(
                                    absl::StrCat("group: policy_version ", group.policy_version(),
@@ -198,6 +205,10 @@ absl::StatusOr<v1::GroupAck> Coordinator::Submit(const v1::Group& group) {
   v1::GroupAck ack;
   ack.set_lease_id(group.lease_id());
   ack.set_learner_version(version_);
+  const int64_t timeouts =
+      std::count_if(group.completions().begin(), group.completions().end(),
+                    [](const v1::Completion& c) { return c.outcome() == v1::OUTCOME_TIMEOUT; });
+  grader_timeouts_->Increment(static_cast<double>(timeouts));
   if (version_ - group.policy_version() > static_cast<uint64_t>(options_.max_staleness)) {
     if (table_.Release(group.lease_id())) released_stale_->Increment();
     counts_.stale++;
@@ -207,6 +218,31 @@ absl::StatusOr<v1::GroupAck> Coordinator::Submit(const v1::Group& group) {
         absl::StrCat("sampled at version ", group.policy_version(), ", learner is at ", version_));
     if (options_.on_group) options_.on_group(group, ack.status(), version_);
     return ack;
+  }
+  // Timed-out answers (see the class comment). A place accepted before is a duplicate
+  // whatever its answers.
+  const v1::Group* trained = &group;
+  v1::Group rescored;
+  if (timeouts > 0 && !lease->done) {
+    const StreamPosition place{lease->epoch, lease->index};
+    if (options_.requeue_timeouts && timed_out_once_.insert(place).second) {
+      // First time: the verifier could not tell right from wrong, so this group does not
+      // train. The place is sampled and graded afresh (an expired lease's place is
+      // queued already).
+      if (table_.Release(group.lease_id())) released_grader_timeout_->Increment();
+      in_flight_->Set(static_cast<double>(table_.InFlight()));
+      ack.set_status(v1::ACK_RELEASED);
+      ack.set_message(absl::StrCat(timeouts, " answer(s) timed out in the verifier; place (",
+                                   group.epoch(), ", ", group.index(), ") is issued again"));
+      if (options_.on_released) options_.on_released(group, "grader_timeout", version_);
+      return ack;
+    }
+    timed_out_once_.erase(place);
+    rescored = group;
+    for (v1::Completion& c : *rescored.mutable_completions()) {
+      if (c.outcome() == v1::OUTCOME_TIMEOUT) c.set_reward(options_.timeout_reward);
+    }
+    trained = &rescored;
   }
   if (table_.Complete(group.lease_id()) == CompleteResult::kDuplicate) {
     counts_.duplicate++;
@@ -220,12 +256,37 @@ absl::StatusOr<v1::GroupAck> Coordinator::Submit(const v1::Group& group) {
   rejected_once_.erase(StreamPosition{lease->epoch, lease->index});
   counts_.accepted++;
   accepted_->Increment();
-  buffer_.push_back(group);
+  buffer_.push_back(*trained);
   buffered_->Set(static_cast<double>(buffer_.size()));
   in_flight_->Set(static_cast<double>(table_.InFlight()));
   ack.set_status(v1::ACK_ACCEPTED);
-  if (options_.on_group) options_.on_group(group, ack.status(), version_);
+  if (options_.on_group) options_.on_group(*trained, ack.status(), version_);
   return ack;
+}
+
+absl::Status Coordinator::MatchesLeaseLocked(const v1::Group& group, const LeaseInfo& lease) const {
+  // The lease stands for what it was issued with: its actor, and its place's prompt and
+  // reference (PromptSource::Get is deterministic in the place, so it gives them again).
+  // A token holder must not train rows the learner never handed out.
+  if (group.actor_id() != lease.actor_id) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "group: actor_id ", QuoteUntrusted(group.actor_id()), " differs from lease ",
+        QuoteUntrusted(group.lease_id()), "'s actor ", QuoteUntrusted(lease.actor_id)));
+  }
+  const PromptItem item = source_->Get(lease.epoch, lease.index);
+  if (!std::equal(group.prompt_tokens().begin(), group.prompt_tokens().end(), item.tokens.begin(),
+                  item.tokens.end())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("group: prompt_tokens (", group.prompt_tokens_size(),
+                     " tokens) differ from those of lease ", QuoteUntrusted(group.lease_id()), " (",
+                     item.tokens.size(), " tokens)"));
+  }
+  if (group.reference() != item.reference) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("group: reference ", QuoteUntrusted(group.reference()),
+                     " differs from that of lease ", QuoteUntrusted(group.lease_id())));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Coordinator::RejectLocked(const v1::Group& group, absl::Status why) {

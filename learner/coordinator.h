@@ -8,6 +8,8 @@
 //    re-issued lease counts twice;
 //  - every submitted group with a known lease is answered accepted, stale or duplicate,
 //    and counted under exactly that outcome, unless it fails validation (rejected);
+//  - a group is rejected unless its actor_id, prompt tokens and reference are those its
+//    lease was issued with: a token holder cannot train rows it was never lent;
 //  - no place is lost: an expired lease, a stale group and a group that went stale in
 //    the buffer (PopBatch) all give the place back for re-issue, counted in
 //    pmdrl_learner_places_released_total{reason}; a rejected group retires its lease and
@@ -15,6 +17,15 @@
 //    done, never issued again), counted in pmdrl_learner_places_dropped_total: a prompt
 //    that always yields an invalid group must not be re-issued forever, yet one bad
 //    actor must not cost a prompt;
+//  - no answer whose check timed out (OUTCOME_TIMEOUT) trains silently: each is counted
+//    (pmdrl_learner_grader_timeouts_total) and, by options.requeue_timeouts (config
+//    verifier.timeout_reward "requeue"), the first group with one for a place is not
+//    trained: its lease is retired, its place given back for re-issue (ACK_RELEASED,
+//    pmdrl_learner_places_released_total{reason="grader_timeout"}, on_released
+//    "grader_timeout"); a later group for that place trains with its timed-out answers
+//    rewarded options.timeout_reward (reward_incorrect). With a numeric timeout_reward
+//    they train at once with that reward. The learner owns this rule; the verifier only
+//    marks the outcome;
 //  - no lease is handed out while the work in flight would arrive too stale
 //    (in flight + buffered < prompts_per_update * (1 + max_staleness));
 //  - expired leases are re-issued, so an actor that dies loses nothing;
@@ -58,11 +69,18 @@ struct CoordinatorOptions {
   // Called under the coordinator's lock for every classified group (not for rejected
   // ones), in arrival order: the audit log of <run.dir>/groups.csv.
   std::function<void(const v1::Group&, v1::AckStatus, uint64_t learner_version)> on_group;
-  // Called under the lock for an accepted group whose place is given back untrained
-  // (reason "stale_in_buffer": it went stale waiting in the buffer), so the audit log
-  // shows why that place is accepted again later.
+  // Called under the lock for a group whose place is given back untrained (reason
+  // "stale_in_buffer": accepted, it went stale waiting in the buffer; "grader_timeout":
+  // not accepted, an answer's check timed out), so the audit log shows why that place is
+  // accepted again later.
   std::function<void(const v1::Group&, std::string_view reason, uint64_t learner_version)>
       on_released;
+  // Answers graded OUTCOME_TIMEOUT (config verifier.timeout_reward): true ("requeue"):
+  // the first group with one for a place is released untrained (reason
+  // "grader_timeout"); a later one trains. Either way a trained timed-out answer's
+  // reward is timeout_reward ("requeue": verifier.reward_incorrect; else the number).
+  bool requeue_timeouts = true;
+  float timeout_reward = -1.0f;
 };
 
 // What a checkpoint keeps of the coordinator, taken under one lock acquisition.
@@ -126,6 +144,11 @@ class Coordinator {
   int64_t NowMs() const;
   void ExpireLocked(int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint32_t LiveActorsLocked(int64_t now_ms) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // OK when `group` carries what `lease` was issued with: the same actor_id, and the
+  // prompt tokens and reference of the lease's place; else InvalidArgument naming the
+  // field that differs (untrusted text quoted).
+  absl::Status MatchesLeaseLocked(const v1::Group& group, const LeaseInfo& lease) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Counts a rejected group and answers its lease (see the class comment); returns `why`.
   absl::Status RejectLocked(const v1::Group& group, absl::Status why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -145,6 +168,9 @@ class Coordinator {
   // Places rejected once and not accepted or dropped since. Not checkpointed: after a
   // resume such a place gets one more chance.
   absl::flat_hash_set<StreamPosition> rejected_once_ ABSL_GUARDED_BY(mu_);
+  // Places released once for a grader timeout and not accepted since. Not checkpointed
+  // either: after a resume such a place may be released once more.
+  absl::flat_hash_set<StreamPosition> timed_out_once_ ABSL_GUARDED_BY(mu_);
 
   prometheus::Counter* accepted_;
   prometheus::Counter* stale_;
@@ -159,6 +185,8 @@ class Coordinator {
   prometheus::Counter* released_stale_in_buffer_;
   prometheus::Counter* released_rejected_;
   prometheus::Counter* dropped_rejected_;
+  prometheus::Counter* grader_timeouts_;
+  prometheus::Counter* released_grader_timeout_;
   prometheus::Gauge* in_flight_;
   prometheus::Gauge* buffered_;
   prometheus::Gauge* live_actors_;

@@ -94,6 +94,11 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const Config& config,
   o.limits.max_prompt_tokens = model.max_position_embeddings;
   o.limits.max_response_tokens = config.actor.max_new_tokens;
   o.limits.group_size = config.learner.group_size;
+  absl::StatusOr<std::optional<double>> timeout_reward =
+      TimeoutRewardValue(config.verifier.timeout_reward);
+  if (!timeout_reward.ok()) return timeout_reward.status();
+  o.requeue_timeouts = !timeout_reward->has_value();
+  o.timeout_reward = static_cast<float>(timeout_reward->value_or(config.verifier.reward_incorrect));
   absl::StatusOr<std::string> json = ModelConfigToJson(model);
   if (!json.ok()) return json.status();
   o.model_config_json = *std::move(json);
@@ -101,12 +106,14 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const Config& config,
 }
 
 absl::StatusOr<std::unique_ptr<Communicator>> JoinLearnerRanks(const Config& config,
+                                                               const std::string& token,
                                                                Trainer& trainer) {
   const int rank = static_cast<int>(config.learner.rank);
   CommOptions co;
   co.rank = rank;
   co.world_size = static_cast<int>(config.learner.world_size);
   co.store_address = config.learner.rendezvous;
+  co.token = token;
   co.backend = config.learner.backend;
   if (co.backend == "auto") co.backend = config.learner.device == "cpu" ? "gloo" : "nccl";
   if (config.learner.device.rfind("cuda:", 0) == 0) {

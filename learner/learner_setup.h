@@ -55,9 +55,10 @@ absl::StatusOr<LearnerStart> LoadLearnerStart(const Config& config, const Prompt
 absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const Config& config,
                                                           const ModelConfig& model);
 
-// Joins the learner.world_size ranks through learner.rendezvous and gives every rank
-// rank 0's weights.
+// Joins the learner.world_size ranks through learner.rendezvous (authenticated with
+// the run's bearer `token`) and gives every rank rank 0's weights.
 absl::StatusOr<std::unique_ptr<Communicator>> JoinLearnerRanks(const Config& config,
+                                                               const std::string& token,
                                                                Trainer& trainer);
 
 // Ranks >= 1: trains on the shares rank 0 hands out until it says stop, then writes

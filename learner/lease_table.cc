@@ -254,9 +254,16 @@ using nlohmann::json;
 
 json PosJson(const StreamPosition& p) { return json::array({p.epoch, p.index}); }
 
+// nlohmann's get<int64_t>() of a float outside int64's range is undefined behaviour
+// (fuzz/checkpoint_readers_fuzz): every number here must be an integer.
+int64_t Int(const json& j) {
+  if (!j.is_number_integer()) throw std::invalid_argument("numbers must be integers");
+  return j.get<int64_t>();
+}
+
 StreamPosition PosFromJson(const json& j) {
   if (!j.is_array() || j.size() != 2) throw std::invalid_argument("a place must be [epoch, index]");
-  return {j.at(0).get<int64_t>(), j.at(1).get<int64_t>()};
+  return {Int(j.at(0)), Int(j.at(1))};
 }
 
 absl::Status Check(bool ok, std::string_view what) {
@@ -364,21 +371,23 @@ absl::StatusOr<LeaseTableState> LeaseStateFromJson(std::string_view text) {
   LeaseTableState s;
   try {
     const json j = json::parse(text);
-    s.items_per_epoch = j.at("items_per_epoch").get<int64_t>();
+    s.items_per_epoch = Int(j.at("items_per_epoch"));
     s.cursor = PosFromJson(j.at("cursor"));
-    s.done_below_epoch = j.at("done_below_epoch").get<int64_t>();
+    s.done_below_epoch = Int(j.at("done_below_epoch"));
     for (const json& d : j.at("done")) {
-      s.done.push_back({d.at("epoch").get<int64_t>(), d.at("low_water").get<int64_t>(),
-                        d.at("above").get<std::vector<int64_t>>()});
+      LeaseTableState::EpochDone e{Int(d.at("epoch")), Int(d.at("low_water")), {}};
+      if (!d.at("above").is_array()) throw std::invalid_argument("above must be a list");
+      for (const json& index : d.at("above")) e.above.push_back(Int(index));
+      s.done.push_back(std::move(e));
     }
     for (const json& p : j.at("outstanding")) s.outstanding.push_back(PosFromJson(p));
     const json& c = j.at("counters");
-    s.counters.issued = c.at("issued").get<int64_t>();
-    s.counters.reissued = c.at("reissued").get<int64_t>();
-    s.counters.expired = c.at("expired").get<int64_t>();
-    s.counters.duplicates = c.at("duplicates").get<int64_t>();
-    s.counters.completed = c.at("completed").get<int64_t>();
-    s.next_lease_seq = j.at("next_lease_seq").get<int64_t>();
+    s.counters.issued = Int(c.at("issued"));
+    s.counters.reissued = Int(c.at("reissued"));
+    s.counters.expired = Int(c.at("expired"));
+    s.counters.duplicates = Int(c.at("duplicates"));
+    s.counters.completed = Int(c.at("completed"));
+    s.next_lease_seq = Int(j.at("next_lease_seq"));
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("lease state: bad JSON: ", e.what()));
   }

@@ -61,6 +61,11 @@ int Run(int argc, char** argv) {
   InitLogging("learner", absl::StrCat("rank", rank));
   absl::StatusOr<std::string> token = LoadToken(config.run.token_file);
   if (!token.ok()) return Fail(token.status(), 2);
+  if (absl::Status s =
+          ConfigureTransportSecurity({config.run.tls_cert, config.run.tls_key, config.run.tls_ca});
+      !s.ok()) {
+    return Fail(s, 2);
+  }
   absl::StatusOr<std::string> config_yaml = PrepareRunDir(config);
   if (!config_yaml.ok()) return Fail(config_yaml.status(), 1);
 
@@ -75,7 +80,8 @@ int Run(int argc, char** argv) {
   MetricsRegistry metrics("learner");
   std::unique_ptr<Communicator> comm;
   if (config.learner.world_size > 1) {
-    absl::StatusOr<std::unique_ptr<Communicator>> joined = JoinLearnerRanks(config, trainer);
+    absl::StatusOr<std::unique_ptr<Communicator>> joined =
+        JoinLearnerRanks(config, *token, trainer);
     if (!joined.ok()) return Fail(joined.status(), 1);
     comm = *std::move(joined);
     if (rank > 0) {

@@ -4,6 +4,10 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -22,6 +26,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "gloo/common/error.h"
+#include "spdlog/spdlog.h"
 
 namespace pmdrl {
 namespace {
@@ -35,7 +40,53 @@ constexpr uint32_t kMaxKeyBytes = 4096;
 // Scatter payloads travel through the store; a share of a batch is far below this.
 constexpr uint32_t kMaxValueBytes = 1u << 30;
 
+// The handshake of the file comment.
+constexpr char kHelloMagic[8] = {'P', 'M', 'D', 'R', 'L', 'R', 'V', '1'};
+constexpr size_t kNonceBytes = 32;
+constexpr size_t kMacBytes = 32;  // HMAC-SHA256
+constexpr uint8_t kAuthOk = 0;
+constexpr uint8_t kAuthRefused = 1;
+// A peer that connects and goes quiet holds a thread this long, not forever.
+constexpr int64_t kHandshakeTimeoutMs = 10000;
+// Connections served at once (a world is at most 64 ranks, one connection each): more
+// are closed at accept, so a flood of connections cannot exhaust threads.
+constexpr size_t kMaxConnections = 256;
+
 std::string ErrnoText() { return std::strerror(errno); }
+
+// HMAC-SHA256(token, label || client_nonce || server_nonce).
+std::string HandshakeMac(const std::string& token, absl::string_view label,
+                         const std::string& client_nonce, const std::string& server_nonce) {
+  std::string message = absl::StrCat(label, client_nonce, server_nonce);
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (HMAC(EVP_sha256(), token.data(), static_cast<int>(token.size()),
+           reinterpret_cast<const unsigned char*>(message.data()), message.size(), out,
+           &len) == nullptr) {
+    return "";
+  }
+  return std::string(reinterpret_cast<const char*>(out), len);
+}
+
+// Constant time, so a forged proof learns nothing from how long the check took.
+bool SameMac(const std::string& a, const std::string& b) {
+  return a.size() == kMacBytes && b.size() == kMacBytes &&
+         CRYPTO_memcmp(a.data(), b.data(), kMacBytes) == 0;
+}
+
+bool RandomNonce(std::string* out) {
+  out->resize(kNonceBytes);
+  return RAND_bytes(reinterpret_cast<unsigned char*>(out->data()), static_cast<int>(kNonceBytes)) ==
+         1;
+}
+
+// SO_RCVTIMEO: recv gives up after `ms` (0: never).
+void SetRecvTimeout(int fd, int64_t ms) {
+  timeval tv{};
+  tv.tv_sec = ms / 1000;
+  tv.tv_usec = (ms % 1000) * 1000;
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+}
 
 // Reads exactly n bytes; false on EOF, error or (with SO_RCVTIMEO) timeout.
 bool ReadFull(int fd, void* buf, size_t n) {
@@ -105,7 +156,7 @@ class StoreServerImpl : public StoreServer {
     char b = 0;
     (void)!::write(wake_pipe_[1], &b, 1);
     if (accept_thread_.joinable()) accept_thread_.join();
-    for (auto& t : conn_threads_) t.join();
+    for (auto& [id, t] : conn_threads_) t.join();
     ::close(listen_fd_);
     ::close(wake_pipe_[0]);
     ::close(wake_pipe_[1]);
@@ -113,7 +164,12 @@ class StoreServerImpl : public StoreServer {
 
   int port() const override { return port_; }
 
-  absl::Status Init(const std::string& address) {
+  absl::Status Init(const std::string& address, const std::string& token) {
+    if (token.empty()) {
+      return absl::InvalidArgumentError(
+          "rendezvous store: no token (every connection must prove the run's token)");
+    }
+    token_ = token;
     std::string host;
     int port = 0;
     if (absl::Status s = ParseHostPort(address, &host, &port); !s.ok()) return s;
@@ -173,19 +229,66 @@ class StoreServerImpl : public StoreServer {
       if (fd < 0) continue;
       int one = 1;
       ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-      std::lock_guard<std::mutex> lock(mu_);
-      if (stopping_) {
-        ::close(fd);
-        return;
+      // Threads of connections that ended are joined here, so that a stream of short
+      // (say, unauthenticated) connections does not pile up finished threads.
+      std::vector<std::thread> ended;
+      bool stop = false;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (uint64_t id : finished_) {
+          auto it = conn_threads_.find(id);
+          ended.push_back(std::move(it->second));
+          conn_threads_.erase(it);
+        }
+        finished_.clear();
+        if (stopping_) {
+          ::close(fd);
+          stop = true;
+        } else if (conn_fds_.size() >= kMaxConnections) {
+          ::close(fd);
+        } else {
+          conn_fds_.push_back(fd);
+          const uint64_t id = next_conn_id_++;
+          conn_threads_.emplace(id, std::thread([this, fd, id] { Serve(fd, id); }));
+        }
       }
-      conn_fds_.push_back(fd);
-      conn_threads_.emplace_back([this, fd] { Serve(fd); });
+      for (std::thread& t : ended) t.join();
+      if (stop) return;
     }
   }
 
-  // Answers one client's requests until it hangs up or the server stops.
-  void Serve(int fd) {
-    while (true) {
+  // The server's side of the handshake (file comment): true when the peer proved it
+  // holds token_. Reads at most the fixed-size frames, each within the handshake timeout.
+  bool Authenticate(int fd) {
+    SetRecvTimeout(fd, kHandshakeTimeoutMs);
+    char magic[sizeof(kHelloMagic)];
+    std::string client_nonce(kNonceBytes, '\0'), server_nonce, client_mac(kMacBytes, '\0');
+    if (!ReadFull(fd, magic, sizeof(magic)) ||
+        std::memcmp(magic, kHelloMagic, sizeof(magic)) != 0 ||
+        !ReadFull(fd, client_nonce.data(), kNonceBytes) || !RandomNonce(&server_nonce)) {
+      return false;
+    }
+    const std::string challenge =
+        server_nonce + HandshakeMac(token_, "server", client_nonce, server_nonce);
+    if (!WriteFull(fd, challenge.data(), challenge.size()) ||
+        !ReadFull(fd, client_mac.data(), kMacBytes)) {
+      return false;
+    }
+    const bool ok = SameMac(client_mac, HandshakeMac(token_, "client", client_nonce, server_nonce));
+    const uint8_t code = ok ? kAuthOk : kAuthRefused;
+    if (!WriteFull(fd, &code, 1) || !ok) {
+      if (!ok) spdlog::warn("rendezvous store: refused a connection with a wrong token proof");
+      return false;
+    }
+    SetRecvTimeout(fd, 0);  // requests may wait for their keys as long as they ask
+    return true;
+  }
+
+  // Authenticates one client, then answers its requests until it hangs up or the
+  // server stops.
+  void Serve(int fd, uint64_t id) {
+    const bool authenticated = Authenticate(fd);
+    while (authenticated) {
       uint8_t op = 0;
       std::string key, value;
       uint64_t timeout_ms = 0;
@@ -256,10 +359,12 @@ class StoreServerImpl : public StoreServer {
       // Forget the fd before closing it, so the destructor never shuts down a reused one.
       std::lock_guard<std::mutex> lock(mu_);
       std::erase(conn_fds_, fd);
+      finished_.push_back(id);  // the accept loop joins this thread
     }
     ::close(fd);
   }
 
+  std::string token_;  // set before the accept thread starts, then only read
   int listen_fd_ = -1;
   int port_ = 0;
   int wake_pipe_[2] = {-1, -1};
@@ -272,7 +377,9 @@ class StoreServerImpl : public StoreServer {
   int busy_ = 0;  // requests read but not yet answered
   std::map<std::string, std::string> data_;
   std::vector<int> conn_fds_;
-  std::vector<std::thread> conn_threads_;
+  std::map<uint64_t, std::thread> conn_threads_;  // by connection id
+  std::vector<uint64_t> finished_;                // ids whose Serve has returned (or is returning)
+  uint64_t next_conn_id_ = 0;
 };
 
 class StoreClientImpl : public StoreClient {
@@ -387,14 +494,59 @@ absl::Status ParseHostPort(const std::string& address, std::string* host, int* p
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<StoreServer>> StoreServer::Start(const std::string& address) {
+absl::StatusOr<std::unique_ptr<StoreServer>> StoreServer::Start(const std::string& address,
+                                                                const std::string& token) {
   auto server = std::make_unique<StoreServerImpl>();
-  if (absl::Status s = server->Init(address); !s.ok()) return s;
+  if (absl::Status s = server->Init(address, token); !s.ok()) return s;
   return server;
 }
 
+namespace {
+
+// The client's side of the handshake on a connected socket. Unauthenticated when the
+// server refuses our proof or cannot give its own (another run's store, or an
+// impostor); Unavailable when the connection breaks first.
+absl::Status AuthenticateToServer(int fd, const std::string& address, const std::string& token) {
+  SetRecvTimeout(fd, kHandshakeTimeoutMs);
+  std::string client_nonce;
+  if (!RandomNonce(&client_nonce)) {
+    return absl::InternalError("rendezvous store: no random bytes for the handshake");
+  }
+  const std::string hello = std::string(kHelloMagic, sizeof(kHelloMagic)) + client_nonce;
+  std::string server_nonce(kNonceBytes, '\0'), server_mac(kMacBytes, '\0');
+  if (!WriteFull(fd, hello.data(), hello.size()) ||
+      !ReadFull(fd, server_nonce.data(), kNonceBytes) ||
+      !ReadFull(fd, server_mac.data(), kMacBytes)) {
+    return absl::UnavailableError(absl::StrCat("rendezvous store at ", address,
+                                               ": connection lost during the handshake (",
+                                               ErrnoText(), ")"));
+  }
+  if (!SameMac(server_mac, HandshakeMac(token, "server", client_nonce, server_nonce))) {
+    return absl::UnauthenticatedError(absl::StrCat(
+        "rendezvous store at ", address, " does not hold this run's token (another run's store?)"));
+  }
+  const std::string proof = HandshakeMac(token, "client", client_nonce, server_nonce);
+  uint8_t code = kAuthRefused;
+  if (!WriteFull(fd, proof.data(), proof.size()) || !ReadFull(fd, &code, 1)) {
+    return absl::UnavailableError(absl::StrCat("rendezvous store at ", address,
+                                               ": connection lost during the handshake (",
+                                               ErrnoText(), ")"));
+  }
+  if (code != kAuthOk) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("rendezvous store at ", address, " refused this run's token"));
+  }
+  SetRecvTimeout(fd, 0);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<StoreClient>> StoreClient::Connect(
-    const std::string& address, std::chrono::milliseconds timeout) {
+    const std::string& address, const std::string& token, std::chrono::milliseconds timeout) {
+  if (token.empty()) {
+    return absl::InvalidArgumentError("rendezvous store: no token to authenticate with");
+  }
   std::string host;
   int port = 0;
   if (absl::Status s = ParseHostPort(address, &host, &port); !s.ok()) return s;
@@ -416,10 +568,20 @@ absl::StatusOr<std::unique_ptr<StoreClient>> StoreClient::Connect(
           continue;
         }
         if (::connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
-          ::freeaddrinfo(res);
           int one = 1;
           ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-          return std::unique_ptr<StoreClient>(new StoreClientImpl(fd, address));
+          absl::Status authenticated = AuthenticateToServer(fd, address, token);
+          if (authenticated.ok()) {
+            ::freeaddrinfo(res);
+            return std::unique_ptr<StoreClient>(new StoreClientImpl(fd, address));
+          }
+          ::close(fd);
+          if (absl::IsUnauthenticated(authenticated) || absl::IsInternal(authenticated)) {
+            ::freeaddrinfo(res);
+            return authenticated;  // retrying cannot help
+          }
+          last_error = std::string(authenticated.message());
+          continue;
         }
         last_error = ErrnoText();
         ::close(fd);

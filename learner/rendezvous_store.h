@@ -8,10 +8,21 @@
 // here is a few length-prefixed frames, so owning it is cheaper than that dependency
 // and lets every wait honour a deadline and come back as an absl::Status.
 //
-// Wire format (all integers little-endian): request = op:u8, key_len:u32, key,
-// value_len:u32, value, timeout_ms:u64; reply = code:u8, value_len:u32, value.
-// The server trusts its peers (it is meant for a private cluster network; bind it to
-// the address the options name, loopback in tests) but bounds key and value sizes.
+// Authentication: the store carries the training shares, so every connection first
+// proves it holds the run's bearer token, without sending it (the same token guards
+// the gRPC services, and this port has no TLS): a challenge-response over
+// HMAC-SHA256(token, ...) with a fresh random nonce from each side, in which the
+// server proves it knows the token too. A wrong or missing proof, or one that does
+// not arrive within 10 s, gets the connection closed before any request is read.
+//   client -> server: "PMDRLRV1", client_nonce[32]
+//   server -> client: server_nonce[32], HMAC(token, "server" client_nonce server_nonce)
+//   client -> server: HMAC(token, "client" client_nonce server_nonce)
+//   server -> client: code:u8 (0 ok, else refused and closed)
+// Wire format after that (all integers little-endian): request = op:u8, key_len:u32,
+// key, value_len:u32, value, timeout_ms:u64; reply = code:u8, value_len:u32, value.
+// Keys are at most 4 KiB and values 1 GiB; a buffer grows only as bytes arrive, never
+// to a length a peer claims. The traffic itself is not encrypted: keep the store on a
+// private network (bind it to the address the options name, loopback in tests).
 #ifndef PMDRL_LEARNER_RENDEZVOUS_STORE_H_
 #define PMDRL_LEARNER_RENDEZVOUS_STORE_H_
 
@@ -36,9 +47,11 @@ absl::Status ParseHostPort(const std::string& address, std::string* host, int* p
 // deleted). Thread-safe.
 class StoreServer {
  public:
-  // Binds `address` ("host:port"; port 0 picks a free one, see port()). Fails with
-  // Unavailable when the address cannot be bound.
-  static absl::StatusOr<std::unique_ptr<StoreServer>> Start(const std::string& address);
+  // Binds `address` ("host:port"; port 0 picks a free one, see port()) and serves only
+  // clients that prove they hold `token` (the run's bearer token). Fails with
+  // InvalidArgument for an empty token, Unavailable when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<StoreServer>> Start(const std::string& address,
+                                                            const std::string& token);
   virtual ~StoreServer() = default;  // Stops serving and joins every thread.
   virtual int port() const = 0;
 };
@@ -49,8 +62,11 @@ class StoreServer {
 class StoreClient {
  public:
   // Connects to `address`, retrying until `timeout` passes (rank 0 may not have
-  // started its server yet).
+  // started its server yet), and authenticates with `token` (see the file comment).
+  // A server that refuses the token, or cannot prove it holds it, fails at once with
+  // Unauthenticated (no retry: the tokens differ).
   static absl::StatusOr<std::unique_ptr<StoreClient>> Connect(const std::string& address,
+                                                              const std::string& token,
                                                               std::chrono::milliseconds timeout);
   virtual ~StoreClient() = default;
 

@@ -51,8 +51,9 @@ class MetricsCsv {
 };
 
 // <run.dir>/groups.csv: every classified group (accepted, stale, duplicate), in arrival
-// order, and every accepted group whose place was given back untrained (outcome
-// RELEASED_<REASON>, e.g. RELEASED_STALE_IN_BUFFER, when it is released): a place is
+// order, and every group whose place was given back untrained (outcome
+// RELEASED_<REASON>: RELEASED_STALE_IN_BUFFER for an accepted group, when it is released;
+// RELEASED_GRADER_TIMEOUT for one with a timed-out answer, in its place): a place is
 // trained at most once when between two ACK_ACCEPTED rows of it there is a RELEASED one.
 // Tests and audits read it. The header is written unless appending.
 class GroupLog {

@@ -16,6 +16,7 @@
 #include "learner/communicator.h"
 #include "learner/coordinator.h"
 #include "learner/evaluator.h"
+#include "learner/ledger.h"
 #include "learner/peak_memory.h"
 #include "learner/prompt_source.h"
 #include "learner/run_outputs.h"
@@ -82,6 +83,11 @@ struct TrainingLoop::Impl {
   mutable Progress progress;
   MetricsCsv csv;
   SampleLog samples;
+  Ledger ledger;
+  // The run files' lengths at the checkpoint resumed from (-1: fresh, or not recorded).
+  const int64_t resume_ledger_bytes;
+  const int64_t resume_metrics_bytes;
+  const int64_t resume_samples_bytes;
 
   prometheus::Gauge& m_update;
   prometheus::Gauge& m_version;
@@ -116,6 +122,9 @@ TrainingLoop::Impl::Impl(Parts p, const TrainerState& start, bool resumed_run)
       update(start.update),
       last_eval_update(start.update),
       last_checkpoint_update(start.update),
+      resume_ledger_bytes(start.ledger_bytes),
+      resume_metrics_bytes(start.metrics_bytes),
+      resume_samples_bytes(start.samples_bytes),
       m_update(parts.metrics->Gauge("pmdrl_learner_update", "policy updates done")),
       m_version(parts.metrics->Gauge("pmdrl_learner_policy_version", "current policy version")),
       m_loss(parts.metrics->Gauge("pmdrl_learner_loss", "PMD-mean loss of the last update")),
@@ -303,6 +312,18 @@ absl::StatusOr<std::string> TrainingLoop::Impl::WriteCheckpointNow(bool regather
         if (++attempt > 1 && regather) {
           if (absl::Status s = GatherOptimizer(); !s.ok()) return absl::StatusOr<std::string>(s);
         }
+        // The ledger and the per-update files are durable up to here before the
+        // checkpoint that records their lengths exists.
+        absl::StatusOr<int64_t> ledger_bytes = ledger.Sync();
+        if (!ledger_bytes.ok()) return absl::StatusOr<std::string>(ledger_bytes.status());
+        const fs::path dir = config.run.dir;
+        absl::StatusOr<int64_t> metrics_bytes = SyncedLength((dir / "metrics.csv").string());
+        if (!metrics_bytes.ok()) return absl::StatusOr<std::string>(metrics_bytes.status());
+        absl::StatusOr<int64_t> samples_bytes = SyncedLength((dir / "samples.jsonl").string());
+        if (!samples_bytes.ok()) return absl::StatusOr<std::string>(samples_bytes.status());
+        st.ledger_bytes = *ledger_bytes;
+        st.metrics_bytes = *metrics_bytes;
+        st.samples_bytes = *samples_bytes;
         return WriteCheckpoint(config.run.dir, st, save_files, buffered, parts.config_yaml,
                                options);
       });
@@ -404,6 +425,18 @@ TrainingLoop::~TrainingLoop() = default;
 absl::Status TrainingLoop::Start() {
   Impl& m = *impl_;
   const fs::path dir = m.config.run.dir;
+  if (m.resumed) {
+    // Rows of updates after the checkpoint were rolled back with the weights.
+    for (const auto& [name, bytes] : {std::pair{"metrics.csv", m.resume_metrics_bytes},
+                                      std::pair{"samples.jsonl", m.resume_samples_bytes}}) {
+      if (absl::Status s = CutBack((dir / name).string(), bytes); !s.ok()) return s;
+    }
+  }
+  if (absl::Status s =
+          m.ledger.Open((dir / "ledger.csv").string(), m.resumed, m.resume_ledger_bytes);
+      !s.ok()) {
+    return s;
+  }
   if (absl::Status s = m.csv.Open((dir / "metrics.csv").string(), m.resumed); !s.ok()) return s;
   m.samples.Open((dir / "samples.jsonl").string(), m.resumed);
   if (!m.resumed) {
@@ -453,6 +486,10 @@ absl::StatusOr<bool> TrainingLoop::Step(std::chrono::milliseconds wait) {
   if (!stats.ok()) return stats.status();
   ++m.update;
   ++m.version;
+  // The ledger row goes first: a run that cannot record what it trained stops here.
+  if (absl::Status s = m.ledger.Append(m.update, *batch); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("update ", m.update, ": ", s.message()));
+  }
   Publish();
   if (absl::Status s = m.Record(*batch, *stats); !s.ok()) return s;
   if (m.config.learner.checkpoint_every > 0 && m.update % m.config.learner.checkpoint_every == 0) {

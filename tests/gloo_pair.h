@@ -22,6 +22,7 @@ inline void ConnectGlooPair(std::unique_ptr<Communicator>* c0, std::unique_ptr<C
   CommOptions o0;
   o0.world_size = 2;
   o0.store_address = "127.0.0.1:" + std::to_string(FreePort());
+  o0.token = "gloo-pair-test-token";
   o0.bucket_bytes = bucket_bytes;
   o0.timeout = std::chrono::milliseconds(30000);
   CommOptions o1 = o0;

@@ -53,6 +53,8 @@ GradeResult GradeArith(std::string_view response, std::string_view reference,
 //    "50\%" equals 50, and also 0.5 when only one side carried the percent sign), then
 //    symbolically (verifier/symbolic_equal.h: GiNaC, exact then numeric at 1e-6).
 //  * A deadline that passes at any step -> kTimeout; GiNaC failures -> not equal.
+// Not thread-safe (GiNaC, see symbolic_equal.h): one caller per process at a time; the
+// verifier runs it in its grader processes.
 GradeResult GradeMath(std::string_view response, std::string_view reference,
                       const Deadline& deadline);
 
@@ -61,6 +63,12 @@ using Grader = std::function<GradeResult(std::string_view response, std::string_
 
 // The grader of a task: "arith" | "math"; anything else is InvalidArgument.
 absl::StatusOr<Grader> GraderForTask(std::string_view task);
+
+// Whether the task's grader uses GiNaC ("math"), which is not thread-safe and cannot be
+// interrupted: the verifier runs such graders in its grader processes
+// (verifier/grader_process_pool.h), one check per process at a time. Cheap graders
+// ("arith") run on the verifier's own threads.
+bool GraderNeedsProcess(std::string_view task);
 
 }  // namespace pmdrl
 

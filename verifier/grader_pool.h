@@ -1,6 +1,7 @@
 // The verifier's grading threads: runs answer checks (graders) on a pool of worker
 // threads and lets the caller wait for each with a hard time limit, even against a
-// grader that ignores its Deadline.
+// grader that ignores its Deadline. For thread-safe graders only (arith, and graders
+// tests inject); GiNaC graders run in verifier/grader_process_pool.h instead.
 //
 // Promises: Wait returns by the job's budget plus a small grace once the job runs (a
 // grader honouring its Deadline reports kTimeout itself first), or after

@@ -1,9 +1,12 @@
 // pmdrl-verifier: serves Verifier.ScoreGroups, forwarding scored groups to the learner.
 //   pmdrl-verifier [--config run.yaml] [--verifier.name=verifier-1] [--section.key=value ...]
+// `pmdrl-verifier --grader-worker` is the hidden mode its grader processes run in
+// (verifier/grader_process_pool.h); it is not meant to be started by hand.
 // Exit codes: 0 after SIGINT/SIGTERM (or --help), 2 on a configuration or token error,
-// 1 when a port cannot be bound.
+// 1 when a port cannot be bound or the grader processes cannot start.
 #include <grpcpp/server.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -24,6 +27,7 @@
 #include "common/metrics.h"
 #include "common/process.h"
 #include "common/rpc.h"
+#include "verifier/grader_process_pool.h"
 #include "verifier/verifier_service.h"
 
 namespace pmdrl {
@@ -59,6 +63,12 @@ int Run(int argc, char** argv) {
     std::cerr << "pmdrl-verifier: " << token.status().message() << std::endl;
     return 2;
   }
+  if (absl::Status s = ConfigureTransportSecurity(
+          {config->run.tls_cert, config->run.tls_key, config->run.tls_ca});
+      !s.ok()) {
+    std::cerr << "pmdrl-verifier: " << s.message() << std::endl;
+    return 2;
+  }
 
   MetricsRegistry metrics("verifier");
   VerifierOptions options;
@@ -68,10 +78,20 @@ int Run(int argc, char** argv) {
   options.scorer.reward_correct = static_cast<float>(vc.reward_correct);
   options.scorer.reward_incorrect = static_cast<float>(vc.reward_incorrect);
   options.scorer.threads = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
+  // The grader processes run this very binary (whatever its path now), in worker mode.
+  options.scorer.grader_worker.executable = "/proc/self/exe";
+  options.scorer.grader_worker.argv = {"pmdrl-verifier", "--grader-worker"};
+  options.scorer.grader_worker.processes =
+      vc.grader_processes > 0 ? static_cast<int>(vc.grader_processes)
+                              : std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
   options.learner = vc.learner;
   options.token = *token;
   options.limits = VerifierLimitsFor(*config);
   VerifierService service(std::move(options), &metrics);
+  if (!service.scorer().init_status().ok()) {
+    std::cerr << "pmdrl-verifier: " << service.scorer().init_status().message() << std::endl;
+    return 1;
+  }
 
   std::atomic<bool> serving{false};
   std::unique_ptr<MetricsServer> metrics_server;
@@ -120,4 +140,11 @@ int Run(int argc, char** argv) {
 }  // namespace
 }  // namespace pmdrl
 
-int main(int argc, char** argv) { return pmdrl::Run(argc, argv); }
+int main(int argc, char** argv) {
+  // Worker mode before anything else: no config, no logging set-up, no threads.
+  if (argc >= 2 && std::strcmp(argv[1], "--grader-worker") == 0) {
+    const bool test_hooks = argc >= 3 && std::strcmp(argv[2], "--grader-test-hooks") == 0;
+    return pmdrl::RunGraderWorker(STDIN_FILENO, STDOUT_FILENO, test_hooks);
+  }
+  return pmdrl::Run(argc, argv);
+}

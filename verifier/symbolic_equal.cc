@@ -6,7 +6,6 @@
 #include <cmath>
 #include <exception>
 #include <limits>
-#include <mutex>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -487,12 +486,7 @@ class Translator {
 };
 
 // ---------------------------------------------------------------------------
-// GiNaC side. Everything below runs under GinacMutex().
-
-std::timed_mutex& GinacMutex() {
-  static std::timed_mutex mu;
-  return mu;
-}
+// GiNaC side. Not thread-safe (see the header): one caller per process at a time.
 
 // Roughly how many terms expand() and normal() would produce for `e`: for each node the
 // terms of its numerator and denominator once brought over a common denominator (a sum
@@ -579,8 +573,7 @@ std::optional<bool> NumericallyEqual(const GiNaC::ex& a, const GiNaC::ex& b,
   return *diff <= 1e-6 * std::max({1.0, *ma, *mb});
 }
 
-SymbolicVerdict CompareUnderLock(const std::string& a_text, const std::string& b_text,
-                                 DeadlinePoll& poll) {
+SymbolicVerdict Compare(const std::string& a_text, const std::string& b_text, DeadlinePoll& poll) {
   GiNaC::symtab table;
   table["Pi"] = GiNaC::Pi;
   GiNaC::parser reader(table);
@@ -648,15 +641,8 @@ SymbolicVerdict SymbolicEqual(std::string_view a, std::string_view b, const Dead
   absl::StatusOr<std::string> b_text = LatexToGinac(b);
   if (!b_text.ok()) return SymbolicVerdict::kUnsupported;
   if (poll.CheckNow()) return SymbolicVerdict::kTimeout;
-
-  std::unique_lock<std::timed_mutex> lock(GinacMutex(), std::defer_lock);
-  if (deadline.when() == std::chrono::steady_clock::time_point::max()) {
-    lock.lock();
-  } else if (!lock.try_lock_until(deadline.when())) {
-    return SymbolicVerdict::kTimeout;
-  }
   try {
-    return CompareUnderLock(*a_text, *b_text, poll);
+    return Compare(*a_text, *b_text, poll);
   } catch (const std::exception&) {
     // GiNaC reports parse errors, division by zero and domain errors by throwing.
     return SymbolicVerdict::kUnsupported;

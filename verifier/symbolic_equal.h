@@ -6,8 +6,12 @@
 // nesting depth, the digits an integer power or factorial would produce, and the size
 // of a polynomial expansion are bounded before GiNaC sees the expression. GiNaC and
 // CLN keep non-atomic reference counts on shared global objects (e.g. the numeric
-// constants 0 and 1), so they are not thread-safe: all GiNaC work runs under one
-// process-wide mutex, acquired with the caller's deadline.
+// constants 0 and 1), so they are not thread-safe: at most one thread of a process may
+// run SymbolicEqual (and so GradeMath) at a time. There is no lock: the verifier runs
+// these checks in its grader processes, each serving one check at a time
+// (verifier/grader_process_pool.h), where a stuck check costs one killed worker instead
+// of stalling every other check behind a lock; the learner's evaluator and `pmdrl grade`
+// call it from one thread.
 #ifndef PMDRL_VERIFIER_SYMBOLIC_EQUAL_H_
 #define PMDRL_VERIFIER_SYMBOLIC_EQUAL_H_
 
@@ -43,7 +47,7 @@ enum class SymbolicVerdict {
   kEqual,
   kNotEqual,
   kUnsupported,  // either side could not be translated or parsed, or is unsafe
-  kTimeout,      // the deadline passed (waiting for the GiNaC lock, or between steps)
+  kTimeout,      // the deadline passed (checked between steps)
 };
 
 // Compares two normalised answers: translates both, parses them with GiNaC (one parser,

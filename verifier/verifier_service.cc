@@ -5,7 +5,11 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
 #include <optional>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -61,6 +65,21 @@ GroupScorer::GroupScorer(ScorerOptions options, MetricsRegistry* metrics)
                                 "Answer checks that ignored their deadline and were written off.");
   threads_stuck_ = &metrics->Gauge("pmdrl_verifier_grader_threads_stuck",
                                    "Grading threads written off and still running their check.");
+  const char* replaced = "pmdrl_verifier_grader_workers_replaced_total";
+  const char* replaced_help =
+      "Grader processes replaced: killed after overrunning a check, or died mid-check.";
+  workers_replaced_timeout_ = &metrics->Counter(replaced, replaced_help, {{"reason", "timeout"}});
+  workers_replaced_died_ = &metrics->Counter(replaced, replaced_help, {{"reason", "died"}});
+  if (!options_.grader_worker.executable.empty()) {
+    absl::StatusOr<std::unique_ptr<GraderProcessPool>> started =
+        GraderProcessPool::Start(options_.grader_worker);
+    if (started.ok()) {
+      processes_ = *std::move(started);
+    } else {
+      init_status_ = started.status();
+      spdlog::error("verifier: grader processes: {}", std::string(init_status_.message()));
+    }
+  }
 }
 
 GroupScorer::~GroupScorer() = default;
@@ -76,20 +95,53 @@ absl::Status GroupScorer::Score(v1::Group* group) {
   }
 
   // All checks of the group run in parallel; each gets its own limit.
-  std::vector<std::shared_ptr<GraderPool::Job>> jobs;
-  jobs.reserve(group->completions_size());
-  for (const v1::Completion& c : group->completions()) {
-    jobs.push_back(pool_->Submit(*grader, c.text(), group->reference(), options_.timeout));
+  const bool isolated = !options_.grader_for_task && GraderNeedsProcess(task);
+  if (isolated && processes_ == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("group of lease ", group->lease_id(), ": task \"", task,
+                     "\" is graded in grader processes, and none run",
+                     init_status_.ok() ? "" : absl::StrCat(" (", init_status_.message(), ")")));
+  }
+  std::vector<Verdict> verdicts(group->completions_size(), Verdict::kTimeout);
+  if (isolated) {
+    std::vector<std::shared_ptr<GraderProcessPool::Job>> jobs;
+    jobs.reserve(group->completions_size());
+    for (const v1::Completion& c : group->completions()) {
+      jobs.push_back(processes_->Submit(task, c.text(), group->reference(), options_.timeout));
+    }
+    for (int i = 0; i < group->completions_size(); ++i) {
+      GraderProcessPool::Ending ending = GraderProcessPool::Ending::kAnswered;
+      verdicts[i] = processes_->Wait(jobs[i], &ending).verdict;
+      if (ending == GraderProcessPool::Ending::kKilled) {
+        workers_replaced_timeout_->Increment();
+        spdlog::warn("verifier: lease {} completion {}: grader overran {} ms; worker replaced",
+                     QuoteUntrusted(group->lease_id()), i, options_.timeout.count());
+      } else if (ending == GraderProcessPool::Ending::kDied) {
+        workers_replaced_died_->Increment();
+      } else if (ending == GraderProcessPool::Ending::kQueued) {
+        spdlog::warn("verifier: lease {} completion {}: no grader process free in time",
+                     QuoteUntrusted(group->lease_id()), i);
+      }
+    }
+  } else {
+    std::vector<std::shared_ptr<GraderPool::Job>> jobs;
+    jobs.reserve(group->completions_size());
+    for (const v1::Completion& c : group->completions()) {
+      jobs.push_back(pool_->Submit(*grader, c.text(), group->reference(), options_.timeout));
+    }
+    for (int i = 0; i < group->completions_size(); ++i) {
+      bool overran = false;
+      std::optional<GradeResult> result = pool_->Wait(jobs[i], &overran);
+      if (overran) {
+        overruns_->Increment();
+        spdlog::warn("verifier: lease {} completion {}: grader overran {} ms; thread written off",
+                     QuoteUntrusted(group->lease_id()), i, options_.timeout.count());
+      }
+      if (result) verdicts[i] = result->verdict;
+    }
   }
   for (int i = 0; i < group->completions_size(); ++i) {
-    bool overran = false;
-    std::optional<GradeResult> result = pool_->Wait(jobs[i], &overran);
-    if (overran) {
-      overruns_->Increment();
-      spdlog::warn("verifier: lease {} completion {}: grader overran {} ms; thread written off",
-                   QuoteUntrusted(group->lease_id()), i, options_.timeout.count());
-    }
-    const Verdict verdict = result ? result->verdict : Verdict::kTimeout;
+    const Verdict verdict = verdicts[i];
     v1::Completion* c = group->mutable_completions(i);
     c->set_outcome(ToOutcome(verdict));
     c->set_reward(verdict == Verdict::kCorrect ? options_.reward_correct
@@ -132,7 +184,7 @@ GroupLimits VerifierLimitsFor(const Config& config) {
 namespace {
 
 // One actor stream's Learner.SubmitGroups stream, opened on first use. Not thread-safe:
-// it belongs to the handler thread of one actor stream.
+// it belongs to the forwarding thread of one actor stream.
 class LearnerLink {
  public:
   LearnerLink(v1::Learner::Stub* stub, std::string target, std::string token)
@@ -233,6 +285,39 @@ VerifierService::VerifierService(VerifierOptions options, MetricsRegistry* metri
 
 VerifierService::~VerifierService() = default;
 
+bool VerifierService::ScoreOne(v1::Group* group, const std::string& peer, v1::GroupAck* ack) {
+  ack->set_lease_id(group->lease_id());
+  GroupLimits limits = options_.limits;
+  if (limits.group_size == 0) limits.group_size = group->completions_size();
+  absl::Status valid = group->completions_size() == 0
+                           ? absl::InvalidArgumentError(absl::StrCat(
+                                 "group of lease ", group->lease_id(), " has no completions"))
+                           : ValidateGroup(*group, limits, /*scored=*/false);
+  if (valid.ok()) valid = scorer_.Score(group);
+  if (!valid.ok()) {
+    rejected_invalid_->Increment();
+    spdlog::warn("verifier: rejected group of lease {} from {}: {}",
+                 QuoteUntrusted(group->lease_id()), peer, QuoteUntrusted(valid.message()));
+    ack->set_status(v1::ACK_REJECTED);
+    ack->set_message(std::string(valid.message()));
+    return false;
+  }
+  return true;
+}
+
+namespace {
+
+// One group of an actor stream between its arrival and its ack. `grading` fills
+// `group` and `ack`; only the stream's forwarder joins it, and only then reads them.
+struct InFlight {
+  v1::Group group;
+  v1::GroupAck ack;
+  bool graded = false;  // valid and scored: to be forwarded (else `ack` is the rejection)
+  std::thread grading;
+};
+
+}  // namespace
+
 grpc::Status VerifierService::ScoreGroups(
     grpc::ServerContext* context, grpc::ServerReaderWriter<v1::GroupAck, v1::Group>* stream) {
   if (grpc::Status auth = CheckBearer(*context, options_.token); !auth.ok()) {
@@ -242,42 +327,83 @@ grpc::Status VerifierService::ScoreGroups(
     return auth;
   }
   ActiveStream active(*streams_active_);
-  LearnerLink learner(learner_stub_.get(), options_.learner, options_.token);
+  const std::string peer = context->peer();
 
-  v1::Group group;
-  while (stream->Read(&group)) {
-    v1::GroupAck ack;
-    ack.set_lease_id(group.lease_id());
+  // This thread reads groups and starts grading each at once on a thread of its own (the
+  // checks themselves run on the scorer's shared pools); the forwarder takes them in
+  // arrival order, waits for each one's grading, forwards it and writes its ack. A slow
+  // group thus delays its successors' forwarding, never their grading, and acks leave
+  // in the order the groups came. At most kStreamQueue groups are between read and ack:
+  // beyond that this thread stops reading, and gRPC flow control holds the actor back.
+  std::mutex mu;
+  std::condition_variable changed;
+  std::deque<std::unique_ptr<InFlight>> queue;  // guarded by mu; owned here
+  bool reading_done = false;                    // guarded by mu
 
-    GroupLimits limits = options_.limits;
-    if (limits.group_size == 0) limits.group_size = group.completions_size();
-    absl::Status valid = group.completions_size() == 0
-                             ? absl::InvalidArgumentError(absl::StrCat(
-                                   "group of lease ", group.lease_id(), " has no completions"))
-                             : ValidateGroup(group, limits, /*scored=*/false);
-    if (valid.ok()) valid = scorer_.Score(&group);
-    if (!valid.ok()) {
-      rejected_invalid_->Increment();
-      spdlog::warn("verifier: rejected group of lease {} from {}: {}",
-                   QuoteUntrusted(group.lease_id()), context->peer(),
-                   QuoteUntrusted(valid.message()));
-      ack.set_status(v1::ACK_REJECTED);
-      ack.set_message(std::string(valid.message()));
-    } else if (absl::StatusOr<v1::GroupAck> learner_ack = learner.Forward(group);
-               learner_ack.ok()) {
-      forwarded_->Increment();
-      ack = *std::move(learner_ack);
-    } else {
-      failed_->Increment();
-      spdlog::warn("verifier: group of lease {} not delivered: {}",
-                   QuoteUntrusted(group.lease_id()),
-                   QuoteUntrusted(learner_ack.status().message()));
-      ack.set_status(v1::ACK_UNKNOWN);
-      ack.set_message(std::string(learner_ack.status().message()));
+  std::thread forwarder([&] {
+    LearnerLink learner(learner_stub_.get(), options_.learner, options_.token);
+    bool actor_gone = false;
+    while (true) {
+      InFlight* item = nullptr;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        changed.wait(lock, [&] { return !queue.empty() || reading_done; });
+        if (queue.empty()) break;
+        item = queue.front().get();  // stays until popped below; only this thread pops
+      }
+      item->grading.join();
+      v1::GroupAck& ack = item->ack;
+      // Once the actor is gone nothing more is forwarded: it resends unacked groups
+      // elsewhere, and the learner would only see them twice.
+      if (!actor_gone && item->graded) {
+        if (absl::StatusOr<v1::GroupAck> learner_ack = learner.Forward(item->group);
+            learner_ack.ok()) {
+          forwarded_->Increment();
+          ack = *std::move(learner_ack);
+        } else {
+          failed_->Increment();
+          spdlog::warn("verifier: group of lease {} not delivered: {}",
+                       QuoteUntrusted(item->group.lease_id()),
+                       QuoteUntrusted(learner_ack.status().message()));
+          ack.set_status(v1::ACK_UNKNOWN);
+          ack.set_message(std::string(learner_ack.status().message()));
+        }
+      }
+      if (!actor_gone && !stream->Write(ack)) {
+        actor_gone = true;
+        context->TryCancel();  // unblocks the reader's Read
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        queue.pop_front();
+      }
+      changed.notify_all();
     }
-    if (!stream->Write(ack)) break;  // the actor went away
+    learner.Close();
+  });
+
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      changed.wait(lock, [&] { return queue.size() < kStreamQueue; });
+    }
+    auto item = std::make_unique<InFlight>();
+    if (!stream->Read(&item->group)) break;
+    InFlight* raw = item.get();
+    raw->grading =
+        std::thread([this, raw, &peer] { raw->graded = ScoreOne(&raw->group, peer, &raw->ack); });
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      queue.push_back(std::move(item));
+    }
+    changed.notify_all();
   }
-  learner.Close();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    reading_done = true;
+  }
+  changed.notify_all();
+  forwarder.join();  // every group read is graded and answered (or the actor is gone)
   return grpc::Status::OK;
 }
 

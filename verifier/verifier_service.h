@@ -17,6 +17,7 @@
 
 #include <array>
 #include <chrono>
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <string>
@@ -29,6 +30,7 @@
 #include "common/validate.h"
 #include "pmdrl/pmdrl.grpc.pb.h"
 #include "verifier/grader.h"
+#include "verifier/grader_process_pool.h"
 
 namespace pmdrl {
 
@@ -43,27 +45,40 @@ struct ScorerOptions {
   // Workers written off after overrunning the limit may keep running until their
   // grader returns; beyond this many, no replacement workers are started.
   int max_stuck_threads = 64;
-  // Task name -> grader. Null: GraderForTask. Tests inject misbehaving graders here.
+  // Task name -> grader, run on the threads above. Null: GraderForTask. Tests inject
+  // misbehaving graders here.
   std::function<absl::StatusOr<Grader>(std::string_view task)> grader_for_task;
+  // The grader processes: graders that use GiNaC (GraderNeedsProcess: math) run there,
+  // unless grader_for_task is set. pmdrl-verifier passes itself ("/proc/self/exe",
+  // --grader-worker) and verifier.grader_processes. An empty executable starts none, and
+  // groups of such tasks are then rejected.
+  GraderProcessPool::Options grader_worker;
 };
 
 class GraderPool;  // verifier/grader_pool.h
 
 // Grades the completions of one group and writes reward, outcome, verifier_id and
 // verify_seconds into it. Thread-safe: many streams may call Score concurrently; they
-// share one pool of grading threads.
+// share one pool of grading threads and one pool of grader processes.
 //
-// The time limit holds even against a grader that ignores its Deadline: grading runs
-// on pool threads and Score waits with a timeout. An answer whose check overruns
-// (timeout plus a small grace, so a grader honouring its Deadline reports its own
-// kTimeout first) scores as OUTCOME_TIMEOUT; its result is ignored and its thread is
-// written off (leaked until the grader returns) and replaced, so the pool keeps its
-// capacity. Such threads only hold copies of their inputs, never the group.
+// The time limit holds even against a grader that ignores its Deadline. GiNaC graders
+// (math) run in the grader processes (verifier/grader_process_pool.h): a check that
+// overruns (timeout plus a small grace) scores OUTCOME_TIMEOUT and its worker is killed
+// and replaced, so one pathological answer costs one worker for one deadline while the
+// others go on; a worker that dies mid-check scores that answer OUTCOME_PARSE_ERROR.
+// Other graders run on pool threads and Score waits with a timeout: an overrun scores
+// OUTCOME_TIMEOUT, its result is ignored and its thread is written off (leaked until the
+// grader returns) and replaced. Such threads only hold copies of their inputs.
+//
+// A timed-out answer gets reward_incorrect here as a placeholder: what it is worth is
+// the learner's rule (verifier.timeout_reward, learner/coordinator.h), which sees
+// OUTCOME_TIMEOUT.
 //
 // Metrics (in `metrics`, not owned, must outlive the scorer):
 //   pmdrl_verifier_completions_total{outcome="correct|incorrect|parse_error|timeout"}
 //   pmdrl_verifier_score_seconds (histogram, per group)
-//   pmdrl_verifier_grader_overruns_total, pmdrl_verifier_grader_threads_stuck
+//   pmdrl_verifier_grader_overruns_total, pmdrl_verifier_grader_threads_stuck (threads)
+//   pmdrl_verifier_grader_workers_replaced_total{reason="timeout|died"} (processes)
 class GroupScorer {
  public:
   GroupScorer(ScorerOptions options, MetricsRegistry* metrics);
@@ -71,21 +86,31 @@ class GroupScorer {
   GroupScorer& operator=(const GroupScorer&) = delete;
   ~GroupScorer();
 
-  // InvalidArgument (group untouched, nothing counted) for a task without a grader;
-  // otherwise OK with every completion scored.
+  // InvalidArgument (group untouched, nothing counted) for a task without a grader, or
+  // one that needs the grader processes when there are none; otherwise OK with every
+  // completion scored.
   absl::Status Score(v1::Group* group);
+
+  // Whether the grader processes started (OK when none were asked for).
+  const absl::Status& init_status() const { return init_status_; }
+  // The grader processes; null when none run.
+  const GraderProcessPool* grader_processes() const { return processes_.get(); }
 
   const ScorerOptions& options() const { return options_; }
 
  private:
   const ScorerOptions options_;
   std::unique_ptr<GraderPool> pool_;
+  std::unique_ptr<GraderProcessPool> processes_;
+  absl::Status init_status_;
   // The metrics, looked up once in `metrics` (which owns them): completions by verdict
   // (indexed by Verdict), score time per group, overruns and stuck threads.
   std::array<prometheus::Counter*, 4> completions_{};
   prometheus::Histogram* score_seconds_ = nullptr;
   prometheus::Counter* overruns_ = nullptr;
   prometheus::Gauge* threads_stuck_ = nullptr;
+  prometheus::Counter* workers_replaced_timeout_ = nullptr;
+  prometheus::Counter* workers_replaced_died_ = nullptr;
 };
 
 // The limits the verifier checks groups against. It does not know the model, so they
@@ -106,13 +131,19 @@ struct VerifierOptions {
   GroupLimits limits = DefaultVerifierLimits();
 };
 
-// Verifier.ScoreGroups. Per actor stream, for each group in order: validate
-// (ValidateGroup, unscored) -> score (GroupScorer) -> forward on this stream's own
-// Learner.SubmitGroups stream (opened lazily; if it breaks, reopened once and the group
-// resent: the learner de-duplicates) -> write the learner's ack back to the actor.
-// Invalid groups get ACK_REJECTED and are not forwarded; if the learner cannot be
-// reached the actor gets ACK_UNKNOWN, so it can retry elsewhere. A call without the
-// right bearer token ends with UNAUTHENTICATED before any group is read.
+// Verifier.ScoreGroups. Per actor stream, each group as it arrives is validated
+// (ValidateGroup, unscored) and scored (GroupScorer) at once, concurrently with the
+// stream's other groups; in arrival order, each scored group is then forwarded on this
+// stream's own Learner.SubmitGroups stream (opened lazily; if it breaks, reopened once
+// and the group resent: the learner de-duplicates) and the learner's ack is written back
+// to the actor. So acks go out one per group, in the order the groups came, and a slow
+// group holds up only its successors' forwarding, not their grading. At most
+// kStreamQueue groups of a stream are between read and ack; while that many are, the
+// stream is not read, and gRPC flow control holds the actor back. Invalid groups get
+// ACK_REJECTED (in their turn) and are not forwarded; if the learner cannot be reached
+// the actor gets ACK_UNKNOWN, so it can retry elsewhere. Once a write to the actor fails
+// the rest of its queue is graded but not forwarded (the actor resends it). A call
+// without the right bearer token ends with UNAUTHENTICATED before any group is read.
 //
 // Metrics, beside GroupScorer's:
 //   pmdrl_verifier_rejected_total{reason="unauthenticated|invalid"}
@@ -121,7 +152,7 @@ struct VerifierOptions {
 //   pmdrl_verifier_streams_active
 //
 // Limitation: a learner that accepts a group but never acks (alive, but stuck) blocks
-// that actor stream's handler; dead learners are noticed through gRPC keepalive.
+// that actor stream's forwarding; dead learners are noticed through gRPC keepalive.
 class VerifierService final : public v1::Verifier::Service {
  public:
   // `metrics` is not owned and must outlive the service.
@@ -133,7 +164,14 @@ class VerifierService final : public v1::Verifier::Service {
 
   GroupScorer& scorer() { return scorer_; }
 
+  // Groups of one actor stream read but not yet acked, at most.
+  static constexpr size_t kStreamQueue = 16;
+
  private:
+  // Validates and scores `group` in place. True: it is to be forwarded; false: `ack`
+  // holds its rejection. Counts and logs rejections. Thread-safe.
+  bool ScoreOne(v1::Group* group, const std::string& peer, v1::GroupAck* ack);
+
   const VerifierOptions options_;
   GroupScorer scorer_;
   std::shared_ptr<grpc::Channel> learner_channel_;

@@ -104,7 +104,10 @@ absl::Status SaveSafetensors(const NamedTensors& tensors, const std::string& pat
     text.append((8 - text.size() % 8) % 8, ' ');  // keep the data 8-byte aligned
     {
       std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      if (!out) return absl::InternalError(absl::StrCat("safetensors: cannot write ", tmp));
+      if (!out) {
+        return absl::InternalError(
+            absl::StrCat("safetensors: cannot write ", tmp, ": ", std::strerror(errno)));
+      }
       uint64_t n = text.size();
       out.write(reinterpret_cast<const char*>(&n), 8);
       out.write(text.data(), text.size());
@@ -115,9 +118,11 @@ absl::Status SaveSafetensors(const NamedTensors& tensors, const std::string& pat
                   static_cast<std::streamsize>(cpu.numel() * cpu.element_size()));
       }
       if (!out.flush()) {
+        const int err = errno;  // the failed write's (a full disk: ENOSPC)
         out.close();
         std::filesystem::remove(tmp);
-        return absl::InternalError(absl::StrCat("safetensors: cannot write ", tmp));
+        return absl::InternalError(
+            absl::StrCat("safetensors: cannot write ", tmp, ": ", std::strerror(err)));
       }
     }
     std::error_code ec;
@@ -213,7 +218,10 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
           return bad(absl::StrCat("tensor ", name, ": bad dimension ", d.dump()));
         }
         const uint64_t dim = d.get<uint64_t>();
-        if (dim > 0 && numel > std::numeric_limits<uint64_t>::max() / 8 / dim) {
+        // A dimension past int64 would become a negative one in `shape` (with another
+        // dimension 0 the byte count still checks out): fuzz/safetensors_fuzz.
+        if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+            (dim > 0 && numel > std::numeric_limits<uint64_t>::max() / 8 / dim)) {
           return bad(absl::StrCat("tensor ", name, ": shape is too large"));
         }
         numel *= dim;

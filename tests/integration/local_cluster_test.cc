@@ -146,6 +146,13 @@ int64_t LeasesHeldBy(const fs::path& run, const std::string& actor_name) {
   auto cluster = nlohmann::json::parse(ReadAll(run / "cluster.json"));
   std::string token = ReadAll(run / "token");
   while (!token.empty() && token.back() == '\n') token.pop_back();
+  // `pmdrl local` runs mutual TLS by default: this client shows the run's certificate.
+  TlsFiles tls;
+  if (cluster.contains("tls")) {
+    tls = {cluster["tls"]["cert"].get<std::string>(), cluster["tls"]["key"].get<std::string>(),
+           cluster["tls"]["ca"].get<std::string>()};
+  }
+  if (!ConfigureTransportSecurity(tls).ok()) return -1;
   auto stub = v1::Coordinator::NewStub(
       MakeChannel("127.0.0.1:" + std::to_string(cluster["learner"]["port"].get<int>())));
   grpc::ClientContext ctx;
@@ -157,6 +164,56 @@ int64_t LeasesHeldBy(const fs::path& run, const std::string& actor_name) {
     if (a.actor_id().rfind(actor_name + "#", 0) == 0) return a.leases_in_flight();
   }
   return -1;
+}
+
+// Runs a shell command (bounded by `timeout` inside it), returns stdout and stderr.
+std::string Shell(const std::string& command) {
+  std::string out;
+  FILE* p = ::popen((command + " 2>&1").c_str(), "r");
+  if (p == nullptr) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  ::pclose(p);
+  return out;
+}
+
+// The learner of a default `pmdrl local` run speaks mutual TLS only: `openssl s_client`
+// with the run's certificate completes a verified handshake, while a plaintext client
+// and a TLS client without a certificate are refused.
+void ExpectLearnerPortIsMutualTls(const fs::path& run) {
+  auto cluster = nlohmann::json::parse(ReadAll(run / "cluster.json"));
+  ASSERT_TRUE(cluster.contains("tls")) << "pmdrl local runs TLS by default: " << cluster.dump();
+  const std::string ca = cluster["tls"]["ca"], cert = cluster["tls"]["cert"],
+                    key = cluster["tls"]["key"];
+  const std::string address = "127.0.0.1:" + std::to_string(cluster["learner"]["port"].get<int>());
+  const std::string handshake =
+      Shell("timeout 60 openssl s_client -connect " + address + " -CAfile " + ca + " -cert " +
+            cert + " -key " + key + " -alpn h2 -brief </dev/null");
+  EXPECT_NE(handshake.find("CONNECTION ESTABLISHED"), std::string::npos) << handshake;
+  EXPECT_NE(handshake.find("Verification: OK"), std::string::npos) << handshake;
+
+  auto status_over = [&](std::shared_ptr<grpc::ChannelCredentials> credentials) {
+    auto stub = v1::Coordinator::NewStub(grpc::CreateChannel(address, credentials));
+    grpc::ClientContext ctx;
+    std::string token = ReadAll(run / "token");
+    while (!token.empty() && token.back() == '\n') token.pop_back();
+    AddBearer(&ctx, token);
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+    v1::StatusResponse status;
+    return stub->GetStatus(&ctx, v1::GetStatusRequest(), &status);
+  };
+  EXPECT_FALSE(status_over(grpc::InsecureChannelCredentials()).ok())
+      << "a plaintext client was answered";
+  grpc::SslCredentialsOptions no_cert;
+  no_cert.pem_root_certs = ReadAll(ca);
+  EXPECT_FALSE(status_over(grpc::SslCredentials(no_cert)).ok())
+      << "a client without a certificate was answered";
+  grpc::SslCredentialsOptions with_cert = no_cert;
+  with_cert.pem_cert_chain = ReadAll(cert);
+  with_cert.pem_private_key = ReadAll(key);
+  const grpc::Status ok = status_over(grpc::SslCredentials(with_cert));
+  EXPECT_TRUE(ok.ok()) << ok.error_message();
 }
 
 TEST(LocalCluster, SigkillActorTrainingGoesOn) {
@@ -172,6 +229,7 @@ TEST(LocalCluster, SigkillActorTrainingGoesOn) {
   fs::path run = r.dir / "run";
   ASSERT_TRUE(WaitFor([&] { return ReadCsv(run / "metrics.csv").size() >= 2; }, seconds(240)))
       << ReadAll(r.dir / "local.log");
+  ExpectLearnerPortIsMutualTls(run);
   auto cluster = nlohmann::json::parse(ReadAll(run / "cluster.json"));
   pid_t victim = cluster["actors"][0]["pid"].get<pid_t>();
   ASSERT_GT(victim, 1);
@@ -243,12 +301,17 @@ TEST(LocalCluster, LearnerKilledAndResumed) {
   EXPECT_NE(log.find("resumed from"), std::string::npos) << log;
   EXPECT_NE(log.find("data cursor (0, " + std::to_string(saved_cursor) + ")"), std::string::npos)
       << log;
-  // The run continues at the saved update and version: the first row written after the
-  // resume is update saved+1 with version saved+1.
+  // The run continues at the saved update and version. The resume cut metrics.csv back
+  // to the checkpoint (rows of updates trained after it were rolled back with the
+  // weights), so the file lists updates 0..30 once each, in order, and the row after
+  // the saved update is update saved+1 with version saved+1.
   auto rows = ReadCsv(run / "metrics.csv");
-  ASSERT_GT(rows.size(), rows_before.size());
-  const size_t first_new = rows_before.size();
-  EXPECT_EQ(std::stoll(rows[first_new].at("update")), saved_update + 1);
+  ASSERT_GE(rows_before.size(), static_cast<size_t>(saved_update + 1));
+  ASSERT_EQ(rows.size(), 31u);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_EQ(std::stoll(rows[i].at("update")), static_cast<int64_t>(i)) << "row " << i;
+  }
+  const size_t first_new = static_cast<size_t>(saved_update + 1);
   EXPECT_EQ(std::stoull(rows[first_new].at("version")), saved_version + 1);
   EXPECT_EQ(rows.back().at("update"), "30");
   auto final_state =

@@ -2,10 +2,14 @@
 // everything queued sent on drain.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <map>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "actor/group_sender.h"
@@ -70,6 +74,84 @@ TEST(GroupSenderTest, PushWaitsOnlyWhenTheWindowIsFull) {
   unblock.join();
   sender.Drain();
   EXPECT_EQ(sends.load(), 4);
+}
+
+// With several senders, that many sends run at once (each would block on its own ack),
+// and every group is sent and reported exactly once.
+TEST(GroupSenderTest, SeveralSendersKeepThatManyGroupsInFlight) {
+  constexpr int kSenders = 4;
+  std::mutex mu;
+  std::condition_variable cv;
+  int running = 0, most = 0;
+  std::vector<int> sends(12, 0), dones(12, 0);
+  {
+    GroupSender sender(
+        kSenders,
+        [&](const v1::Group& g, int64_t) {
+          std::unique_lock<std::mutex> lock(mu);
+          ++sends[g.index()];
+          most = std::max(most, ++running);
+          cv.notify_all();
+          // The first kSenders sends each wait until all of them run (bounded, so that
+          // one sender at a time fails instead of hanging).
+          if (g.index() < kSenders) {
+            cv.wait_for(lock, std::chrono::seconds(30), [&] { return most >= kSenders; });
+          }
+          --running;
+          return v1::ACK_ACCEPTED;
+        },
+        [&](const v1::Group& g, v1::AckStatus) {
+          std::lock_guard<std::mutex> lock(mu);
+          ++dones[g.index()];
+        },
+        kSenders);
+    for (int i = 0; i < 12; ++i) sender.Push(GroupOf(i), 0);
+    sender.Drain();
+    EXPECT_EQ(sender.outstanding(), 0);
+  }
+  EXPECT_EQ(most, kSenders);
+  EXPECT_EQ(sends, std::vector<int>(12, 1));
+  EXPECT_EQ(dones, std::vector<int>(12, 1));
+}
+
+// Groups of one policy version may be in flight together, but a group of the next
+// version starts only once all earlier sends have finished.
+TEST(GroupSenderTest, ANewVersionWaitsForEarlierSends) {
+  std::mutex mu;
+  std::vector<std::pair<uint64_t, char>> events;  // (version, 's'tart | 'e'nd)
+  {
+    GroupSender sender(
+        8,
+        [&](const v1::Group& g, int64_t) {
+          {
+            std::lock_guard<std::mutex> lock(mu);
+            events.emplace_back(g.policy_version(), 's');
+          }
+          std::this_thread::yield();
+          std::lock_guard<std::mutex> lock(mu);
+          events.emplace_back(g.policy_version(), 'e');
+          return v1::ACK_ACCEPTED;
+        },
+        [](const v1::Group&, v1::AckStatus) {}, 8);
+    for (int i = 0; i < 24; ++i) {
+      v1::Group g = GroupOf(i);
+      g.set_policy_version(i / 6);  // versions 0..3, six groups each
+      sender.Push(std::move(g), 0);
+    }
+    sender.Drain();
+  }
+  ASSERT_EQ(events.size(), 48u);
+  // Before any group of version v starts, every group of an older version has ended.
+  std::map<uint64_t, int> ended;
+  for (const auto& [version, kind] : events) {
+    if (kind == 'e') {
+      ++ended[version];
+      continue;
+    }
+    for (uint64_t older = 0; older < version; ++older) {
+      EXPECT_EQ(ended[older], 6) << "version " << version << " started early";
+    }
+  }
 }
 
 }  // namespace

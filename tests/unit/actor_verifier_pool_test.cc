@@ -1,8 +1,11 @@
 #include <grpcpp/server.h>
 #include <grpcpp/server_context.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -41,9 +44,17 @@ class FakeVerifier final : public v1::Verifier::Service {
  public:
   FakeVerifier(std::string name, Journal* journal) : name_(std::move(name)), journal_(journal) {}
 
-  v1::AckStatus status = v1::ACK_ACCEPTED;
+  std::atomic<v1::AckStatus> status{v1::ACK_ACCEPTED};  // may change while serving
   int fail_after = -1;
   bool hang = false;
+  // With `hold`, it reads and records groups but acks none, until the call ends.
+  bool hold = false;
+
+  // Blocks until `n` groups are held (true) or 60 s pass (false).
+  bool WaitHeld(int n) {
+    std::unique_lock<std::mutex> lock(held_mu_);
+    return held_cv_.wait_for(lock, std::chrono::seconds(60), [&] { return held_ >= n; });
+  }
 
   grpc::Status ScoreGroups(grpc::ServerContext* ctx,
                            grpc::ServerReaderWriter<v1::GroupAck, v1::Group>* stream) override {
@@ -53,6 +64,12 @@ class FakeVerifier final : public v1::Verifier::Service {
     v1::Group group;
     while (stream->Read(&group)) {
       journal_->Add(name_ + ":" + group.lease_id());
+      if (hold) {
+        std::lock_guard<std::mutex> lock(held_mu_);
+        ++held_;
+        held_cv_.notify_all();
+        continue;
+      }
       if (hang) {
         while (!ctx->IsCancelled()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
         return grpc::Status::CANCELLED;
@@ -76,6 +93,9 @@ class FakeVerifier final : public v1::Verifier::Service {
   const std::string name_;
   Journal* journal_;
   std::atomic<int> streams_{0};
+  std::mutex held_mu_;
+  std::condition_variable held_cv_;
+  int held_ = 0;  // guarded by held_mu_
 };
 
 struct Server {
@@ -320,6 +340,88 @@ TEST(VerifierPoolTest, DnsTargetReachesAReplacementReplica) {
   ASSERT_FALSE(entries.empty());
   EXPECT_EQ(entries.back().substr(0, 2), "b:");
   (*replacement)->Shutdown(std::chrono::system_clock::now());
+}
+
+// A verifier dies with a full window (8) of groups in flight on its stream: every one of
+// them fails there and moves on, to the other verifier if it has not tried it yet
+// (accepted there exactly once), else back to its caller as not delivered; none is
+// answered twice, and a retry of those delivers them.
+TEST(VerifierPoolTest, VerifierDyingWithAFullWindowResendsEveryGroupInFlight) {
+  Journal journal;
+  FakeVerifier a("a", &journal), b("b", &journal);
+  a.hold = true;
+  b.status = v1::ACK_UNKNOWN;  // until `a` holds the window: every group then sits on `a`
+  Server sa = Serve(&a), sb = Serve(&b);
+  VerifierPool::Options options;
+  ASSERT_EQ(options.window, 8);
+  VerifierPool pool({sa.address, sb.address}, kToken, options);
+
+  constexpr int kGroups = 8;
+  std::vector<absl::StatusOr<v1::GroupAck>> acks(kGroups, absl::UnknownError("not sent"));
+  std::vector<std::thread> senders;
+  for (int i = 0; i < kGroups; ++i) {
+    senders.emplace_back([&, i] { acks[i] = pool.Send(MakeGroup(i)); });
+  }
+  ASSERT_TRUE(a.WaitHeld(kGroups)) << "the window did not fill on verifier a";
+  b.status = v1::ACK_ACCEPTED;
+  sa.server->Shutdown(std::chrono::system_clock::now());  // cancels a's stream: it dies
+  for (std::thread& t : senders) t.join();
+
+  std::map<std::string, int> on_b;  // lease -> groups b received after a died
+  const std::vector<std::string> entries = journal.Get();
+  int a_entries = 0;
+  for (const std::string& e : entries) {
+    if (e.rfind("a:", 0) == 0) ++a_entries;
+  }
+  EXPECT_EQ(a_entries, kGroups);  // each group went to a once (none was sent there twice)
+  int delivered = 0;
+  std::vector<int> retry;
+  for (int i = 0; i < kGroups; ++i) {
+    const std::string lease = "lease-" + std::to_string(i);
+    const int b_count = static_cast<int>(std::count(entries.begin(), entries.end(), "b:" + lease));
+    if (acks[i].ok()) {
+      ++delivered;
+      EXPECT_EQ(acks[i]->lease_id(), lease);
+      EXPECT_EQ(acks[i]->status(), v1::ACK_ACCEPTED);
+      EXPECT_EQ(b_count, 1) << lease;  // resent to b once, after a died
+    } else {
+      EXPECT_EQ(acks[i].status().code(), absl::StatusCode::kUnavailable) << acks[i].status();
+      // It had tried b (ACK_UNKNOWN) before a, so it had no verifier left.
+      EXPECT_EQ(b_count, 1) << lease;
+      retry.push_back(i);
+    }
+  }
+  // Round robin started half of the sends on a (they end on b) and half on b.
+  EXPECT_EQ(delivered, kGroups / 2);
+  for (int i : retry) {
+    absl::StatusOr<v1::GroupAck> ack = pool.Send(MakeGroup(i));
+    ASSERT_TRUE(ack.ok()) << ack.status();
+    EXPECT_EQ(ack->lease_id(), "lease-" + std::to_string(i));
+    EXPECT_EQ(ack->status(), v1::ACK_ACCEPTED);
+  }
+  EXPECT_EQ(a.streams(), 1);
+}
+
+// Groups of concurrent Sends share one stream, up to the window, and each gets its own
+// ack back.
+TEST(VerifierPoolTest, ConcurrentSendsShareOneStream) {
+  Journal journal;
+  FakeVerifier a("a", &journal);
+  Server sa = Serve(&a);
+  VerifierPool pool({sa.address}, kToken);
+  constexpr int kGroups = 32;
+  std::vector<absl::StatusOr<v1::GroupAck>> acks(kGroups, absl::UnknownError("not sent"));
+  std::vector<std::thread> senders;
+  for (int i = 0; i < kGroups; ++i) {
+    senders.emplace_back([&, i] { acks[i] = pool.Send(MakeGroup(i)); });
+  }
+  for (std::thread& t : senders) t.join();
+  for (int i = 0; i < kGroups; ++i) {
+    ASSERT_TRUE(acks[i].ok()) << acks[i].status();
+    EXPECT_EQ(acks[i]->lease_id(), "lease-" + std::to_string(i));
+  }
+  EXPECT_EQ(journal.Get().size(), static_cast<size_t>(kGroups));
+  EXPECT_EQ(a.streams(), 1);
 }
 
 }  // namespace

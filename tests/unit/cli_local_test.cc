@@ -192,6 +192,30 @@ TEST(CommandTest, LearnerFlagsComeAfterUserOverrides) {
   EXPECT_EQ(LearnerCommand(plan).back(), "--learner.resume=auto");
 }
 
+// The run's certificates reach every child (learner ranks, verifiers, actors) when the
+// launcher made them, and nothing TLS is passed when it did not (local.tls=false, or the
+// user's own run.tls_* travel with the config and overrides).
+TEST(CommandTest, EveryChildGetsTheRunsCertificates) {
+  ClusterPlan plan = SamplePlan();
+  plan.learners = 2;
+  plan.ports = *PickPorts(42000, 2, 2, 2);
+  auto all = [&] {
+    return std::vector<std::vector<std::string>>{LearnerCommand(plan), LearnerRankCommand(plan, 1),
+                                                 VerifierCommand(plan, 0), ActorCommand(plan, 1)};
+  };
+  for (const auto& argv : all()) {
+    for (const auto& a : argv) EXPECT_EQ(a.rfind("--run.tls_", 0), std::string::npos) << a;
+  }
+  plan.tls_cert = "/r/tls/node.crt";
+  plan.tls_key = "/r/tls/node.key";
+  plan.tls_ca = "/r/tls/ca.crt";
+  for (const auto& argv : all()) {
+    EXPECT_GE(IndexOf(argv, "--run.tls_cert=/r/tls/node.crt"), 0) << argv[0];
+    EXPECT_GE(IndexOf(argv, "--run.tls_key=/r/tls/node.key"), 0) << argv[0];
+    EXPECT_GE(IndexOf(argv, "--run.tls_ca=/r/tls/ca.crt"), 0) << argv[0];
+  }
+}
+
 TEST(CommandTest, VerifierAndActorAddressTheCluster) {
   ClusterPlan plan = SamplePlan();
   std::vector<std::string> v = VerifierCommand(plan, 1);

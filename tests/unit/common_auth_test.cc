@@ -1,9 +1,11 @@
 // Bearer-token auth end to end over a real gRPC server, plus the rpc.h helpers the
 // server and client are built with.
 #include <grpcpp/grpcpp.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -53,11 +55,13 @@ struct TestDirCleaner {
   }
 } cleaner;
 
+// A token file as it should be: mode 0600.
 std::string WriteFile(const std::string& name, const std::string& content) {
   const auto dir = TestDir();
   std::filesystem::create_directories(dir);
   auto path = dir / name;
   std::ofstream(path) << content;
+  chmod(path.c_str(), 0600);
   return path.string();
 }
 
@@ -67,6 +71,31 @@ TEST(LoadTokenTest, FromFileTrimmed) {
   auto token = LoadToken(WriteFile("token", "  s3cret-token\n"));
   ASSERT_TRUE(token.ok()) << token.status();
   EXPECT_EQ(*token, "s3cret-token");  // the file wins over the environment
+}
+
+// Like ssh's private keys: a token file group or others may read (or write) is refused,
+// with its mode, its path and the fix; the owner's own modes are fine.
+TEST(LoadTokenTest, FileOthersCanReadIsRefused) {
+  EnvGuard env;
+  setenv("PMDRL_TOKEN", "from-env", 1);  // no fallback to the environment either
+  const std::string path = WriteFile("open_token", "s3cret-token\n");
+  for (mode_t mode : {0644, 0640, 0604, 0620, 0602}) {
+    ASSERT_EQ(chmod(path.c_str(), mode), 0);
+    auto token = LoadToken(path);
+    ASSERT_FALSE(token.ok()) << std::oct << mode;
+    EXPECT_TRUE(absl::IsPermissionDenied(token.status())) << token.status();
+    char text[8];
+    std::snprintf(text, sizeof(text), "%04o", static_cast<unsigned>(mode));
+    EXPECT_THAT(std::string(token.status().message()), HasSubstr(text));
+    EXPECT_THAT(std::string(token.status().message()), HasSubstr(path));
+    EXPECT_THAT(std::string(token.status().message()), HasSubstr("chmod 600"));
+  }
+  for (mode_t mode : {0600, 0400}) {
+    ASSERT_EQ(chmod(path.c_str(), mode), 0);
+    auto token = LoadToken(path);
+    ASSERT_TRUE(token.ok()) << std::oct << mode << ": " << token.status();
+    EXPECT_EQ(*token, "s3cret-token");
+  }
 }
 
 TEST(LoadTokenTest, FromEnvironment) {

@@ -32,6 +32,7 @@ CommOptions BaseOptions(int world_size) {
   CommOptions o;
   o.world_size = world_size;
   o.store_address = absl::StrCat("127.0.0.1:", FreePort());
+  o.token = "communicator-test-token";
   o.timeout = 30s;  // generous: the machine is busy; the failure tests set their own
   return o;
 }
@@ -488,11 +489,12 @@ TEST(BucketPlanTest, GroupsByDtypeAndRespectsTheBound) {
 }
 
 TEST(RendezvousStoreTest, SetGetWaitDelete) {
-  absl::StatusOr<std::unique_ptr<StoreServer>> server = StoreServer::Start("127.0.0.1:0");
+  absl::StatusOr<std::unique_ptr<StoreServer>> server =
+      StoreServer::Start("127.0.0.1:0", "store-test-token");
   ASSERT_TRUE(server.ok()) << server.status();
   const std::string address = absl::StrCat("127.0.0.1:", (*server)->port());
-  auto a = StoreClient::Connect(address, 5s);
-  auto b = StoreClient::Connect(address, 5s);
+  auto a = StoreClient::Connect(address, "store-test-token", 5s);
+  auto b = StoreClient::Connect(address, "store-test-token", 5s);
   ASSERT_TRUE(a.ok() && b.ok());
 
   std::thread setter([&] {
@@ -514,9 +516,10 @@ TEST(RendezvousStoreTest, SetGetWaitDelete) {
 }
 
 TEST(RendezvousStoreTest, ClientSeesServerGoAway) {
-  auto server = StoreServer::Start("127.0.0.1:0");
+  auto server = StoreServer::Start("127.0.0.1:0", "store-test-token");
   ASSERT_TRUE(server.ok());
-  auto client = StoreClient::Connect(absl::StrCat("127.0.0.1:", (*server)->port()), 5s);
+  auto client =
+      StoreClient::Connect(absl::StrCat("127.0.0.1:", (*server)->port()), "store-test-token", 5s);
   ASSERT_TRUE(client.ok());
   server->reset();
   absl::Status s = (*client)->Get("k", 5s).status();

@@ -1,6 +1,7 @@
 // Coordinator's exactly-once bookkeeping (issue 15): a checkpoint never holds a place
 // both outstanding and buffered; a group that goes stale in the buffer gives its place
-// back; a rejected group retires its lease, its place re-issued once and then dropped.
+// back; a rejected group retires its lease, its place re-issued once and then dropped;
+// a group must carry the actor, prompt tokens and reference its lease was issued with.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -8,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <set>
 #include <string>
 #include <thread>
@@ -18,30 +20,12 @@
 #include "learner/coordinator.h"
 #include "learner/lease_table.h"
 #include "learner/prompt_source.h"
+#include "tests/fake_prompt_source.h"
 
 namespace pmdrl {
 namespace {
 
 using std::chrono::milliseconds;
-
-// An endless stream whose every place is the prompt "1+1=".
-class FakeSource final : public PromptSource {
- public:
-  PromptItem Get(int64_t, int64_t) const override { return {{1, 4, 13, 4, 16}, "1+1=", "2"}; }
-  int64_t ItemsPerEpoch() const override { return 0; }
-  const std::vector<PromptItem>& HeldOut() const override { return held_out_; }
-  const Tokenizer& tokenizer() const override { return tokenizer_; }
-  std::string task() const override { return "arith"; }
-  std::string tokenizer_name() const override { return "char"; }
-  const std::string& tokenizer_json() const override { return empty_; }
-  const std::vector<int32_t>& stop_ids() const override { return stop_ids_; }
-
- private:
-  std::vector<PromptItem> held_out_;
-  CharTokenizer tokenizer_;
-  std::string empty_;
-  std::vector<int32_t> stop_ids_ = {CharTokenizer::kEos};
-};
 
 CoordinatorOptions Options(int64_t prompts_per_update, int64_t max_staleness) {
   CoordinatorOptions o;
@@ -64,6 +48,7 @@ v1::Group Scored(const v1::Lease& lease, uint64_t version) {
   g.set_index(lease.index());
   g.set_policy_version(version);
   g.mutable_prompt_tokens()->CopyFrom(lease.prompt_tokens());
+  g.set_reference(lease.reference());
   for (int i = 0; i < 2; ++i) {
     v1::Completion* c = g.add_completions();
     c->add_tokens(5);
@@ -105,6 +90,18 @@ struct Harness {
     EXPECT_TRUE(leased.ok()) << leased.status();
     if (!leased.ok()) return {};
     return {leased->leases().begin(), leased->leases().end()};
+  }
+
+  // Scored / Invalid from this harness's actor, which holds the leases.
+  v1::Group Scored(const v1::Lease& lease, uint64_t version) const {
+    v1::Group g = ::pmdrl::Scored(lease, version);
+    g.set_actor_id(actor);
+    return g;
+  }
+  v1::Group Invalid(const v1::Lease& lease, uint64_t version) const {
+    v1::Group g = ::pmdrl::Invalid(lease, version);
+    g.set_actor_id(actor);
+    return g;
   }
 
   double Metric(const std::string& needle) {
@@ -161,7 +158,7 @@ TEST(CoordinatorTest, ViewTakenWhileGroupsArriveNeverHoldsAPlaceTwice) {
     std::atomic<bool> done{false};
     std::thread submitter([&] {
       for (const v1::Lease& l : leases) {
-        absl::StatusOr<v1::GroupAck> ack = h.coordinator.Submit(Scored(l, 0));
+        absl::StatusOr<v1::GroupAck> ack = h.coordinator.Submit(h.Scored(l, 0));
         EXPECT_TRUE(ack.ok() && ack->status() == v1::ACK_ACCEPTED);
         std::this_thread::yield();
       }
@@ -185,7 +182,7 @@ TEST(CoordinatorTest, SeparateCallsCanHoldAPlaceTwice) {
   ASSERT_EQ(leases.size(), 1u);
   View v;
   v.lease = h.coordinator.SaveState();
-  ASSERT_TRUE(h.coordinator.Submit(Scored(leases[0], 0)).ok());
+  ASSERT_TRUE(h.coordinator.Submit(h.Scored(leases[0], 0)).ok());
   v.buffered = h.coordinator.BufferedGroups();
   EXPECT_THAT(Doubles(v), ::testing::ElementsAre(Place(leases[0])));
 }
@@ -194,8 +191,8 @@ TEST(CoordinatorTest, SnapshotHoldsEachPlaceOnceAndAResumeTrainsItOnce) {
   Harness h(Options(/*prompts_per_update=*/8, /*max_staleness=*/1));
   std::vector<v1::Lease> leases = h.Lease(4);
   ASSERT_EQ(leases.size(), 4u);
-  ASSERT_TRUE(h.coordinator.Submit(Scored(leases[1], 0)).ok());
-  ASSERT_TRUE(h.coordinator.Submit(Scored(leases[3], 0)).ok());
+  ASSERT_TRUE(h.coordinator.Submit(h.Scored(leases[1], 0)).ok());
+  ASSERT_TRUE(h.coordinator.Submit(h.Scored(leases[3], 0)).ok());
   const CoordinatorSnapshot snap = h.coordinator.Snapshot();
 
   // Every issued place exactly once: outstanding (0, 0), (0, 2); buffered (0, 1), (0, 3).
@@ -266,7 +263,7 @@ TEST(CoordinatorTest, GroupStaleInTheBufferHasItsPlaceLeasedAgain) {
   Harness h(Options(/*prompts_per_update=*/2, /*max_staleness=*/0));
   std::vector<v1::Lease> leases = h.Lease(1);
   ASSERT_EQ(leases.size(), 1u);
-  absl::StatusOr<v1::GroupAck> ack = h.coordinator.Submit(Scored(leases[0], 0));
+  absl::StatusOr<v1::GroupAck> ack = h.coordinator.Submit(h.Scored(leases[0], 0));
   ASSERT_TRUE(ack.ok()) << ack.status();
   ASSERT_EQ(ack->status(), v1::ACK_ACCEPTED);
 
@@ -281,11 +278,11 @@ TEST(CoordinatorTest, GroupStaleInTheBufferHasItsPlaceLeasedAgain) {
   EXPECT_EQ(h.Metric(R"(pmdrl_learner_places_released_total{reason="stale_in_buffer"})"), 1);
 
   // The new lease's group is accepted (not a duplicate) and trained.
-  ack = h.coordinator.Submit(Scored(again[0], 1));
+  ack = h.coordinator.Submit(h.Scored(again[0], 1));
   ASSERT_TRUE(ack.ok()) << ack.status();
   EXPECT_EQ(ack->status(), v1::ACK_ACCEPTED);
   // A late resend of the stale group stays stale; it cannot be accepted a second time.
-  ack = h.coordinator.Submit(Scored(leases[0], 0));
+  ack = h.coordinator.Submit(h.Scored(leases[0], 0));
   ASSERT_TRUE(ack.ok()) << ack.status();
   EXPECT_EQ(ack->status(), v1::ACK_STALE);
 }
@@ -297,7 +294,7 @@ TEST(CoordinatorTest, RejectedGroupReleasesItsPlaceOnceThenDropsIt) {
   Harness h(Options(/*prompts_per_update=*/4, /*max_staleness=*/1));
   std::vector<v1::Lease> first = h.Lease(1);
   ASSERT_EQ(first.size(), 1u);
-  EXPECT_FALSE(h.coordinator.Submit(Invalid(first[0], 0)).ok());
+  EXPECT_FALSE(h.coordinator.Submit(h.Invalid(first[0], 0)).ok());
   EXPECT_EQ(h.coordinator.ActorStatuses().at(0).leases_in_flight(), 0u)
       << "a rejected group must retire its lease";
 
@@ -308,15 +305,15 @@ TEST(CoordinatorTest, RejectedGroupReleasesItsPlaceOnceThenDropsIt) {
   EXPECT_EQ(h.Metric(R"(pmdrl_learner_places_released_total{reason="rejected"})"), 1);
 
   // Second rejection of the same place: dropped for good.
-  EXPECT_FALSE(h.coordinator.Submit(Invalid(second[0], 0)).ok());
+  EXPECT_FALSE(h.coordinator.Submit(h.Invalid(second[0], 0)).ok());
   EXPECT_EQ(h.Metric(R"(pmdrl_learner_places_dropped_total{reason="rejected"})"), 1);
   std::vector<v1::Lease> third = h.Lease(3);
   ASSERT_EQ(third.size(), 3u);
   for (const v1::Lease& l : third) EXPECT_NE(Place(l), Place(first[0]));
 
   // A resend of either rejected group is rejected again and changes nothing.
-  EXPECT_FALSE(h.coordinator.Submit(Invalid(first[0], 0)).ok());
-  EXPECT_FALSE(h.coordinator.Submit(Invalid(second[0], 0)).ok());
+  EXPECT_FALSE(h.coordinator.Submit(h.Invalid(first[0], 0)).ok());
+  EXPECT_FALSE(h.coordinator.Submit(h.Invalid(second[0], 0)).ok());
   EXPECT_EQ(h.coordinator.ActorStatuses().at(0).leases_in_flight(), 3u);
   EXPECT_EQ(h.coordinator.counts().rejected, 4u);
 }
@@ -325,13 +322,52 @@ TEST(CoordinatorTest, ValidGroupAfterOneRejectionIsAccepted) {
   Harness h(Options(4, 1));
   std::vector<v1::Lease> first = h.Lease(1);
   ASSERT_EQ(first.size(), 1u);
-  EXPECT_FALSE(h.coordinator.Submit(Invalid(first[0], 0)).ok());
+  EXPECT_FALSE(h.coordinator.Submit(h.Invalid(first[0], 0)).ok());
   std::vector<v1::Lease> second = h.Lease(1);
   ASSERT_EQ(second.size(), 1u);
   ASSERT_EQ(Place(second[0]), Place(first[0]));
-  absl::StatusOr<v1::GroupAck> ack = h.coordinator.Submit(Scored(second[0], 0));
+  absl::StatusOr<v1::GroupAck> ack = h.coordinator.Submit(h.Scored(second[0], 0));
   ASSERT_TRUE(ack.ok()) << ack.status();
   EXPECT_EQ(ack->status(), v1::ACK_ACCEPTED);
+}
+
+// ---- "No one in": a token holder cannot train rows it was never lent. A group that
+// answers a live lease but carries another actor, prompt or reference is rejected with
+// the field named, and its lease is retired like any rejected group's.
+TEST(CoordinatorTest, GroupMustMatchItsLease) {
+  Harness h(Options(/*prompts_per_update=*/8, /*max_staleness=*/1));
+  v1::RegisterActorRequest r;
+  r.set_name("other");
+  const std::string other = h.coordinator.RegisterActor(r).actor_id();
+
+  struct Case {
+    const char* field;
+    std::function<void(v1::Group&)> tamper;
+  };
+  const std::vector<Case> cases = {
+      {"actor_id", [&](v1::Group& g) { g.set_actor_id(other); }},
+      {"prompt_tokens", [](v1::Group& g) { g.set_prompt_tokens(0, 7); }},
+      {"prompt_tokens", [](v1::Group& g) { g.add_prompt_tokens(4); }},
+      {"reference", [](v1::Group& g) { g.set_reference("3"); }},
+  };
+  for (const Case& c : cases) {
+    std::vector<v1::Lease> leases = h.Lease(1);
+    ASSERT_EQ(leases.size(), 1u);
+    v1::Group g = h.Scored(leases[0], 0);
+    ASSERT_TRUE(h.coordinator.Submit(g).ok()) << "the untampered group is fine";
+    leases = h.Lease(1);
+    ASSERT_EQ(leases.size(), 1u);
+    g = h.Scored(leases[0], 0);
+    c.tamper(g);
+    absl::StatusOr<v1::GroupAck> ack = h.coordinator.Submit(g);
+    ASSERT_FALSE(ack.ok()) << c.field << " tampered, yet " << ack->ShortDebugString();
+    EXPECT_TRUE(absl::IsInvalidArgument(ack.status())) << ack.status();
+    EXPECT_THAT(std::string(ack.status().message()), ::testing::HasSubstr(c.field));
+    // Retired like any rejected group's lease: nothing of it stays in flight.
+    EXPECT_EQ(h.coordinator.ActorStatuses().at(0).leases_in_flight(), 0u) << c.field;
+  }
+  EXPECT_EQ(h.coordinator.counts().rejected, cases.size());
+  EXPECT_EQ(h.coordinator.counts().accepted, cases.size());
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "learner/lease_table.h"
+#include "nlohmann/json.hpp"
 
 namespace pmdrl {
 namespace {
@@ -422,6 +423,24 @@ void RunRandomTraffic(int64_t items_per_epoch, uint32_t seed) {
     EXPECT_EQ(s.done[0].low_water, s.cursor.index);
   } else {
     EXPECT_EQ(s.done_below_epoch, s.cursor.epoch);
+  }
+}
+
+// Found by fuzz/checkpoint_readers_fuzz: a number that is not an integer (1e30 does not fit
+// an int64; taking it as one was undefined behaviour) is refused, wherever it stands.
+TEST(LeaseTableTest, RejectsNumbersThatAreNotIntegers) {
+  std::vector<IssuedLease> ls;
+  const std::string good = ToJson(MixedTable(&ls).Save());
+  ASSERT_TRUE(LeaseStateFromJson(good).ok());
+  const nlohmann::json j = nlohmann::json::parse(good);
+  for (const nlohmann::json::json_pointer& where :
+       {"/items_per_epoch"_json_pointer, "/cursor/1"_json_pointer, "/done/0/low_water"_json_pointer,
+        "/counters/completed"_json_pointer, "/next_lease_seq"_json_pointer}) {
+    for (double value : {1e30, 2.5}) {
+      nlohmann::json bad = j;
+      bad[where] = value;
+      EXPECT_FALSE(LeaseStateFromJson(bad.dump()).ok()) << where.to_string() << " = " << value;
+    }
   }
 }
 

@@ -5,13 +5,19 @@
 // samples.jsonl, groups.csv, metrics, status), that a checkpoint restores the loop's
 // state and that training then goes on identically, and how Run ends a run.
 #include <gtest/gtest.h>
+#include <sys/mount.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -421,6 +427,137 @@ TEST(TrainingLoop, RunEndsWithEvaluationAndCheckpoint) {
   EXPECT_EQ(l.loop->FinalAccuracy(),
             (state->evaluations[0] + state->evaluations[1]) / 2);  // eval_last 3 > 2
   fs::remove_all(dir);
+}
+
+// ledger.csv lists exactly the places trained into the weights: a resume cuts it (and
+// metrics.csv, samples.jsonl) back to the lengths its checkpoint recorded, so an update
+// lost with a crash is not listed, and when its places are trained again each appears
+// once.
+TEST(TrainingLoop, ResumeCutsTheLedgerBackToTheCheckpoint) {
+  const std::string dir = FreshTempDir("training_loop", "ledger");
+  const fs::path ledger = fs::path(dir) / "ledger.csv";
+  std::set<std::pair<std::string, std::string>> places;
+  {
+    auto a_or = MakeLearner(LoopConfig(dir));
+    ASSERT_TRUE(a_or.ok()) << a_or.status();
+    Learner& a = **a_or;
+    ASSERT_TRUE(a.loop->Start().ok());
+    FakeActors actors(a.coordinator.get());
+    for (const v1::Lease& lease : actors.Lease(4)) {
+      EXPECT_EQ(actors.Submit(lease, 0), v1::ACK_ACCEPTED);
+      places.insert({std::to_string(lease.epoch()), std::to_string(lease.index())});
+    }
+    absl::StatusOr<bool> stepped = a.loop->Step(milliseconds(5000));
+    ASSERT_TRUE(stepped.ok() && *stepped) << stepped.status();
+    ASSERT_TRUE(a.loop->Checkpoint().ok());
+    stepped = a.loop->Step(milliseconds(5000));  // update 2, lost with the "crash" below
+    ASSERT_TRUE(stepped.ok() && *stepped) << stepped.status();
+    const Csv before = ReadCsv(ledger);
+    ASSERT_EQ(before.rows.size(), 4u);
+    EXPECT_EQ(before.Cell(3, "update"), "2");
+    EXPECT_EQ(ReadCsv(fs::path(dir) / "metrics.csv").rows.size(), 3u);  // base, 1, 2
+  }  // the learner is gone without a final checkpoint, as after SIGKILL
+
+  auto b_or = MakeLearner(LoopConfig(dir, {"learner.resume=auto"}));
+  ASSERT_TRUE(b_or.ok()) << b_or.status();
+  Learner& b = **b_or;
+  ASSERT_TRUE(b.loop->Start().ok());
+  const Csv cut = ReadCsv(ledger);
+  ASSERT_EQ(cut.rows.size(), 2u);
+  EXPECT_EQ(cut.Cell(0, "update"), "1");
+  EXPECT_EQ(cut.Cell(1, "update"), "1");
+  EXPECT_EQ(ReadCsv(fs::path(dir) / "metrics.csv").rows.size(), 2u);  // base, 1
+  EXPECT_EQ(Lines(fs::path(dir) / "samples.jsonl").size(), 1u);
+
+  // The two groups buffered at the checkpoint train update 2 again.
+  absl::StatusOr<bool> stepped = b.loop->Step(milliseconds(5000));
+  ASSERT_TRUE(stepped.ok() && *stepped) << stepped.status();
+  ASSERT_TRUE(b.loop->Checkpoint().ok());
+  const Csv after = ReadCsv(ledger);
+  ASSERT_EQ(after.rows.size(), 4u);
+  std::set<std::pair<std::string, std::string>> trained;
+  for (size_t i = 0; i < after.rows.size(); ++i) {
+    EXPECT_TRUE(trained.insert({after.Cell(i, "epoch"), after.Cell(i, "index")}).second)
+        << "place trained twice: row " << i;
+    EXPECT_EQ(after.Cell(i, "update"), i < 2 ? "1" : "2");
+    EXPECT_EQ(after.Cell(i, "policy_version"), "0");
+  }
+  EXPECT_EQ(trained, places);
+  absl::StatusOr<TrainerState> state = ReadTrainerState(*FindCheckpoint(dir, "auto"));
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_EQ(state->ledger_bytes, static_cast<int64_t>(fs::file_size(ledger)));
+  fs::remove_all(dir);
+}
+
+// Fills the file system holding `dir` with `dir`/filler until a write fails, then gives
+// back `slack` bytes: room for a ledger row and a metrics line, not for a checkpoint.
+bool FillDisk(const fs::path& dir, size_t slack) {
+  const fs::path filler = dir / "filler";
+  std::FILE* f = std::fopen(filler.c_str(), "wb");
+  if (f == nullptr) return false;
+  const std::string block(1 << 16, 'x');
+  while (std::fwrite(block.data(), 1, block.size(), f) == block.size()) {
+  }
+  std::fclose(f);
+  const uintmax_t size = fs::file_size(filler);
+  if (size < slack) return false;
+  fs::resize_file(filler, size - slack);
+  return true;
+}
+
+// A full disk (a small tmpfs, mounted by the test as root): the checkpoint write fails
+// its 3 attempts and the step returns an error that says so, instead of training on
+// with nothing saved; once there is room, the run resumes from the last complete
+// checkpoint, with the ledger cut back to it.
+TEST(TrainingLoop, DiskFullStopsTheRunAndTheLastCheckpointResumes) {
+  if (::geteuid() != 0) GTEST_SKIP() << "mounting a tmpfs needs root";
+  const fs::path mount = FreshTempDir("training_loop", "disk_full");
+  if (::mount("pmdrl-test", mount.c_str(), "tmpfs", 0, "size=16m") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs at " << mount << ": " << std::strerror(errno);
+  }
+  struct Unmount {
+    fs::path at;
+    ~Unmount() {
+      ::umount2(at.c_str(), MNT_DETACH);
+      fs::remove_all(at);
+    }
+  } unmount{mount};
+  const std::string dir = (mount / "run").string();
+  fs::create_directories(dir);
+  {
+    auto a_or = MakeLearner(LoopConfig(dir, {"learner.checkpoint_every=1"}));
+    ASSERT_TRUE(a_or.ok()) << a_or.status();
+    Learner& a = **a_or;
+    absl::Status started = a.loop->Start();
+    ASSERT_TRUE(started.ok()) << started;
+    FakeActors actors(a.coordinator.get());
+    for (const v1::Lease& lease : actors.Lease(4)) {
+      EXPECT_EQ(actors.Submit(lease, 0), v1::ACK_ACCEPTED);
+    }
+    absl::StatusOr<bool> stepped = a.loop->Step(milliseconds(5000));  // checkpoints update 1
+    ASSERT_TRUE(stepped.ok() && *stepped) << stepped.status();
+    ASSERT_TRUE(FillDisk(mount, 32 << 10));
+    stepped = a.loop->Step(milliseconds(5000));
+    ASSERT_FALSE(stepped.ok()) << "update 2 trained with nowhere to checkpoint it";
+    EXPECT_NE(stepped.status().message().find("No space left on device"), std::string::npos)
+        << stepped.status();
+    EXPECT_NE(stepped.status().message().find("stopping the run"), std::string::npos)
+        << stepped.status();
+  }
+  fs::remove(mount / "filler");  // the operator makes room
+
+  auto b_or = MakeLearner(LoopConfig(dir, {"learner.resume=auto", "learner.checkpoint_every=1"}));
+  ASSERT_TRUE(b_or.ok()) << b_or.status();
+  Learner& b = **b_or;
+  EXPECT_EQ(b.loop->update(), 1);
+  ASSERT_TRUE(b.loop->Start().ok());
+  EXPECT_EQ(ReadCsv(fs::path(dir) / "ledger.csv").rows.size(), 2u);  // update 1's places
+  absl::StatusOr<bool> stepped = b.loop->Step(milliseconds(5000));   // the buffered groups
+  ASSERT_TRUE(stepped.ok() && *stepped) << stepped.status();
+  EXPECT_EQ(b.loop->update(), 2);
+  absl::StatusOr<TrainerState> state = ReadTrainerState(*FindCheckpoint(dir, "auto"));
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_EQ(state->update, 2);
 }
 
 // SIGTERM mid-run (docker stop, Ctrl-C): the loop stops between updates and writes a

@@ -504,6 +504,11 @@ TEST(SafetensorsTest, MalformedFilesGiveErrors) {
   WriteRaw(p, R"({"w":{"dtype":"F32","shape":[4611686018427387904, 4],"data_offsets":[0,8]}})",
            data);
   expect_error(p, "w");  // numel overflow
+  // A dimension past int64 next to a 0 (zero bytes, so the size checks out) was taken as
+  // a negative one (fuzz/safetensors_fuzz).
+  WriteRaw(p, R"({"w":{"dtype":"F32","shape":[0,18446744073709551615],"data_offsets":[0,0]}})",
+           data);
+  expect_error(p, "shape is too large");
   WriteRaw(p,
            R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
            R"("b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}})",

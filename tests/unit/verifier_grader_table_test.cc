@@ -3,6 +3,7 @@
 // once from several threads at the same time (the verifier grades concurrently).
 #include <chrono>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -11,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "verifier/grader.h"
+#include "verifier/grader_process_pool.h"
 
 namespace pmdrl {
 namespace {
@@ -108,9 +110,10 @@ TEST(GraderTableTest, EveryCase) {
   std::printf("grader table: %d of %zu cases passed\n", passed, cases.size());
 }
 
-// GiNaC and CLN keep shared global state; the grader serialises its GiNaC step. Several
-// threads grading the whole table at once must agree with one thread, case by case.
-TEST(GraderTableTest, ConcurrentGradingMatchesSingleThread) {
+// GiNaC and CLN keep shared global state, so the verifier grades in worker processes.
+// Several threads grading the whole table at once through them must agree with one
+// thread in this process, case by case.
+TEST(GraderTableTest, ConcurrentGradingThroughWorkersMatchesSingleThread) {
   std::vector<Case> all = LoadCases();
   std::vector<Case> cases;
   for (Case& c : all) {
@@ -119,8 +122,16 @@ TEST(GraderTableTest, ConcurrentGradingMatchesSingleThread) {
   std::vector<GradeResult> expected;
   for (const Case& c : cases) expected.push_back(Grade(c));
 
+  // GiNaC is not thread-safe: concurrent checks run in the verifier's grader processes
+  // (verifier/grader_process_pool.h), one at a time in each.
+  GraderProcessPool::Options options;
+  options.executable = PMDRL_BINARY_DIR "/verifier/pmdrl-verifier";
+  options.argv = {"pmdrl-verifier", "--grader-worker"};
+  options.processes = 3;
+  absl::StatusOr<std::unique_ptr<GraderProcessPool>> pool = GraderProcessPool::Start(options);
+  ASSERT_TRUE(pool.ok()) << pool.status();
   constexpr int kThreads = 6;
-  constexpr int kRounds = 3;
+  constexpr int kRounds = 2;
   std::vector<std::vector<std::string>> mismatches(kThreads);
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
@@ -130,7 +141,11 @@ TEST(GraderTableTest, ConcurrentGradingMatchesSingleThread) {
           // Each thread walks the table from a different start, so different cases
           // (symbolic and not) overlap in time.
           size_t i = (k + static_cast<size_t>(t) * 37) % cases.size();
-          GradeResult r = Grade(cases[i]);
+          GraderProcessPool::Ending ending;
+          GradeResult r =
+              (*pool)->Wait((*pool)->Submit(cases[i].task, cases[i].response, cases[i].reference,
+                                            std::chrono::seconds(20)),
+                            &ending);
           if (r.verdict != expected[i].verdict ||
               r.normalized_answer != expected[i].normalized_answer ||
               r.normalized_reference != expected[i].normalized_reference) {

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -15,6 +16,7 @@
 #include <mutex>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/auth.h"
@@ -235,7 +237,7 @@ class VerifierServiceTest : public testing::Test {
       learner_target = "127.0.0.1:" + std::to_string(port);
     }
     VerifierOptions options;
-    options.scorer = TestScorerOptions();
+    options.scorer = scorer_options_;
     options.learner = learner_target;
     options.token = kToken;
     service_ = std::make_unique<VerifierService>(options, &metrics_);
@@ -274,6 +276,7 @@ class VerifierServiceTest : public testing::Test {
 
   double Metric(const std::string& series) { return MetricValue(metrics_.Serialize(), series); }
 
+  ScorerOptions scorer_options_ = TestScorerOptions();  // Start uses these
   MetricsRegistry metrics_{"verifier"};
   FakeLearner learner_;
   std::unique_ptr<grpc::Server> learner_server_;
@@ -405,6 +408,90 @@ TEST_F(VerifierServiceTest, UnreachableLearnerGivesUnknownAck) {
   EXPECT_EQ(Metric("pmdrl_verifier_groups_failed_total"), 2);
   EXPECT_EQ(Metric("pmdrl_verifier_groups_forwarded_total"), 0);
   EXPECT_EQ(Outcomes(metrics_, "correct"), 1);  // scored, just not delivered
+}
+
+// Groups of one stream are graded concurrently: the first group's check waits until the
+// second's has run (a latch, bounded so that a verifier grading one group at a time fails
+// instead of hanging), yet the acks and the learner see them in arrival order.
+TEST_F(VerifierServiceTest, GroupsOfAStreamAreGradedConcurrentlyAndAckedInOrder) {
+  auto second_graded = std::make_shared<Gate>();
+  auto first_saw_second = std::make_shared<std::atomic<bool>>(false);
+  scorer_options_.timeout = std::chrono::milliseconds(120000);  // never the limit here
+  scorer_options_.grader_for_task = [second_graded,
+                                     first_saw_second](std::string_view) -> absl::StatusOr<Grader> {
+    return Grader([second_graded, first_saw_second](std::string_view response,
+                                                    std::string_view reference,
+                                                    const Deadline& deadline) {
+      if (response == "wait") {
+        std::unique_lock<std::mutex> lock(second_graded->mu);
+        first_saw_second->store(second_graded->cv.wait_for(lock, std::chrono::seconds(30),
+                                                           [&] { return second_graded->open; }));
+        return GradeArith("357", reference, deadline);
+      }
+      GradeResult result = GradeArith(response, reference, deadline);
+      second_graded->Open();
+      return result;
+    });
+  };
+  Start();
+
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  AddBearer(&context, kToken);
+  auto stream = stub_->ScoreGroups(&context);
+  // Both written before any ack is read: the stream holds several groups in flight.
+  ASSERT_TRUE(stream->Write(MakeGroup("lease-slow", 0, {"wait"})));
+  ASSERT_TRUE(stream->Write(MakeGroup("lease-fast", 1, {"358"})));
+  stream->WritesDone();
+  std::vector<v1::GroupAck> acks;
+  v1::GroupAck ack;
+  while (stream->Read(&ack)) acks.push_back(ack);
+  grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+
+  EXPECT_TRUE(first_saw_second->load()) << "the second group was not graded while the first was";
+  ASSERT_EQ(acks.size(), 2u);
+  EXPECT_EQ(acks[0].lease_id(), "lease-slow");
+  EXPECT_EQ(acks[1].lease_id(), "lease-fast");
+  for (const v1::GroupAck& a : acks) EXPECT_EQ(a.status(), v1::ACK_ACCEPTED);
+  std::vector<v1::Group> got = learner_.groups();
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].lease_id(), "lease-slow");  // forwarded in arrival order
+  EXPECT_EQ(got[1].lease_id(), "lease-fast");
+  EXPECT_EQ(got[0].completions(0).outcome(), v1::OUTCOME_CORRECT);
+  EXPECT_EQ(got[1].completions(0).outcome(), v1::OUTCOME_INCORRECT);
+}
+
+// More groups than the stream's queue holds, all written before any ack is read: every
+// one is answered, in order (the reader pauses while the queue is full, and resumes).
+TEST_F(VerifierServiceTest, ManyGroupsInFlightAreAllAckedInOrder) {
+  Start();
+  const int n = static_cast<int>(VerifierService::kStreamQueue) * 2 + 3;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  AddBearer(&context, kToken);
+  auto stream = stub_->ScoreGroups(&context);
+  std::thread writer([&] {
+    for (int i = 0; i < n; ++i) {
+      if (!stream->Write(MakeGroup("lease-" + std::to_string(i), i, {"357"}))) break;
+    }
+    stream->WritesDone();
+  });
+  std::vector<v1::GroupAck> acks;
+  v1::GroupAck ack;
+  while (stream->Read(&ack)) acks.push_back(ack);
+  writer.join();
+  grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(acks.size(), static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    EXPECT_EQ(acks[i].lease_id(), "lease-" + std::to_string(i));
+    EXPECT_EQ(acks[i].status(), v1::ACK_ACCEPTED);
+  }
+  std::vector<v1::Group> got = learner_.groups();
+  ASSERT_EQ(got.size(), static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) EXPECT_EQ(got[i].lease_id(), "lease-" + std::to_string(i));
+  EXPECT_EQ(Metric("pmdrl_verifier_groups_forwarded_total"), n);
 }
 
 }  // namespace
