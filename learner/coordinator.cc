@@ -187,6 +187,15 @@ absl::StatusOr<v1::GroupAck> Coordinator::Submit(const v1::Group& group) {
     return RejectLocked(group, absl::InvalidArgumentError(absl::StrCat("group: unknown lease_id '",
                                                                        group.lease_id(), "'")));
   }
+  if (group.actor_id() != lease->actor_id) {
+    // Not this lease's answer: rejected without touching the lease, or any token holder
+    // could retire (and, twice, drop) another actor's place by naming its lease.
+    counts_.rejected++;
+    rejected_->Increment();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "group: actor_id ", QuoteUntrusted(group.actor_id()), " differs from lease ",
+        QuoteUntrusted(group.lease_id()), "'s actor ", QuoteUntrusted(lease->actor_id)));
+  }
   if (static_cast<uint64_t>(lease->epoch) != group.epoch() ||
       static_cast<uint64_t>(lease->index) != group.index()) {
     return RejectLocked(group, absl::InvalidArgumentError(absl::StrCat(
@@ -208,7 +217,6 @@ absl::StatusOr<v1::GroupAck> Coordinator::Submit(const v1::Group& group) {
   const int64_t timeouts =
       std::count_if(group.completions().begin(), group.completions().end(),
                     [](const v1::Completion& c) { return c.outcome() == v1::OUTCOME_TIMEOUT; });
-  grader_timeouts_->Increment(static_cast<double>(timeouts));
   if (version_ - group.policy_version() > static_cast<uint64_t>(options_.max_staleness)) {
     if (table_.Release(group.lease_id())) released_stale_->Increment();
     counts_.stale++;
@@ -225,6 +233,15 @@ absl::StatusOr<v1::GroupAck> Coordinator::Submit(const v1::Group& group) {
   v1::Group rescored;
   if (timeouts > 0 && !lease->done) {
     const StreamPosition place{lease->epoch, lease->index};
+    if (options_.requeue_timeouts && !lease->live && !lease->expired &&
+        timed_out_once_.contains(place)) {
+      // A resent copy of a group already released for a timeout (its ack was lost):
+      // the same answer again, not the second chance meant for the place's next lease.
+      ack.set_status(v1::ACK_RELEASED);
+      ack.set_message("released before: an answer timed out in the verifier");
+      return ack;
+    }
+    grader_timeouts_->Increment(static_cast<double>(timeouts));
     if (options_.requeue_timeouts && timed_out_once_.insert(place).second) {
       // First time: the verifier could not tell right from wrong, so this group does not
       // train. The place is sampled and graded afresh (an expired lease's place is
@@ -254,6 +271,7 @@ absl::StatusOr<v1::GroupAck> Coordinator::Submit(const v1::Group& group) {
     return ack;
   }
   rejected_once_.erase(StreamPosition{lease->epoch, lease->index});
+  timed_out_once_.erase(StreamPosition{lease->epoch, lease->index});
   counts_.accepted++;
   accepted_->Increment();
   buffer_.push_back(*trained);
@@ -265,14 +283,9 @@ absl::StatusOr<v1::GroupAck> Coordinator::Submit(const v1::Group& group) {
 }
 
 absl::Status Coordinator::MatchesLeaseLocked(const v1::Group& group, const LeaseInfo& lease) const {
-  // The lease stands for what it was issued with: its actor, and its place's prompt and
-  // reference (PromptSource::Get is deterministic in the place, so it gives them again).
-  // A token holder must not train rows the learner never handed out.
-  if (group.actor_id() != lease.actor_id) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "group: actor_id ", QuoteUntrusted(group.actor_id()), " differs from lease ",
-        QuoteUntrusted(group.lease_id()), "'s actor ", QuoteUntrusted(lease.actor_id)));
-  }
+  // The lease stands for what it was issued with: its place's prompt and reference
+  // (PromptSource::Get is deterministic in the place, so it gives them again; Submit has
+  // checked the actor). A token holder must not train rows the learner never handed out.
   const PromptItem item = source_->Get(lease.epoch, lease.index);
   if (!std::equal(group.prompt_tokens().begin(), group.prompt_tokens().end(), item.tokens.begin(),
                   item.tokens.end())) {
@@ -310,6 +323,7 @@ absl::Status Coordinator::RejectLocked(const v1::Group& group, absl::Status why)
     // beats leasing it forever.
     table_.Drop(group.lease_id());
     rejected_once_.erase(place);
+    timed_out_once_.erase(place);
     dropped_rejected_->Increment();
     spdlog::warn("place ({}, {}) rejected twice; dropped: {}", place.epoch, place.index,
                  QuoteUntrusted(why.message()));  // may echo what the actor sent

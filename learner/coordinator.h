@@ -144,9 +144,10 @@ class Coordinator {
   int64_t NowMs() const;
   void ExpireLocked(int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint32_t LiveActorsLocked(int64_t now_ms) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // OK when `group` carries what `lease` was issued with: the same actor_id, and the
-  // prompt tokens and reference of the lease's place; else InvalidArgument naming the
-  // field that differs (untrusted text quoted).
+  // OK when `group` carries the prompt tokens and reference of `lease`'s place (Submit
+  // checks the actor_id first, and rejects a group naming another actor's lease without
+  // touching that lease); else InvalidArgument naming the field that differs (untrusted
+  // text quoted).
   absl::Status MatchesLeaseLocked(const v1::Group& group, const LeaseInfo& lease) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Counts a rejected group and answers its lease (see the class comment); returns `why`.

@@ -94,7 +94,16 @@ absl::Status Ledger::Append(int64_t update, const std::vector<v1::Group>& batch)
 
 absl::StatusOr<int64_t> Ledger::Sync() {
   if (fd_ < 0) return absl::FailedPreconditionError("the ledger is not open");
-  if (::fsync(fd_) != 0) return ErrnoError("cannot fsync", path_, errno);
+  if (sync_failed_) {
+    return absl::DataLossError(absl::StrCat(
+        "an earlier fsync of ", path_,
+        " failed: Linux may have dropped the unwritten rows, so no later fsync can vouch for "
+        "them; resume from the last checkpoint"));
+  }
+  if (::fsync(fd_) != 0) {
+    sync_failed_ = true;
+    return ErrnoError("cannot fsync", path_, errno);
+  }
   const off_t end = ::lseek(fd_, 0, SEEK_END);
   if (end < 0) return ErrnoError("cannot seek", path_, errno);
   return static_cast<int64_t>(end);

@@ -50,6 +50,9 @@ class Ledger {
  private:
   std::string path_;
   int fd_ = -1;
+  // A failed fsync may have dropped dirty pages; a retry that succeeds would then vouch
+  // for rows that are gone, so every later Sync fails too.
+  bool sync_failed_ = false;
 };
 
 // fsyncs `path` (written through another handle, flushed) and returns its length; a

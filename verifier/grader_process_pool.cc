@@ -475,7 +475,9 @@ std::shared_ptr<GraderProcessPool::Job> GraderProcessPool::Submit(
   job->submitted = Clock::now();
   std::lock_guard<std::mutex> lock(state_->mu);
   state_->queue.push_back(job);
-  state_->work_cv.notify_one();
+  // All: drivers backing off after a failed start wait on this variable too, and one of
+  // them taking the only notification would leave the job queued with idle workers.
+  state_->work_cv.notify_all();
   return job;
 }
 
@@ -489,7 +491,8 @@ GradeResult GraderProcessPool::Wait(const std::shared_ptr<Job>& job, Ending* end
         return std::move(job->result);
       case Job::Phase::kQueued:
         if (Clock::now() >= queue_limit) {
-          job->abandoned = true;  // the driver that pops it skips it
+          job->abandoned = true;  // in case a driver holds it already
+          std::erase(state_->queue, job);
           *ending = Ending::kQueued;
           return WithVerdict(Verdict::kTimeout);
         }
@@ -554,6 +557,7 @@ void GraderProcessPool::DriverLoop(std::shared_ptr<State> sp, Slot* slot) {
     }
 
     std::shared_ptr<Job> job;
+    bool died_waiting = false;
     {
       std::unique_lock<std::mutex> lock(s.mu);
       s.work_cv.wait(lock, [&s] { return s.stopping || !s.queue.empty(); });
@@ -561,8 +565,23 @@ void GraderProcessPool::DriverLoop(std::shared_ptr<State> sp, Slot* slot) {
       job = std::move(s.queue.front());
       s.queue.pop_front();
       if (job->abandoned) continue;
-      job->phase = Job::Phase::kRunning;
-      ++s.stats.busy;
+      if (PeerGone(slot->fd)) {
+        // The worker died while this driver waited for work: the job goes back to the
+        // front for a live worker (or this one's replacement) instead of being scored
+        // parse_error against a dead one.
+        s.queue.push_front(std::move(job));
+        ++s.stats.died;
+        died_waiting = true;
+        s.work_cv.notify_all();
+      } else {
+        job->phase = Job::Phase::kRunning;
+        ++s.stats.busy;
+      }
+    }
+    if (died_waiting) {
+      spdlog::warn("verifier: an idle grader worker died; starting another");
+      ReapWorker(s, slot);
+      continue;
     }
 
     // Counted from when this worker took the job, as the worker counts its Deadline.

@@ -9,6 +9,7 @@
 #include <deque>
 #include <mutex>
 #include <optional>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -351,7 +352,7 @@ grpc::Status VerifierService::ScoreGroups(
         if (queue.empty()) break;
         item = queue.front().get();  // stays until popped below; only this thread pops
       }
-      item->grading.join();
+      if (item->grading.joinable()) item->grading.join();
       v1::GroupAck& ack = item->ack;
       // Once the actor is gone nothing more is forwarded: it resends unacked groups
       // elsewhere, and the learner would only see them twice.
@@ -390,8 +391,15 @@ grpc::Status VerifierService::ScoreGroups(
     auto item = std::make_unique<InFlight>();
     if (!stream->Read(&item->group)) break;
     InFlight* raw = item.get();
-    raw->grading =
-        std::thread([this, raw, &peer] { raw->graded = ScoreOne(&raw->group, peer, &raw->ack); });
+    try {
+      raw->grading =
+          std::thread([this, raw, &peer] { raw->graded = ScoreOne(&raw->group, peer, &raw->ack); });
+    } catch (const std::system_error& e) {
+      // Out of threads (a pod's process limit): grade this one here, in order, rather
+      // than let the exception end the verifier with the forwarder still running.
+      spdlog::warn("verifier: no thread for grading ({}); grading inline", e.what());
+      raw->graded = ScoreOne(&raw->group, peer, &raw->ack);
+    }
     {
       std::lock_guard<std::mutex> lock(mu);
       queue.push_back(std::move(item));

@@ -126,6 +126,15 @@ TEST(GraderTimeoutTest, RequeueReleasesThePlaceOnceThenTrainsTimeoutsAsIncorrect
       << "the released group's lease must be retired";
   EXPECT_FALSE(h.coordinator.PopBatch(0, milliseconds(0)).has_value()) << "nothing to train";
 
+  // The same group resent before the place is leased again (its ack was lost): the same
+  // answer, not the place's second chance, and no timeout counted twice.
+  ack = h.coordinator.Submit(h.TimedOut(first));
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->status(), v1::ACK_RELEASED);
+  EXPECT_EQ(h.Metric("pmdrl_learner_grader_timeouts_total"), 1);
+  EXPECT_EQ(h.released.size(), 1u);
+  EXPECT_EQ(h.coordinator.counts().accepted, 0u);
+
   // The place comes back; its next group, timed out again, trains, its timeout scored
   // reward_incorrect.
   const v1::Lease second = h.LeaseOne();
