@@ -100,18 +100,7 @@ int main(int argc, char** argv) {
   signal_thread.join();
   if (!status.ok()) spdlog::error("actor failed: {}", status.ToString());
 
-  std::string file_name = ac.name;  // the name is free text: keep it inside metrics/
-  for (char& c : file_name) {
-    if (c == '/' || c == '\\') c = '_';
-  }
-  if (file_name.empty() || file_name[0] == '.') file_name = "actor" + file_name;
-  const std::string snapshot =
-      (std::filesystem::path(config->run.dir) / "metrics" / (file_name + ".prom")).string();
-  std::error_code ec;
-  std::filesystem::create_directories(std::filesystem::path(snapshot).parent_path(), ec);
-  if (absl::Status s = metrics.WriteSnapshot(snapshot); !s.ok()) {
-    spdlog::warn("metrics snapshot: {}", std::string(s.message()));
-  }
+  metrics.WriteRunSnapshot(config->run.dir, ac.name.empty() ? "actor" : ac.name);
   spdlog::info("exiting");
   return status.ok() ? 0 : 1;
 }

@@ -63,7 +63,7 @@ absl::StatusOr<Rollout> BuildRollout(const v1::RegisterActorResponse& registrati
   rollout.max_new_tokens = config.max_new_tokens;
   rollout.stop_tokens = stop_tokens;
   rollout.device = config.device;
-  rollout.dtype = config.dtype;
+  rollout.dtype = std::string(Name(config.dtype));
   rollout.max_rows = config.max_rows;
   rollout.max_context = config.max_context;
   rollout.threads = config.threads;

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "learner/communicator.h"
+#include "learner/training/communicator.h"
 #include "tests/free_port.h"
 
 namespace pmdrl {

@@ -35,9 +35,9 @@
 #include "common/nn/model_dir.h"
 #include "common/process.h"
 #include "common/tokenizer.h"
-#include "learner/communicator.h"
-#include "learner/peak_memory.h"
-#include "learner/trainer.h"
+#include "learner/training/communicator.h"
+#include "learner/training/peak_memory.h"
+#include "learner/training/trainer.h"
 #include "tests/free_port.h"
 
 namespace {

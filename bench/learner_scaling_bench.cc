@@ -24,8 +24,8 @@
 #include "common/arith_task.h"
 #include "common/config.h"
 #include "common/process.h"
-#include "learner/communicator.h"
-#include "learner/trainer.h"
+#include "learner/training/communicator.h"
+#include "learner/training/trainer.h"
 #include "tests/free_port.h"
 
 namespace pmdrl {

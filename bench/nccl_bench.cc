@@ -13,7 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "learner/communicator.h"
+#include "learner/training/communicator.h"
 
 namespace {
 

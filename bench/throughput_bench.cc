@@ -16,7 +16,7 @@
 #include "common/nn/model.h"
 #include "common/nn/sampler.h"
 #include "common/process.h"
-#include "learner/trainer.h"
+#include "learner/training/trainer.h"
 
 namespace pmdrl {
 namespace {

@@ -1,4 +1,4 @@
-// Weight sync speed: the learner's WeightFeed service (learner/weight_feed_service.h)
+// Weight sync speed: the learner's WeightFeed service (learner/coordinator/weight_feed_service.h)
 // publishing a model's weights to actor WeightReceivers in other processes on loopback,
 // each figure printed next to a raw TCP socket stream of the same bytes measured in the
 // same run (the link's speed on this machine).
@@ -48,9 +48,9 @@
 #include "common/process.h"
 #include "common/rpc.h"
 #include "common/weight_stream.h"
-#include "learner/peak_memory.h"
-#include "learner/weight_feed_service.h"
-#include "learner/weight_publisher.h"
+#include "learner/coordinator/weight_feed_service.h"
+#include "learner/coordinator/weight_publisher.h"
+#include "learner/training/peak_memory.h"
 #include "spdlog/spdlog.h"
 
 extern char** environ;

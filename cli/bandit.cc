@@ -13,8 +13,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "learner/bandit.h"
 #include "nlohmann/json.hpp"
+#include "theory/bandit.h"
 
 namespace pmdrl {
 namespace {

@@ -18,7 +18,7 @@
 #include "common/nn/model_dir.h"
 #include "common/nn/sampler.h"
 #include "common/process.h"
-#include "learner/prompt_source.h"
+#include "learner/coordinator/prompt_source.h"
 #include "nlohmann/json.hpp"
 
 namespace pmdrl {

@@ -29,7 +29,7 @@
 #include "common/rpc.h"
 #include "grpc/grpc.h"
 #include "grpcpp/grpcpp.h"
-#include "learner/checkpoint.h"
+#include "learner/training/checkpoint.h"
 #include "nlohmann/json.hpp"
 #include "pmdrl/pmdrl.grpc.pb.h"
 #include "spdlog/spdlog.h"

@@ -9,9 +9,9 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/process.h"
+#include "learner/coordinator/prompt_source.h"
 #include "learner/evaluator.h"
-#include "learner/prompt_source.h"
-#include "learner/trainer.h"
+#include "learner/training/trainer.h"
 #include "spdlog/spdlog.h"
 
 namespace pmdrl {

@@ -8,8 +8,8 @@
 # others are marked SKIP_PRECOMPILE_HEADERS, since loading the 360 MB precompiled header
 # costs them more than they would parse. Measured one source at a time on this 2-core
 # machine, plain -> with it:
-#   a <torch/torch.h> source (learner/sharded_adamw.cc)  20 s -> 15 s
-#   an <ATen/ATen.h> source (learner/pmd_mean_loss.cc)    8.4 s -> 2.7 s
+#   a <torch/torch.h> source (learner/training/sharded_adamw.cc)  20 s -> 15 s
+#   an <ATen/ATen.h> source (learner/training/pmd_mean_loss.cc)    8.4 s -> 2.7 s
 #   an <ATen/core/Tensor.h> source (training_loop.cc)   8.6 s -> 8.8 s (skipped)
 # A precompiled <torch/torch.h> instead (780 MB) takes the first to 10 s but the second to
 # 9.8 s; one target can reuse only one precompiled header, so <ATen/ATen.h> is the

@@ -83,10 +83,11 @@ struct ActorConfig {
   int64_t max_new_tokens = 6;
   uint64_t seed = 0;  // 0: derived from run.seed and the actor name
   int64_t threads = 1;
-  std::string device = "cpu";     // cpu | cuda | cuda:N: where the policy samples
-  std::string dtype = "float32";  // float32 | bfloat16 | float16: the engine's weights and KV
-  int64_t max_rows = 64;          // completions decoded together (engine row slots)
-  int64_t max_context = 0;        // positions per slot; 0: 512 + max_new_tokens
+  std::string device = "cpu";  // cpu | cuda | cuda:N: where the policy samples
+  ActorDtype dtype =
+      ActorDtype::kFloat32;  // float32 | bfloat16 | float16: the engine's weights and KV
+  int64_t max_rows = 64;     // completions decoded together (engine row slots)
+  int64_t max_context = 0;   // positions per slot; 0: 512 + max_new_tokens
   int64_t send_window = 8;   // groups per verifier stream queued or unacked before generation waits
   int64_t metrics_port = 0;  // 0: no HTTP endpoint
 };
@@ -111,7 +112,7 @@ struct LearnerConfig {
   std::string listen = "127.0.0.1:50051";
   int64_t metrics_port = 0;
   int64_t threads = 1;
-  // The loss (learner/policy_loss.h).
+  // The loss (learner/training/policy_loss.h).
   // Enumerated keys are typed (common/config_enums.h); YAML and flags spell them as noted.
   LossKind loss = LossKind::kPmdMean;              // pmd_mean | pmd_part | grpo | gspo
   Baseline baseline = Baseline::kMean;             // mean | loo (pmd_mean only)
@@ -132,14 +133,15 @@ struct LearnerConfig {
   int64_t warmup_steps = 20;
   double weight_decay = 0.0;
   double grad_clip = 1.0;
-  // Memory (learner/micro_batch.h, learner/chunked_logprobs.h).
+  // Memory (learner/training/micro_batch.h, learner/training/chunked_logprobs.h).
   int64_t micro_batch_tokens = 4096;      // tokens per forward/backward (0: a rank's share at once)
   bool activation_checkpointing = false;  // keep layer inputs only; recompute in backward
   int64_t logprob_chunk_tokens = 512;     // response tokens per lm_head + log-softmax chunk
-  std::string dtype = "float32";          // float32 | bfloat16 (fp32 master weights + AdamW)
+  LearnerDtype dtype = LearnerDtype::kFloat32;  // float32 | bfloat16 (fp32 master weights + AdamW)
   int64_t zero_stage = 0;  // 0 | 1 (shard AdamW state) | 2 (and reduce-scatter gradients)
   // Weights to the actors (common/weight_stream.h).
-  std::string weight_dtype = "auto";     // auto (bfloat16 if actor.dtype is) | float32 | bfloat16
+  WeightDtype weight_dtype =
+      WeightDtype::kAuto;                // auto (bfloat16 if actor.dtype is) | float32 | bfloat16
   bool weight_delta = false;             // after a full push, send XOR+zstd deltas
   int64_t weight_chunk_bytes = 1 << 20;  // largest chunk on the wire
   // Schedule.
@@ -155,13 +157,13 @@ struct LearnerConfig {
   // Data parallel.
   int64_t rank = 0;
   int64_t world_size = 1;
-  std::string rendezvous = "127.0.0.1:29500";  // store served by rank 0 for the collectives
-  std::string device = "cpu";                  // cpu | cuda (GPU rank % visible GPUs) | cuda:N
-  std::string backend = "auto";                // auto (gloo on cpu, nccl on cuda) | gloo | nccl
-  bool overlap_allreduce = true;               // reduce gradient buckets while backward still runs
-  int64_t bucket_mb = 25;                      // fused all-reduce bucket size
-  double collective_timeout_seconds = 60;      // a dead rank fails the others after this
-  int64_t checksum_every = 10;                 // updates between cross-rank weight checks
+  std::string rendezvous = "127.0.0.1:29500";      // store served by rank 0 for the collectives
+  std::string device = "cpu";                      // cpu | cuda (GPU rank % visible GPUs) | cuda:N
+  LearnerBackend backend = LearnerBackend::kAuto;  // auto (gloo on cpu, nccl on cuda) | gloo | nccl
+  bool overlap_allreduce = true;           // reduce gradient buckets while backward still runs
+  int64_t bucket_mb = 25;                  // fused all-reduce bucket size
+  double collective_timeout_seconds = 60;  // a dead rank fails the others after this
+  int64_t checksum_every = 10;             // updates between cross-rank weight checks
 };
 
 struct LocalConfig {

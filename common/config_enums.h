@@ -15,7 +15,7 @@
 
 namespace pmdrl {
 
-// learner.loss: pmd_mean | pmd_part | grpo | gspo (learner/policy_loss.h).
+// learner.loss: pmd_mean | pmd_part | grpo | gspo (learner/training/policy_loss.h).
 enum class LossKind { kPmdMean, kPmdPart, kGrpo, kGspo };
 // learner.baseline: mean | loo. b = (1/k) Σ_i r_i (kMean) or
 // b_j = (1/(k−1)) Σ_{i≠j} r_i (kLeaveOneOut).
@@ -28,6 +28,16 @@ enum class LengthNorm { kTokens, kMax };
 enum class OldLogprobs { kActor, kRecompute };
 // learner.importance_weights: none | truncated (min(is_cap, π_old/π_actor) per sequence).
 enum class ImportanceWeights { kNone, kTruncated };
+
+// actor.dtype: the engine's weights, activations and KV cache (engine/generation_engine.h).
+enum class ActorDtype { kFloat32, kBfloat16, kFloat16 };
+// learner.dtype: compute precision; master weights and AdamW state stay float32.
+enum class LearnerDtype { kFloat32, kBfloat16 };
+// learner.weight_dtype: the weights sent to the actors; kAuto is bfloat16 when actor.dtype
+// is, else float32 (WeightWireDtypeName, common/config.h).
+enum class WeightDtype { kAuto, kFloat32, kBfloat16 };
+// learner.backend: the collectives; kAuto is gloo with learner.device cpu, nccl with cuda.
+enum class LearnerBackend { kAuto, kGloo, kNccl };
 
 // Each enum's config key and spellings, indexed by the enumerator's value.
 template <typename E>
@@ -57,6 +67,27 @@ template <>
 struct ConfigEnum<ImportanceWeights> {
   static constexpr std::string_view kKey = "learner.importance_weights";
   static constexpr std::array<std::string_view, 2> kNames = {"none", "truncated"};
+};
+
+template <>
+struct ConfigEnum<ActorDtype> {
+  static constexpr std::string_view kKey = "actor.dtype";
+  static constexpr std::array<std::string_view, 3> kNames = {"float32", "bfloat16", "float16"};
+};
+template <>
+struct ConfigEnum<LearnerDtype> {
+  static constexpr std::string_view kKey = "learner.dtype";
+  static constexpr std::array<std::string_view, 2> kNames = {"float32", "bfloat16"};
+};
+template <>
+struct ConfigEnum<WeightDtype> {
+  static constexpr std::string_view kKey = "learner.weight_dtype";
+  static constexpr std::array<std::string_view, 3> kNames = {"auto", "float32", "bfloat16"};
+};
+template <>
+struct ConfigEnum<LearnerBackend> {
+  static constexpr std::string_view kKey = "learner.backend";
+  static constexpr std::array<std::string_view, 3> kNames = {"auto", "gloo", "nccl"};
 };
 
 // An enum's config spelling, e.g. Name(LossKind::kGrpo) == "grpo".

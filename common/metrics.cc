@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <type_traits>
 #include <utility>
 
@@ -144,6 +145,19 @@ prometheus::Histogram& MetricsRegistry::Histogram(std::string_view name, std::st
 }
 
 std::string MetricsRegistry::Serialize() const { return SerializeRegistry(*registry_); }
+
+void MetricsRegistry::WriteRunSnapshot(const std::string& run_dir, std::string name) const {
+  for (char& c : name) {
+    if (c == '/' || c == '\\') c = '_';
+  }
+  if (name.empty() || name[0] == '.') name = "process" + name;
+  const std::filesystem::path dir = std::filesystem::path(run_dir) / "metrics";
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (absl::Status s = WriteSnapshot((dir / (name + ".prom")).string()); !s.ok()) {
+    spdlog::warn("metrics snapshot: {}", std::string(s.message()));
+  }
+}
 
 absl::Status MetricsRegistry::WriteSnapshot(const std::string& path) const {
   static std::atomic<uint64_t> counter{0};

@@ -73,6 +73,11 @@ class MetricsRegistry {
   // Serialize() into `path`, atomically (written to a temporary file, then renamed),
   // so a reader never sees half a snapshot.
   absl::Status WriteSnapshot(const std::string& path) const;
+  // WriteSnapshot into <run_dir>/metrics/<name>.prom (the folder made if needed), the
+  // process's last figures for a reader after it is gone. `name` is free text (an actor's
+  // name): path separators become '_' and a leading '.' gets a prefix, so it stays inside
+  // metrics/. A failure is logged as a warning, not returned: it must not fail a shutdown.
+  void WriteRunSnapshot(const std::string& run_dir, std::string name) const;
 
   // The underlying registry, shared: for collectables registered elsewhere, and for
   // the MetricsServer, which keeps it alive while serving.

@@ -1,4 +1,4 @@
-// The checkpoint readers a resuming learner trusts (learner/checkpoint.h): the first byte
+// The checkpoint readers a resuming learner trusts (learner/training/checkpoint.h): the first byte
 // of the input picks the file, the rest is its content, written into a scratch
 // checkpoint folder:
 //   0: trainer_state.json -> ReadTrainerState; when it reads, its lease_state goes through
@@ -19,8 +19,8 @@
 
 #include "fuzz/fuzz_check.h"
 #include "google/protobuf/stubs/logging.h"
-#include "learner/checkpoint.h"
-#include "learner/lease_table.h"
+#include "learner/coordinator/lease_table.h"
+#include "learner/training/checkpoint.h"
 #include "spdlog/spdlog.h"
 
 namespace {

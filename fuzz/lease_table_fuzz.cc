@@ -1,5 +1,5 @@
-// LeaseTable operation sequences (learner/lease_table.h) against a model of its promises.
-// The input picks the stream (finite with 1..8 places per epoch, or infinite), how many
+// LeaseTable operation sequences (learner/coordinator/lease_table.h) against a model of its
+// promises. The input picks the stream (finite with 1..8 places per epoch, or infinite), how many
 // retired lease ids are remembered, and then a sequence of Issue, Extend, ExpireDue,
 // Complete, Release, Drop, Reopen, time steps and Save -> JSON -> Restore round trips.
 // Checked after every operation:
@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "fuzz/fuzz_check.h"
-#include "learner/lease_table.h"
+#include "learner/coordinator/lease_table.h"
 
 namespace {
 

@@ -6,7 +6,7 @@
 // successive evaluations continue one sampling stream, like the actors' samplers. The
 // model is left in training mode.
 // Ownership: the evaluator shares the model it is given (a handle to the Trainer's master
-// weights, learner/trainer.h) and owns its sampler. Not thread-safe; call it between
+// weights, learner/training/trainer.h) and owns its sampler. Not thread-safe; call it between
 // updates from the thread that drives the Trainer. Torch stays inside the .cc.
 #ifndef PMDRL_LEARNER_EVALUATOR_H_
 #define PMDRL_LEARNER_EVALUATOR_H_
@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "common/config.h"
-#include "learner/prompt_source.h"
+#include "learner/coordinator/prompt_source.h"
 
 namespace pmdrl {
 

@@ -9,8 +9,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/model_config.h"
-#include "learner/communicator.h"
-#include "learner/peak_memory.h"
+#include "learner/training/communicator.h"
+#include "learner/training/peak_memory.h"
 #include "spdlog/spdlog.h"
 
 namespace pmdrl {
@@ -114,8 +114,9 @@ absl::StatusOr<std::unique_ptr<Communicator>> JoinLearnerRanks(const Config& con
   co.world_size = static_cast<int>(config.learner.world_size);
   co.store_address = config.learner.rendezvous;
   co.token = token;
-  co.backend = config.learner.backend;
-  if (co.backend == "auto") co.backend = config.learner.device == "cpu" ? "gloo" : "nccl";
+  co.backend = config.learner.backend == LearnerBackend::kAuto
+                   ? (config.learner.device == "cpu" ? "gloo" : "nccl")
+                   : std::string(Name(config.learner.backend));
   if (config.learner.device.rfind("cuda:", 0) == 0) {
     co.cuda_device = std::stoi(config.learner.device.substr(5));
   }
@@ -196,10 +197,7 @@ absl::Status RunFollower(const Config& config, Trainer& trainer, Communicator& c
       }
     }
   }
-  std::error_code ec;
-  fs::create_directories(fs::path(config.run.dir) / "metrics", ec);
-  (void)metrics.WriteSnapshot(
-      (fs::path(config.run.dir) / "metrics" / absl::StrCat("learner-", rank, ".prom")).string());
+  metrics.WriteRunSnapshot(config.run.dir, absl::StrCat("learner-", rank));
   return result;
 }
 

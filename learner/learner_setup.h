@@ -14,11 +14,11 @@
 #include "absl/status/statusor.h"
 #include "common/config.h"
 #include "common/metrics.h"
-#include "learner/checkpoint.h"
-#include "learner/coordinator.h"
-#include "learner/lease_table.h"
-#include "learner/prompt_source.h"
-#include "learner/trainer.h"
+#include "learner/coordinator/coordinator.h"
+#include "learner/coordinator/lease_table.h"
+#include "learner/coordinator/prompt_source.h"
+#include "learner/training/checkpoint.h"
+#include "learner/training/trainer.h"
 #include "pmdrl/pmdrl.pb.h"
 
 namespace pmdrl {

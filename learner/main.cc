@@ -15,15 +15,15 @@
 #include "common/metrics.h"
 #include "common/process.h"
 #include "common/rpc.h"
-#include "learner/communicator.h"
-#include "learner/coordinator.h"
-#include "learner/learner_service.h"
+#include "learner/coordinator/coordinator.h"
+#include "learner/coordinator/learner_service.h"
+#include "learner/coordinator/prompt_source.h"
+#include "learner/coordinator/weight_feed_service.h"
+#include "learner/coordinator/weight_publisher.h"
 #include "learner/learner_setup.h"
-#include "learner/prompt_source.h"
 #include "learner/run_outputs.h"
+#include "learner/training/communicator.h"
 #include "learner/training_loop.h"
-#include "learner/weight_feed_service.h"
-#include "learner/weight_publisher.h"
 #include "spdlog/spdlog.h"
 
 namespace pmdrl {
@@ -93,12 +93,7 @@ int Run(int argc, char** argv) {
   if (!copts.ok()) return Fail(copts.status(), 1);
   GroupLog group_log;
   group_log.Open((fs::path(config.run.dir) / "groups.csv").string(), resumed);
-  copts->on_group = [&group_log](const v1::Group& g, v1::AckStatus status, uint64_t version) {
-    group_log.Write(g, status, version);
-  };
-  copts->on_released = [&group_log](const v1::Group& g, std::string_view reason, uint64_t version) {
-    group_log.WriteReleased(g, reason, version);
-  };
+  group_log.AttachTo(&*copts);
   Coordinator coordinator(*std::move(copts), source->get(), std::move(start->table), &metrics);
   coordinator.RestoreBuffer(std::move(start->buffered));
   WeightPublisher publisher({.delta = config.learner.weight_delta, .metrics = &metrics});
@@ -140,13 +135,7 @@ int Run(int argc, char** argv) {
   coordinator.Finish();
   publisher.Close();
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  std::error_code ec;
-  fs::create_directories(fs::path(config.run.dir) / "metrics", ec);
-  if (absl::Status s =
-          metrics.WriteSnapshot((fs::path(config.run.dir) / "metrics" / "learner.prom").string());
-      !s.ok()) {
-    spdlog::warn("{}", s.message());
-  }
+  metrics.WriteRunSnapshot(config.run.dir, "learner");
   return trained.ok() ? 0 : 1;
 }
 

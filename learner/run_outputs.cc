@@ -93,6 +93,15 @@ void GroupLog::WriteReleased(const v1::Group& g, std::string_view reason, uint64
   WriteRow(g, absl::AsciiStrToUpper(absl::StrCat("released_", std::string(reason))), version);
 }
 
+void GroupLog::AttachTo(CoordinatorOptions* options) {
+  options->on_group = [this](const v1::Group& g, v1::AckStatus status, uint64_t version) {
+    Write(g, status, version);
+  };
+  options->on_released = [this](const v1::Group& g, std::string_view reason, uint64_t version) {
+    WriteReleased(g, reason, version);
+  };
+}
+
 void GroupLog::WriteRow(const v1::Group& g, std::string_view outcome, uint64_t version) {
   out_ << g.actor_id() << ',' << g.verifier_id() << ',' << g.lease_id() << ',' << g.epoch() << ','
        << g.index() << ',' << g.policy_version() << ',' << g.issued_at_version() << ',' << version

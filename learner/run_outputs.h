@@ -19,9 +19,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "learner/coordinator.h"
+#include "learner/coordinator/coordinator.h"
 #include "learner/evaluator.h"
-#include "learner/trainer.h"
+#include "learner/training/trainer.h"
 #include "pmdrl/pmdrl.pb.h"
 
 namespace pmdrl {
@@ -63,6 +63,9 @@ class GroupLog {
   void Write(const v1::Group& group, v1::AckStatus status, uint64_t learner_version);
   // Fits CoordinatorOptions::on_released.
   void WriteReleased(const v1::Group& group, std::string_view reason, uint64_t learner_version);
+  // Points `options`' on_group and on_released at this log, which must outlive the
+  // coordinator built from them.
+  void AttachTo(CoordinatorOptions* options);
 
  private:
   void WriteRow(const v1::Group& group, std::string_view outcome, uint64_t learner_version);

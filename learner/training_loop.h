@@ -18,7 +18,7 @@
 // run's outputs (metrics.csv, samples.jsonl) and progress. One thread drives the loop;
 // FillStatus may be called from any thread.
 // Errors: a failed update, a lost rank or replicas that differ end the run (Step and Run
-// return them); so does a checkpoint that failed 3 attempts (learner/checkpoint.h).
+// return them); so does a checkpoint that failed 3 attempts (learner/training/checkpoint.h).
 #ifndef PMDRL_LEARNER_TRAINING_LOOP_H_
 #define PMDRL_LEARNER_TRAINING_LOOP_H_
 
@@ -30,9 +30,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/config.h"
-#include "learner/checkpoint.h"
 #include "learner/evaluator.h"
-#include "learner/trainer.h"
+#include "learner/training/checkpoint.h"
+#include "learner/training/trainer.h"
 #include "pmdrl/pmdrl.pb.h"
 
 namespace pmdrl {

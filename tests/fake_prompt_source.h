@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "common/tokenizer.h"
-#include "learner/prompt_source.h"
+#include "learner/coordinator/prompt_source.h"
 
 namespace pmdrl {
 

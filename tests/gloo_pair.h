@@ -10,7 +10,7 @@
 #include <string>
 #include <thread>
 
-#include "learner/communicator.h"
+#include "learner/training/communicator.h"
 #include "tests/free_port.h"
 
 namespace pmdrl {

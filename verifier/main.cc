@@ -125,15 +125,7 @@ int Run(int argc, char** argv) {
   serving = false;
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
 
-  const std::filesystem::path dir = std::filesystem::path(config->run.dir) / "metrics";
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) {
-    spdlog::error("verifier: cannot create {}: {}", dir.string(), ec.message());
-  } else if (absl::Status s = metrics.WriteSnapshot((dir / (vc.name + ".prom")).string());
-             !s.ok()) {
-    spdlog::error("verifier: metrics snapshot: {}", std::string(s.message()));
-  }
+  metrics.WriteRunSnapshot(config->run.dir, vc.name);
   return 0;
 }
 

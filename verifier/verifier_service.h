@@ -71,7 +71,7 @@ class GraderPool;  // verifier/grader_pool.h
 // grader returns) and replaced. Such threads only hold copies of their inputs.
 //
 // A timed-out answer gets reward_incorrect here as a placeholder: what it is worth is
-// the learner's rule (verifier.timeout_reward, learner/coordinator.h), which sees
+// the learner's rule (verifier.timeout_reward, learner/coordinator/coordinator.h), which sees
 // OUTCOME_TIMEOUT.
 //
 // Metrics (in `metrics`, not owned, must outlive the scorer):

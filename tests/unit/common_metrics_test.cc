@@ -1,11 +1,13 @@
 #include <httplib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -156,6 +158,25 @@ TEST(MetricsRegistryTest, WriteSnapshotWritesTheTextAtomically) {
   EXPECT_FALSE(bad.ok());
   EXPECT_THAT(std::string(bad.message()), HasSubstr("missing_dir"));
   std::filesystem::remove_all(dir);
+}
+
+TEST(MetricsRegistryTest, WriteRunSnapshotKeepsAFreeTextNameInsideMetrics) {
+  MetricsRegistry metrics("test");
+  metrics.Counter("pmdrl_test_steps_total", "Steps.").Increment(3);
+  const auto run = TempDir();
+  metrics.WriteRunSnapshot(run.string(), "learner");        // makes metrics/
+  metrics.WriteRunSnapshot(run.string(), "../../escaped");  // an actor's hostile name
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(run / "metrics")) {
+    names.push_back(entry.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"learner.prom", "process.._.._escaped.prom"}));
+  int top = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(run)) top += !entry.is_directory();
+  EXPECT_EQ(top, 0) << "nothing written beside metrics/";
+  EXPECT_FALSE(std::filesystem::exists(run.parent_path() / "escaped.prom"));
+  std::filesystem::remove_all(run);
 }
 
 TEST(MetricsServerTest, ServesMetricsAndHealth) {

@@ -1,4 +1,4 @@
-// Durable checkpoints (learner/checkpoint.h) without a model: the trainer's files are
+// Durable checkpoints (learner/training/checkpoint.h) without a model: the trainer's files are
 // stand-ins written by a SaveCheckpointFiles callback, so each test checks only how
 // checkpoints are written, found, pruned and read back:
 //  - a crash between the temporary write and the rename, or between the rename and the
@@ -25,12 +25,12 @@
 #include "common/config.h"
 #include "common/metrics.h"
 #include "common/tokenizer.h"
-#include "learner/checkpoint.h"
-#include "learner/coordinator.h"
+#include "learner/coordinator/coordinator.h"
+#include "learner/coordinator/prompt_source.h"
+#include "learner/coordinator/weight_publisher.h"
 #include "learner/learner_setup.h"
-#include "learner/prompt_source.h"
+#include "learner/training/checkpoint.h"
 #include "learner/training_loop.h"
-#include "learner/weight_publisher.h"
 #include "pmdrl/pmdrl.pb.h"
 #include "tests/tiny_model_config.h"
 

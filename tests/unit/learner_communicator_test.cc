@@ -17,9 +17,9 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "learner/communicator.h"
-#include "learner/communicator_internal.h"
-#include "learner/rendezvous_store.h"
+#include "learner/training/communicator.h"
+#include "learner/training/communicator_internal.h"
+#include "learner/training/rendezvous_store.h"
 #include "tests/free_port.h"
 
 namespace pmdrl {

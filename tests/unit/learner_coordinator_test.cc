@@ -17,9 +17,9 @@
 
 #include "common/metrics.h"
 #include "common/tokenizer.h"
-#include "learner/coordinator.h"
-#include "learner/lease_table.h"
-#include "learner/prompt_source.h"
+#include "learner/coordinator/coordinator.h"
+#include "learner/coordinator/lease_table.h"
+#include "learner/coordinator/prompt_source.h"
 #include "tests/fake_prompt_source.h"
 
 namespace pmdrl {

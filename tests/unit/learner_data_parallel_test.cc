@@ -10,8 +10,8 @@
 
 #include "common/arith_task.h"
 #include "common/config.h"
-#include "learner/communicator.h"
-#include "learner/trainer.h"
+#include "learner/training/communicator.h"
+#include "learner/training/trainer.h"
 #include "tests/gloo_pair.h"
 #include "tests/weight_diff.h"
 

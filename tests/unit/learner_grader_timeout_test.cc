@@ -11,10 +11,10 @@
 #include "common/config.h"
 #include "common/metrics.h"
 #include "common/tokenizer.h"
-#include "learner/coordinator.h"
+#include "learner/coordinator/coordinator.h"
+#include "learner/coordinator/lease_table.h"
+#include "learner/coordinator/prompt_source.h"
 #include "learner/learner_setup.h"
-#include "learner/lease_table.h"
-#include "learner/prompt_source.h"
 #include "tests/fake_prompt_source.h"
 #include "tests/tiny_model_config.h"
 

@@ -5,7 +5,7 @@
 
 #include <thread>
 
-#include "learner/gradient_reducer.h"
+#include "learner/training/gradient_reducer.h"
 #include "tests/gloo_pair.h"
 
 namespace pmdrl {

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "learner/lease_table.h"
+#include "learner/coordinator/lease_table.h"
 #include "nlohmann/json.hpp"
 
 namespace pmdrl {

@@ -4,7 +4,7 @@
 
 #include <vector>
 
-#include "learner/pmd_mean_loss.h"
+#include "learner/training/pmd_mean_loss.h"
 
 namespace pmdrl {
 namespace {

@@ -1,4 +1,4 @@
-// The loss family (learner/policy_loss.h): every loss's gradient against a central
+// The loss family (learner/training/policy_loss.h): every loss's gradient against a central
 // finite difference, on a float64 bigram policy (precise) and on the tiny transformer
 // through the trainer's own float32 log-prob path (SamplingLogProbs); PMD-part's
 // stability at τ = 0.001; GRPO/GSPO advantages and the gradient at θ = θ_old;
@@ -20,11 +20,11 @@
 #include "common/model_config.h"
 #include "common/nn/logprobs.h"
 #include "common/nn/model.h"
-#include "learner/grpo_loss.h"
-#include "learner/pmd_part_advantage.h"
-#include "learner/policy_loss.h"
-#include "learner/sequence_logprobs.h"
-#include "learner/trainer.h"
+#include "learner/training/grpo_loss.h"
+#include "learner/training/pmd_part_advantage.h"
+#include "learner/training/policy_loss.h"
+#include "learner/training/sequence_logprobs.h"
+#include "learner/training/trainer.h"
 #include "tests/tiny_model_config.h"
 #include "tests/weight_diff.h"
 

@@ -12,8 +12,8 @@
 #include "common/chat_template.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "learner/jsonl_dataset.h"
-#include "learner/prompt_source.h"
+#include "learner/coordinator/jsonl_dataset.h"
+#include "learner/coordinator/prompt_source.h"
 
 namespace pmdrl {
 namespace {

@@ -19,7 +19,7 @@
 #include <thread>
 
 #include "gtest/gtest.h"
-#include "learner/rendezvous_store.h"
+#include "learner/training/rendezvous_store.h"
 
 namespace pmdrl {
 namespace {
@@ -96,7 +96,7 @@ std::string Mac(const std::string& token, const std::string& label, const std::s
   return std::string(reinterpret_cast<const char*>(out), len);
 }
 
-// The client's side of the handshake (learner/rendezvous_store.h), written out here so
+// The client's side of the handshake (learner/training/rendezvous_store.h), written out here so
 // the test pins the wire format. Returns the server's one-byte verdict, or -1 when the
 // connection broke first.
 int Handshake(int fd, const std::string& token) {

@@ -441,7 +441,9 @@ TEST_F(IsolationTest, StuckCheckStallsNoOtherGrading) {
     without += a;
     with += b;
     ratios.push_back(static_cast<double>(b) / static_cast<double>(a));
-    EXPECT_EQ(processes->stats().killed_overrun, round + 1);
+    // Each round's stuck check is killed; on a saturated machine a normal check can
+    // outrun the 1 s budget too (seen once under a parallel `make test`), so at least.
+    EXPECT_GE(processes->stats().killed_overrun, round + 1);
     EXPECT_EQ(processes->stats().live, kProcesses);  // the stuck one's slot retired
   }
   std::vector<double> sorted = ratios;
