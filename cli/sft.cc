@@ -56,7 +56,7 @@ int RunSft(int argc, char** argv) {
   }
   // The arith prompt source supplies what evaluation needs: grader, tokenizer, stop ids.
   Config arith = config;
-  arith.task.name = "arith";
+  arith.task.name = TaskName::kArith;
   absl::StatusOr<std::unique_ptr<PromptSource>> source = MakePromptSource(arith);
   if (!source.ok()) {
     std::cerr << "pmdrl sft: " << source.status().message() << "\n";

@@ -43,7 +43,7 @@ struct ModelSection {
 };
 
 struct TaskConfig {
-  std::string name = "arith";  // arith | math
+  TaskName name = TaskName::kArith;  // arith | math
   // arith.
   int64_t digits = 3;     // operand digits (zero-padded)
   std::string ops = "+";  // operators drawn from: any of "+-*"
@@ -58,7 +58,7 @@ struct TaskConfig {
   std::string prompt_template =
       "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}.";
   std::string system_prompt;
-  std::string chat = "auto";  // auto (the model's chat format when it has one) | on | off
+  ChatMode chat = ChatMode::kAuto;  // auto (the model's chat format when it has one) | on | off
 };
 
 struct SftConfig {

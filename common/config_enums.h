@@ -39,6 +39,11 @@ enum class WeightDtype { kAuto, kFloat32, kBfloat16 };
 // learner.backend: the collectives; kAuto is gloo with learner.device cpu, nccl with cuda.
 enum class LearnerBackend { kAuto, kGloo, kNccl };
 
+// task.name: arith (the built-in generator) | math (JSONL problems).
+enum class TaskName { kArith, kMath };
+// task.chat: auto (the model's chat format when it has one) | on | off.
+enum class ChatMode { kAuto, kOn, kOff };
+
 // Each enum's config key and spellings, indexed by the enumerator's value.
 template <typename E>
 struct ConfigEnum;
@@ -88,6 +93,17 @@ template <>
 struct ConfigEnum<LearnerBackend> {
   static constexpr std::string_view kKey = "learner.backend";
   static constexpr std::array<std::string_view, 3> kNames = {"auto", "gloo", "nccl"};
+};
+
+template <>
+struct ConfigEnum<TaskName> {
+  static constexpr std::string_view kKey = "task.name";
+  static constexpr std::array<std::string_view, 2> kNames = {"arith", "math"};
+};
+template <>
+struct ConfigEnum<ChatMode> {
+  static constexpr std::string_view kKey = "task.chat";
+  static constexpr std::array<std::string_view, 3> kNames = {"auto", "on", "off"};
 };
 
 // An enum's config spelling, e.g. Name(LossKind::kGrpo) == "grpo".

@@ -73,7 +73,7 @@ int Run(int argc, char** argv) {
   MetricsRegistry metrics("verifier");
   VerifierOptions options;
   options.scorer.verifier_id = vc.name;
-  options.scorer.default_task = config->task.name;
+  options.scorer.default_task = std::string(Name(config->task.name));
   options.scorer.timeout = std::chrono::milliseconds(vc.timeout_ms);
   options.scorer.reward_correct = static_cast<float>(vc.reward_correct);
   options.scorer.reward_incorrect = static_cast<float>(vc.reward_incorrect);
@@ -117,7 +117,7 @@ int Run(int argc, char** argv) {
   serving = true;
   const std::string host = vc.listen.substr(0, vc.listen.rfind(':'));
   spdlog::info("verifier {} listening on {}:{} (learner {}, task {}, timeout {} ms)", vc.name, host,
-               port, vc.learner, config->task.name, vc.timeout_ms);
+               port, vc.learner, Name(config->task.name), vc.timeout_ms);
 
   while (!StopRequested()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   const int signal_number = StopSignal();

@@ -221,8 +221,8 @@ absl::StatusOr<std::unique_ptr<PromptSource>> MakeMathPromptSource(const Config&
         max_prompt_tokens, " tokens)"));
   }
   ChatFormat format;  // style kNone: plain text
-  if (task.chat == "on" ||
-      (task.chat == "auto" && tokenizer.chat_format.style != ChatStyle::kNone)) {
+  if (task.chat == ChatMode::kOn ||
+      (task.chat == ChatMode::kAuto && tokenizer.chat_format.style != ChatStyle::kNone)) {
     if (tokenizer.chat_format.style == ChatStyle::kNone) {
       return absl::InvalidArgumentError(
           absl::StrCat("config key 'task.chat': on, but the tokenizer of ", config.model.path,
@@ -301,7 +301,7 @@ absl::StatusOr<std::unique_ptr<PromptSource>> MakeMathPromptSource(const Config&
 }
 
 absl::StatusOr<std::unique_ptr<PromptSource>> MakePromptSource(const Config& config) {
-  if (config.task.name == "math") {
+  if (config.task.name == TaskName::kMath) {
     const std::filesystem::path dir(config.model.path);
     absl::StatusOr<HfTokenizer> tokenizer = LoadHfTokenizer(config.model.path);
     if (!tokenizer.ok()) {
@@ -318,10 +318,6 @@ absl::StatusOr<std::unique_ptr<PromptSource>> MakePromptSource(const Config& con
     }
     return MakeMathPromptSource(config, *std::move(tokenizer), *std::move(json),
                                 max_position - config.actor.max_new_tokens);
-  }
-  if (config.task.name != "arith") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("config key 'task.name': unknown task '", config.task.name, "'"));
   }
   ArithOptions options{config.task.digits, config.task.ops};
   absl::Status s = ArithTask::Validate(options);

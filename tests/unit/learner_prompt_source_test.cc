@@ -54,7 +54,7 @@ class TempDir {
 
 Config MathConfig(const std::string& train_file = kMathTiny) {
   Config c;
-  c.task.name = "math";
+  c.task.name = TaskName::kMath;
   c.task.train_file = train_file;
   c.task.eval_size = 8;
   c.model.path = kTinyBpe;  // no config.json: model.max_position bounds the prompt
@@ -158,7 +158,7 @@ TEST(MathSource, FieldNamesTemplateSystemPromptAndPlainText) {
   c.task.answer_field = "solution";
   c.task.prompt_template = "Q: {problem}\nA:";
   c.task.system_prompt = "You are a careful solver.";
-  c.task.chat = "off";
+  c.task.chat = ChatMode::kOff;
   c.task.eval_size = 1;
   std::unique_ptr<PromptSource> s = MustMake(c);
   ASSERT_NE(s, nullptr);
@@ -177,7 +177,7 @@ TEST(MathSource, FieldNamesTemplateSystemPromptAndPlainText) {
   EXPECT_EQ(references, (std::set<std::string>{"3*4=12\n#### 12", "4", "\\boxed{4}"}));
 
   // The chat format with a system turn.
-  c.task.chat = "on";
+  c.task.chat = ChatMode::kOn;
   s = MustMake(c);
   ASSERT_NE(s, nullptr);
   EXPECT_THAT(s->Get(0, 0).text, StartsWith("<|im_start|>system\nYou are a careful solver."
@@ -207,12 +207,12 @@ TEST(MathSource, ChatOnNeedsAChatFormat) {
   ASSERT_TRUE(hf.ok());
   hf->chat_format = ChatFormat{};  // as a tokenizer without a template
   Config c = MathConfig();
-  c.task.chat = "on";
+  c.task.chat = ChatMode::kOn;
   absl::StatusOr<std::unique_ptr<PromptSource>> s = MakeMathPromptSource(c, *hf, "{}", 400);
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(s.status().message(), HasSubstr("task.chat"));
   // auto falls back to plain text.
-  c.task.chat = "auto";
+  c.task.chat = ChatMode::kAuto;
   s = MakeMathPromptSource(c, *hf, "{}", 400);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_THAT((*s)->Get(0, 0).text, ::testing::Not(HasSubstr("<|im_start|>")));
@@ -289,7 +289,7 @@ TEST(MathSource, EvalFileGivesTheHeldOutSet) {
   Config c = MathConfig();
   c.task.eval_file = eval;
   c.task.eval_size = 2;
-  c.task.chat = "off";
+  c.task.chat = ChatMode::kOff;
   c.task.prompt_template = "{problem}";
   std::unique_ptr<PromptSource> s = MustMake(c);
   ASSERT_NE(s, nullptr);
