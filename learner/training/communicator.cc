@@ -59,9 +59,11 @@ absl::StatusOr<StoreHandle> JoinStore(const CommOptions& options) {
   return handle;
 }
 
-absl::StatusOr<std::string> ScatterThroughStore(StoreClient& store, const CommOptions& options,
-                                                int64_t seq,
-                                                const std::vector<std::string>& payloads_at_root) {
+namespace {
+
+absl::StatusOr<std::string> ScatterPayloads(StoreClient& store, const CommOptions& options,
+                                            int64_t seq,
+                                            const std::vector<std::string>& payloads_at_root) {
   auto key = [&](int r) { return absl::StrCat("pmdrl/scatter/", seq, "/", r); };
   if (options.rank == 0) {
     if (payloads_at_root.size() != static_cast<size_t>(options.world_size)) {
@@ -81,6 +83,26 @@ absl::StatusOr<std::string> ScatterThroughStore(StoreClient& store, const CommOp
   // Frees the server's copy; a failure here costs memory, not correctness.
   (void)store.Delete(key(options.rank));
   return mine;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ScatterThroughStore(StoreClient& store, const CommOptions& options,
+                                                int64_t seq,
+                                                const std::vector<std::string>& payloads_at_root,
+                                                absl::string_view op, absl::Status* broken) {
+  absl::StatusOr<std::string> mine = ScatterPayloads(store, options, seq, payloads_at_root);
+  if (mine.ok()) return mine;
+  absl::Status s = Annotate(mine.status(), op, options);
+  if (!absl::IsInvalidArgument(s)) *broken = s;
+  return s;
+}
+
+absl::Status BrokenGroupError(const absl::Status& broken, absl::string_view op,
+                              const CommOptions& options) {
+  return Annotate(absl::FailedPreconditionError(absl::StrCat(
+                      "the group is broken by an earlier failure: ", broken.message())),
+                  op, options);
 }
 
 std::string ShardPairProblem(const at::Tensor& full, absl::string_view full_name,

@@ -39,11 +39,19 @@ struct StoreHandle {
 };
 absl::StatusOr<StoreHandle> JoinStore(const CommOptions& options);
 
-// Communicator::Scatter through the store: rank 0 puts payload r under a key of this
-// call (seq), rank r takes it and deletes it.
+// Communicator::Scatter through the store, for both backends: rank 0 puts payload r under
+// a key of this call (seq), rank r takes it and deletes it. A failure is annotated with
+// `op` (e.g. "Gloo Scatter") and, unless it is the caller's bad arguments, breaks the
+// group: it is kept in `*broken`, which every later call answers with (BrokenGroupError).
 absl::StatusOr<std::string> ScatterThroughStore(StoreClient& store, const CommOptions& options,
                                                 int64_t seq,
-                                                const std::vector<std::string>& payloads_at_root);
+                                                const std::vector<std::string>& payloads_at_root,
+                                                absl::string_view op, absl::Status* broken);
+
+// What a broken group answers every call with after its first failure, `broken`:
+// FailedPrecondition "<op> on rank R of N: the group is broken by an earlier failure: ...".
+absl::Status BrokenGroupError(const absl::Status& broken, absl::string_view op,
+                              const CommOptions& options);
 
 // What is wrong with the pair of tensors of an AllGather or ReduceScatter, beyond what
 // the backend checks on each tensor alone (defined, device, contiguous, dtype): `shard`

@@ -211,14 +211,8 @@ class GlooCommunicator : public Communicator {
 
   absl::StatusOr<std::string> Scatter(const std::vector<std::string>& payloads_at_root) override {
     if (!broken_.ok()) return Broken("Scatter");
-    absl::StatusOr<std::string> mine =
-        ScatterThroughStore(*store_.client, options_, scatter_seq_++, payloads_at_root);
-    if (!mine.ok()) {
-      absl::Status s = Annotate(mine.status(), "Gloo Scatter", options_);
-      if (!absl::IsInvalidArgument(s)) broken_ = s;
-      return s;
-    }
-    return mine;
+    return ScatterThroughStore(*store_.client, options_, scatter_seq_++, payloads_at_root,
+                               "Gloo Scatter", &broken_);
   }
 
  private:
@@ -232,9 +226,7 @@ class GlooCommunicator : public Communicator {
   uint32_t NextTag() { return next_tag_++; }
 
   absl::Status Broken(absl::string_view op) const {
-    return Annotate(absl::FailedPreconditionError(absl::StrCat(
-                        "the group is broken by an earlier failure: ", broken_.message())),
-                    absl::StrCat("Gloo ", op), options_);
+    return BrokenGroupError(broken_, absl::StrCat("Gloo ", op), options_);
   }
 
   // What is wrong with one tensor of a collective ("" when nothing); reduce: its dtype

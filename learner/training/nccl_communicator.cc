@@ -173,21 +173,13 @@ class NcclCommunicator : public Communicator {
 
   absl::StatusOr<std::string> Scatter(const std::vector<std::string>& payloads_at_root) override {
     if (!broken_.ok()) return Broken("Scatter");
-    absl::StatusOr<std::string> mine =
-        ScatterThroughStore(*store_.client, options_, scatter_seq_++, payloads_at_root);
-    if (!mine.ok()) {
-      absl::Status s = Annotate(mine.status(), "NCCL Scatter", options_);
-      if (!absl::IsInvalidArgument(s)) broken_ = s;
-      return s;
-    }
-    return mine;
+    return ScatterThroughStore(*store_.client, options_, scatter_seq_++, payloads_at_root,
+                               "NCCL Scatter", &broken_);
   }
 
  private:
   absl::Status Broken(absl::string_view op) const {
-    return Annotate(absl::FailedPreconditionError(absl::StrCat(
-                        "the group is broken by an earlier failure: ", broken_.message())),
-                    absl::StrCat("NCCL ", op), options_);
+    return BrokenGroupError(broken_, absl::StrCat("NCCL ", op), options_);
   }
 
   // What is wrong with one tensor of a collective ("" when nothing).
