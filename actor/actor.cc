@@ -31,8 +31,6 @@ uint64_t DeriveActorSeed(uint64_t run_seed, const std::string& actor_name) {
   return SplitMix64(SplitMix64(run_seed) ^ h);
 }
 
-using milliseconds = std::chrono::milliseconds;
-
 v1::AckStatus Actor::Impl::SendGroup(const v1::Group& group, int64_t deadline_ms) {
   milliseconds backoff{100};
   while (true) {

@@ -5,15 +5,12 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/str_join.h"
 #include "actor/actor_impl.h"
 #include "actor/lease_group.h"
 #include "actor/rollout_setup.h"
 #include "common/rpc.h"
 
 namespace pmdrl {
-
-using milliseconds = std::chrono::milliseconds;
 
 absl::Status Actor::Impl::CallRegister(v1::RegisterActorResponse* response) {
   const auto deadline = Clock::now() + options_.coordinator_timeout;

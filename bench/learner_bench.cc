@@ -109,6 +109,7 @@ std::vector<pmdrl::v1::Group> MakeBatch(int64_t rows, int64_t prompt, int64_t re
 
 int main(int argc, char** argv) {
   using namespace pmdrl;
+  UsePassiveOpenMpWait(argv);  // as pmdrl-learner does
   std::string model_dir, device = "cpu", dtype = "float32";
   int64_t micro_tokens = 2048, ranks = 1, zero_stage = 0, rows = 32, prompt = 128, response = 128,
           updates = 2, threads = 2;
@@ -236,12 +237,15 @@ int main(int argc, char** argv) {
   const double mm = pmdrl::ModelMatmulFlops(*mc, mm_rows, st, dev, /*with_lm_head=*/false);
   std::printf(
       "model %s: %.1f M parameters (%s), vocab %lld, %lld layers; %s %s, %lld thread(s), %lld "
-      "rank(s)\nmini-batch: %lld completions of %lld + %lld tokens; micro_batch_tokens %lld, "
+      "rank(s), OpenMP wait policy %s\nmini-batch: %lld completions of %lld + %lld tokens; "
+      "micro_batch_tokens %lld, "
       "checkpointing %s\nplain matmul of the model's shapes at %lld rows: %.1f GFLOP/s\n",
       model_dir.c_str(), n.total / 1e6, mc->tie_word_embeddings ? "tied" : "untied",
       (long long)mc->vocab_size, (long long)mc->num_hidden_layers, device.c_str(), dtype.c_str(),
-      (long long)threads, (long long)ranks, (long long)rows, (long long)prompt, (long long)response,
-      (long long)micro_tokens, checkpointing ? "on" : "off", (long long)mm_rows, mm / 1e9);
+      (long long)threads, (long long)ranks,
+      std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "(libgomp's default)",
+      (long long)rows, (long long)prompt, (long long)response, (long long)micro_tokens,
+      checkpointing ? "on" : "off", (long long)mm_rows, mm / 1e9);
 
   // Model FLOPs of one update (all ranks together).
   const double tokens = static_cast<double>(rows * row_tokens);

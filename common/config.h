@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/config_enums.h"
+#include "common/wire_dtype.h"
 
 namespace pmdrl {
 
@@ -218,8 +219,8 @@ absl::Status ValidateConfig(const Config& config);
 // InvalidArgument naming the key.
 absl::StatusOr<std::optional<double>> TimeoutRewardValue(const std::string& value);
 
-// learner.weight_dtype with "auto" resolved against actor.dtype: "float32" | "bfloat16".
-std::string WeightWireDtypeName(const Config& config);
+// learner.weight_dtype with "auto" resolved against actor.dtype.
+WireDtype WeightWireDtype(const Config& config);
 
 // The effective configuration as YAML (every key, defaults included).
 std::string ConfigToYaml(const Config& config);

@@ -34,7 +34,7 @@ enum class ActorDtype { kFloat32, kBfloat16, kFloat16 };
 // learner.dtype: compute precision; master weights and AdamW state stay float32.
 enum class LearnerDtype { kFloat32, kBfloat16 };
 // learner.weight_dtype: the weights sent to the actors; kAuto is bfloat16 when actor.dtype
-// is, else float32 (WeightWireDtypeName, common/config.h).
+// is, else float32 (WeightWireDtype, common/config.h).
 enum class WeightDtype { kAuto, kFloat32, kBfloat16 };
 // learner.backend: the collectives; kAuto is gloo with learner.device cpu, nccl with cuda.
 enum class LearnerBackend { kAuto, kGloo, kNccl };

@@ -173,10 +173,16 @@ absl::Status ValidateConfig(const Config& c) {
   return absl::OkStatus();
 }
 
-std::string WeightWireDtypeName(const Config& c) {
-  if (c.learner.weight_dtype != WeightDtype::kAuto)
-    return std::string(Name(c.learner.weight_dtype));
-  return c.actor.dtype == ActorDtype::kBfloat16 ? "bfloat16" : "float32";
+WireDtype WeightWireDtype(const Config& c) {
+  switch (c.learner.weight_dtype) {
+    case WeightDtype::kFloat32:
+      return WireDtype::kFloat32;
+    case WeightDtype::kBfloat16:
+      return WireDtype::kBfloat16;
+    case WeightDtype::kAuto:
+      break;
+  }
+  return c.actor.dtype == ActorDtype::kBfloat16 ? WireDtype::kBfloat16 : WireDtype::kFloat32;
 }
 
 }  // namespace pmdrl

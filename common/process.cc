@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <malloc.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -31,6 +32,12 @@ int StopSignal() { return g_stop_signal.load(); }
 
 void SetStopSignalForTesting(int sig) { g_stop_signal.store(sig); }
 
+void UsePassiveOpenMpWait(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/0);
+  execv("/proc/self/exe", argv);  // returns only on failure: go on with libgomp's default
+}
+
 void LimitBlasThreads() {
   if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr) return;
   setenv("OPENBLAS_NUM_THREADS", "1", /*overwrite=*/0);
@@ -58,6 +65,13 @@ void SetBlasThreads(int threads) {
 void RetainFreedHeapMemory(size_t bytes) {
   mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest allowed threshold
   mallopt(M_TRIM_THRESHOLD, static_cast<int>(std::min<size_t>(bytes, 1u << 30)));
+}
+
+void ReleaseFreedHeapMemory() {
+  using Mallctl = int (*)(const char*, void*, size_t*, void*, size_t);
+  static const auto mallctl = reinterpret_cast<Mallctl>(dlsym(RTLD_DEFAULT, "mallctl"));
+  // 4096 is MALLCTL_ARENAS_ALL: "arena.<i>.purge" for every arena at once.
+  if (mallctl != nullptr) mallctl("arena.4096.purge", nullptr, nullptr, nullptr, 0);
 }
 
 }  // namespace pmdrl

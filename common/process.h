@@ -1,5 +1,5 @@
-// Process-wide set-up the pmdrl binaries share: the stop signals, the BLAS thread count,
-// and how much freed heap a process keeps.
+// Process-wide set-up the pmdrl binaries share: the stop signals, OpenMP's wait policy,
+// the BLAS thread count, and how much freed heap a process keeps.
 #ifndef PMDRL_COMMON_PROCESS_H_
 #define PMDRL_COMMON_PROCESS_H_
 
@@ -17,6 +17,16 @@ inline bool StopRequested() { return StopSignal() != 0; }
 // Records `sig` as if it had arrived (0 forgets it): for tests of what a stop does,
 // which must not leave the process stopped for the tests after them.
 void SetStopSignalForTesting(int sig);
+
+// Makes LibTorch's OpenMP workers sleep as soon as a parallel region ends, instead of
+// spinning for about 300,000 iterations first (libgomp's default). On the learner's
+// cores OpenBLAS's threads run the next product while those workers spin: learner_bench
+// measured an update at 30.1 s spinning and 22.0 s passive (docs/design.md "CPU threads").
+// libgomp reads OMP_WAIT_POLICY once, when it is loaded before main, so when the variable
+// is unset this sets it and executes the same binary again with the same arguments (same
+// pid); it returns only if it kept a value the user set or the exec failed. Call it first
+// in main.
+void UsePassiveOpenMpWait(char** argv);
 
 // OpenBLAS reads OPENBLAS_NUM_THREADS when it is loaded, before main runs, so setting
 // the variable only reaches child processes; the running library is told through its
@@ -36,6 +46,12 @@ void SetBlasThreads(int threads);
 // that receive bulk streams (the actor's weight stream): weight_sync_bench measured a
 // later-version push at 67-72% of raw TCP without this and 89-94% with it.
 void RetainFreedHeapMemory(size_t bytes);
+
+// Under jemalloc (the learner's binaries), hands every arena's freed pages back to the
+// kernel now; under another allocator, does nothing. The learner keeps freed pages for
+// reuse through an update (learner/jemalloc_options.cc) and calls this at its end, so the
+// weight snapshot, evaluation and checkpoint that follow do not sit on top of them.
+void ReleaseFreedHeapMemory();
 
 }  // namespace pmdrl
 

@@ -142,4 +142,7 @@ int Run(int argc, char** argv) {
 }  // namespace
 }  // namespace pmdrl
 
-int main(int argc, char** argv) { return pmdrl::Run(argc, argv); }
+int main(int argc, char** argv) {
+  pmdrl::UsePassiveOpenMpWait(argv);
+  return pmdrl::Run(argc, argv);
+}

@@ -117,7 +117,7 @@ TrainingLoop::Impl::Impl(Parts p, const TrainerState& start, bool resumed_run)
       publisher(*parts.publisher),
       comm(parts.comm),
       resumed(resumed_run),
-      weight_dtype(*ParseWireDtype(WeightWireDtypeName(config))),
+      weight_dtype(WeightWireDtype(config)),
       version(start.version),
       update(start.update),
       last_eval_update(start.update),

@@ -190,8 +190,7 @@ absl::StatusOr<v1::GroupAck> Coordinator::Submit(const v1::Group& group) {
   if (group.actor_id() != lease->actor_id) {
     // Not this lease's answer: rejected without touching the lease, or any token holder
     // could retire (and, twice, drop) another actor's place by naming its lease.
-    counts_.rejected++;
-    rejected_->Increment();
+    CountRejectedLocked();
     return absl::InvalidArgumentError(absl::StrCat(
         "group: actor_id ", QuoteUntrusted(group.actor_id()), " differs from lease ",
         QuoteUntrusted(group.lease_id()), "'s actor ", QuoteUntrusted(lease->actor_id)));
@@ -302,9 +301,13 @@ absl::Status Coordinator::MatchesLeaseLocked(const v1::Group& group, const Lease
   return absl::OkStatus();
 }
 
-absl::Status Coordinator::RejectLocked(const v1::Group& group, absl::Status why) {
+void Coordinator::CountRejectedLocked() {
   counts_.rejected++;
   rejected_->Increment();
+}
+
+absl::Status Coordinator::RejectLocked(const v1::Group& group, absl::Status why) {
+  CountRejectedLocked();
   // The group answers its lease, if live: retiring it keeps the place from waiting out
   // the TTL and then being re-issued without end. The lease's own place counts, not the
   // one the group claims.

@@ -153,6 +153,8 @@ class Coordinator {
   // Counts a rejected group and answers its lease (see the class comment); returns `why`.
   absl::Status RejectLocked(const v1::Group& group, absl::Status why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Counts a rejected group: the status count and the metric.
+  void CountRejectedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const CoordinatorOptions options_;
   const PromptSource* source_;
