@@ -67,11 +67,4 @@ void RetainFreedHeapMemory(size_t bytes) {
   mallopt(M_TRIM_THRESHOLD, static_cast<int>(std::min<size_t>(bytes, 1u << 30)));
 }
 
-void ReleaseFreedHeapMemory() {
-  using Mallctl = int (*)(const char*, void*, size_t*, void*, size_t);
-  static const auto mallctl = reinterpret_cast<Mallctl>(dlsym(RTLD_DEFAULT, "mallctl"));
-  // 4096 is MALLCTL_ARENAS_ALL: "arena.<i>.purge" for every arena at once.
-  if (mallctl != nullptr) mallctl("arena.4096.purge", nullptr, nullptr, nullptr, 0);
-}
-
 }  // namespace pmdrl

@@ -47,12 +47,6 @@ void SetBlasThreads(int threads);
 // later-version push at 67-72% of raw TCP without this and 89-94% with it.
 void RetainFreedHeapMemory(size_t bytes);
 
-// Under jemalloc (the learner's binaries), hands every arena's freed pages back to the
-// kernel now; under another allocator, does nothing. The learner keeps freed pages for
-// reuse through an update (learner/jemalloc_options.cc) and calls this at its end, so the
-// weight snapshot, evaluation and checkpoint that follow do not sit on top of them.
-void ReleaseFreedHeapMemory();
-
 }  // namespace pmdrl
 
 #endif  // PMDRL_COMMON_PROCESS_H_

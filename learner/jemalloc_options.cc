@@ -10,7 +10,8 @@
 // micro-batch's forward and backward) lets the next micro-batch reuse them.
 // learner_bench (rows 4, 128 + 128 tokens, micro_batch_tokens 1024, fp32, OpenMP passive)
 // measured the second update at 29.5 s with the defaults and 22.0 s with these, at the
-// same peak resident memory within 0.6 GB (10.8 and 11.3 GB).
+// same peak resident memory within 0.6 GB (10.8 and 11.3 GB). The demo's learner (0.4 M
+// parameters, 1 thread) trained 10.9k tokens/s with these and 9.6k with the defaults.
 extern "C" {
 // NOLINTNEXTLINE: the name and type are jemalloc's interface.
 const char* malloc_conf = "thp:always,dirty_decay_ms:30000";

@@ -490,7 +490,6 @@ absl::StatusOr<UpdateStats> Trainer::TrainShare(const v1::RankShare& share, Comm
     if (m.mixed_precision()) {
       for (torch::Tensor& p : params) p.mutable_grad().reset();
     }
-    ReleaseFreedHeapMemory();
     // Combine the per-rank metrics: the loss parts add up to the global mini-batch loss.
     torch::Tensor sums =
         torch::tensor({loss_sum, mismatch_sum, mismatch_tokens, delta_sum, delta_count, entropy_sum,
