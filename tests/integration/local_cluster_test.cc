@@ -4,6 +4,8 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <set>
 
 #include "common/auth.h"
@@ -233,6 +235,17 @@ TEST(LocalCluster, SigkillActorTrainingGoesOn) {
   auto cluster = nlohmann::json::parse(ReadAll(run / "cluster.json"));
   pid_t victim = cluster["actors"][0]["pid"].get<pid_t>();
   ASSERT_GT(victim, 1);
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    // The learner executed itself again with OpenMP's passive wait (UsePassiveOpenMpWait),
+    // keeping the pid that cluster.json names; the actor keeps libgomp's default.
+    const pid_t learner = cluster["learner"]["pid"].get<pid_t>();
+    std::string learner_env =
+        "\n" + ReadAll(fs::path("/proc") / std::to_string(learner) / "environ");
+    std::replace(learner_env.begin(), learner_env.end(), '\0', '\n');
+    EXPECT_NE(learner_env.find("\nOMP_WAIT_POLICY=passive\n"), std::string::npos) << learner_env;
+    EXPECT_EQ(ReadAll(fs::path("/proc") / std::to_string(victim) / "environ").find("OMP_WAIT"),
+              std::string::npos);
+  }
   // Freeze the actor until it is caught holding leases, then kill it: those leases can
   // only come back through expiry and re-issue.
   int64_t held = 0;
