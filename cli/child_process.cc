@@ -121,6 +121,16 @@ bool Reap(Child& child) {
   return false;
 }
 
+int PeekKillSignal(const Child& child) {
+  if (!child.alive) return 0;
+  siginfo_t info{};
+  if (waitid(P_PID, static_cast<id_t>(child.pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0) {
+    return 0;
+  }
+  if (info.si_pid != child.pid) return 0;  // still running
+  return info.si_code == CLD_KILLED || info.si_code == CLD_DUMPED ? info.si_status : 0;
+}
+
 std::string LogTail(const std::string& path, int max_lines) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return "";

@@ -43,6 +43,10 @@ std::vector<std::string> ChildEnvironment(const std::string& token);
 // now is not.
 bool Reap(Child& child);
 
+// The signal that killed `child` if it has exited by one, else 0; it is left unreaped
+// (waitid WNOWAIT), so Reap still sees it exit.
+int PeekKillSignal(const Child& child);
+
 // The last `max_lines` lines of a log (of its last 8 KiB), each as "  | line\n", for an
 // error report; "" when it cannot be read.
 std::string LogTail(const std::string& path, int max_lines);

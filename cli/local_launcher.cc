@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -97,6 +98,12 @@ class Launcher {
   // local.restarts has some left: an actor or verifier as it was, the learner (one rank
   // only) with learner.resume=auto once a checkpoint exists. False: not restarted.
   bool Restart(Child& c);
+  // Several learner ranks live and die together: no collective goes on without every
+  // rank. When one was killed by a signal and local.restarts has some left, SIGKILLs the
+  // others and starts every rank again (learner.resume=auto once a checkpoint exists),
+  // which costs one restart. True: restarted; false: nothing to do; an error: a rank
+  // could not be started.
+  absl::StatusOr<bool> RestartKilledLearnerGroup();
   // Reaps learner ranks >= 1. An exit with code 0 is normal (rank 0 ends them at the
   // end of training); any other exit is reported with its log's tail and returns false.
   bool CheckLearnerRanks();
@@ -336,6 +343,56 @@ bool Launcher::Restart(Child& c) {
   return true;
 }
 
+absl::StatusOr<bool> Launcher::RestartKilledLearnerGroup() {
+  if (learner_ranks_.empty() || restarts_left_ <= 0) return false;
+  std::vector<Child*> ranks = {&learner_};
+  for (Child& c : learner_ranks_) ranks.push_back(&c);
+  // Peeked, not reaped: when no rank was killed, CheckLearnerRanks and CheckChildren
+  // judge the exits as before. A rank killed first makes its peers fail their
+  // collective and exit with an error; the killed one decides.
+  const Child* killed = nullptr;
+  int signal = 0;
+  for (const Child* c : ranks) {
+    signal = PeekKillSignal(*c);
+    if (signal != 0) {
+      killed = c;
+      break;
+    }
+  }
+  if (killed == nullptr) return false;
+  const std::string killed_name = killed->name;
+  for (Child* c : ranks) {
+    if (!c->alive) continue;
+    kill(c->pid, SIGKILL);  // a rank that already exited is a zombie: harmless
+    int status = 0;
+    while (waitpid(c->pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    c->alive = false;
+    c->wait_status = status;
+  }
+  --restarts_left_;
+  const bool resume = FindCheckpoint(run_dir_.string(), "auto").ok();
+  console_.Warn(
+      "{} was killed (signal {}): restarting all {} learner ranks {} ({} of "
+      "local.restarts left)",
+      killed_name, signal, ranks.size(),
+      resume ? "from the last complete checkpoint" : "from the start (no checkpoint yet)",
+      restarts_left_);
+  for (Child* c : ranks) {
+    std::vector<std::string> argv = c->argv;
+    if (resume && std::find(argv.begin(), argv.end(), "--learner.resume=auto") == argv.end()) {
+      argv.push_back("--learner.resume=auto");
+    }
+    absl::StatusOr<Child> again = Start(c->name, std::move(argv), c->port, c->metrics_port);
+    if (!again.ok()) return again.status();
+    *c = *std::move(again);
+  }
+  // As in Restart: a channel of its own to the new rank 0.
+  channel_ = MakeChannel(absl::StrCat("127.0.0.1:", learner_.port));
+  stub_ = v1::Coordinator::NewStub(channel_);
+  return true;
+}
+
 bool Launcher::CheckLearnerRanks() {
   bool ok = true;
   for (Child& c : learner_ranks_) {
@@ -358,6 +415,12 @@ bool Launcher::CheckLearnerRanks() {
 Launcher::Outcome Launcher::Supervise() {
   int failures = 0;
   while (true) {
+    absl::StatusOr<bool> regrouped = RestartKilledLearnerGroup();
+    if (!regrouped.ok()) {
+      console_.Error("{}", std::string(regrouped.status().message()));
+      return Outcome::kFailed;
+    }
+    if (*regrouped) WriteClusterJson();
     if (!CheckLearnerRanks()) return Outcome::kFailed;
     if (!CheckChildren()) {
       console_.Error("learner exited before training finished ({}); last lines of {}:\n{}",

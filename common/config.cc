@@ -388,10 +388,12 @@ const std::vector<Field>& Fields() {
                      "`pmdrl local`: mutual TLS with a throw-away CA and certificate made with "
                      "openssl in <run.dir>/tls (unless run.tls_* name files; false: plaintext)",
                      &C::local, &LocalConfig::tls));
-    f.push_back(Make("local.restarts",
-                     "`pmdrl local`: children killed by a signal that it starts again, in all "
-                     "(the learner resumes from its last checkpoint); 0: none",
-                     &C::local, &LocalConfig::restarts));
+    f.push_back(
+        Make("local.restarts",
+             "`pmdrl local`: children killed by a signal that it starts again, in all "
+             "(the learner resumes from its last checkpoint; a killed learner rank restarts "
+             "every rank); 0: none",
+             &C::local, &LocalConfig::restarts));
     // compare
     f.push_back(Make("compare.variants",
                      "`pmdrl compare` runs: loss names (pmd_mean, pmd_part, grpo, gspo), each "

@@ -137,13 +137,15 @@ void RunChaos(uint32_t seed) {
   const fs::path run = dir / "run";
   // The arith demo's config from a random policy (about one update a second here), with
   // frequent checkpoints, a small held-out set and short leases (a killed actor's
-  // places come back quickly).
-  Child local({Bin("cli/pmdrl"), "local", "--config", Src("examples/arith.yaml"),
-               "--model.path=", "--run.dir=" + run.string(), "--run.seed=" + std::to_string(seed),
-               "--local.restarts=20", "--learner.updates=" + std::to_string(kUpdates),
-               "--learner.max_seconds=0", "--learner.checkpoint_every=3",
-               "--learner.eval_every=1000", "--task.eval_size=50", "--learner.lease_ttl_seconds=4"},
-              (dir / "local.log").string());
+  // places come back quickly). One learner rank: `pmdrl local` restarts a killed
+  // learner only when it is the only rank.
+  Child local(
+      {Bin("cli/pmdrl"), "local", "--config", Src("examples/arith.yaml"),
+       "--model.path=", "--run.dir=" + run.string(), "--run.seed=" + std::to_string(seed),
+       "--local.learners=1", "--local.restarts=20", "--learner.updates=" + std::to_string(kUpdates),
+       "--learner.max_seconds=0", "--learner.checkpoint_every=3", "--learner.eval_every=1000",
+       "--task.eval_size=50", "--learner.lease_ttl_seconds=4"},
+      (dir / "local.log").string());
   ASSERT_TRUE(
       WaitFor([&] { return LastUpdate(run) >= 1 && Alive(ReadPids(run).learner); }, seconds(180)))
       << ReadAll(dir / "local.log");

@@ -1,9 +1,14 @@
 // Data-parallel learner ranks as real processes (Gloo over loopback), started by
 // `pmdrl local --learners N`: a 2-rank run trains and checks its replicas, a dead rank
-// stops the others within the collective timeout, and a run resumes with another number
-// of ranks.
+// stops the others within the collective timeout, with local.restarts a killed rank
+// restarts the group from its checkpoint, and a run resumes with another number of ranks.
 #include <gtest/gtest.h>
 
+#include <map>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
 #include "tests/integration/cluster_util.h"
 
 namespace pmdrl {
@@ -68,6 +73,57 @@ TEST(DataParallelCluster, DeadRankStopsTheOthers) {
   EXPECT_LT(took, 60) << "bounded by the 5 s collective timeout plus shutdown";
   std::string log = ReadAll(r.run / "logs" / "learner.log");
   EXPECT_NE(log.find("another learner rank died"), std::string::npos) << log;
+}
+
+// With local.restarts, a killed rank takes its peers down and every rank starts again
+// from the last complete checkpoint: rank 1 killed (rank 0 then fails its collective),
+// then rank 0 (rank 1 fails), and the run still ends normally, each place trained once.
+TEST(DataParallelCluster, KilledRankRestartsTheGroup) {
+  DpRun r = MakeRun("dprestart");
+  constexpr int kUpdates = 12;
+  Child local(Local(r, {"--learners", "2", "--local.restarts=2",
+                        "--learner.updates=" + std::to_string(kUpdates),
+                        "--learner.collective_timeout_seconds=5"}),
+              (r.dir / "local.log").string());
+  auto pids = [&] {
+    auto cluster = nlohmann::json::parse(ReadAll(r.run / "cluster.json"));
+    return std::make_pair(cluster["learners"][0]["pid"].get<pid_t>(),
+                          cluster["learners"][1]["pid"].get<pid_t>());
+  };
+  // metrics.csv: the base row, then one per update, each checkpointed (TestConfig).
+  auto rows = [&] { return ReadCsv(r.run / "metrics.csv").size(); };
+  ASSERT_TRUE(WaitFor([&] { return rows() >= 4; }, seconds(240))) << ReadAll(r.dir / "local.log");
+  const auto [rank0, rank1] = pids();
+  ASSERT_EQ(kill(rank1, SIGKILL), 0);
+  ASSERT_TRUE(WaitFor([&] { return pids().second != rank1 && rows() >= 8; }, seconds(240)))
+      << ReadAll(r.dir / "local.log");
+  const pid_t second_rank0 = pids().first;
+  EXPECT_NE(second_rank0, rank0);
+  ASSERT_EQ(kill(second_rank0, SIGKILL), 0);
+  std::optional<int> rc = local.Wait(seconds(420));
+  const std::string out = ReadAll(r.dir / "local.log");
+  ASSERT_TRUE(rc.has_value()) << "pmdrl local did not finish\n" << out;
+  ASSERT_EQ(*rc, 0) << out;
+  for (const char* killed : {"learner-1", "learner"}) {
+    EXPECT_NE(out.find(absl::StrCat(killed,
+                                    " was killed (signal 9): restarting all 2 learner "
+                                    "ranks from the last complete checkpoint")),
+              std::string::npos)
+        << killed << "\n"
+        << out;
+  }
+  EXPECT_NE(pids().first, second_rank0);
+  EXPECT_EQ(ReadCsv(r.run / "metrics.csv").back().at("update"), std::to_string(kUpdates));
+  // The ledger: every trained place once, a full batch (TestConfig's 8) per update.
+  std::set<std::pair<std::string, std::string>> trained;
+  std::map<std::string, int> per_update;
+  for (const auto& row : ReadCsv(r.run / "ledger.csv")) {
+    EXPECT_TRUE(trained.insert({row.at("epoch"), row.at("index")}).second)
+        << "place (" << row.at("epoch") << ", " << row.at("index") << ") trained twice";
+    ++per_update[row.at("update")];
+  }
+  EXPECT_EQ(per_update.size(), static_cast<size_t>(kUpdates));
+  for (const auto& [update, n] : per_update) EXPECT_EQ(n, 8) << "update " << update;
 }
 
 TEST(DataParallelCluster, ResumesWithAnotherWorldSize) {
