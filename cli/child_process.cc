@@ -121,6 +121,17 @@ bool Reap(Child& child) {
   return false;
 }
 
+void KillAndReap(Child& child) {
+  if (!child.alive || child.pid <= 0) return;
+  kill(child.pid, SIGKILL);  // an exited child is a zombie until reaped: harmless
+  int status = 0;
+  pid_t r;
+  while ((r = waitpid(child.pid, &status, 0)) < 0 && errno == EINTR) {
+  }
+  child.alive = false;
+  child.wait_status = r == child.pid ? status : 0;
+}
+
 int PeekKillSignal(const Child& child) {
   if (!child.alive) return 0;
   siginfo_t info{};

@@ -43,6 +43,10 @@ std::vector<std::string> ChildEnvironment(const std::string& token);
 // now is not.
 bool Reap(Child& child);
 
+// SIGKILLs `child` if it is alive (an exited, unreaped one too) and reaps it, recording
+// its wait status.
+void KillAndReap(Child& child);
+
 // The signal that killed `child` if it has exited by one, else 0; it is left unreaped
 // (waitid WNOWAIT), so Reap still sees it exit.
 int PeekKillSignal(const Child& child);

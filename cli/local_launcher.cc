@@ -63,6 +63,13 @@ std::string ExeDir() {
   return exe.parent_path().string();
 }
 
+// Appends --learner.resume=auto to a learner's argv unless it is there already.
+void AddResumeFlag(std::vector<std::string>* argv) {
+  if (std::find(argv->begin(), argv->end(), "--learner.resume=auto") == argv->end()) {
+    argv->push_back("--learner.resume=auto");
+  }
+}
+
 // One run of `pmdrl local`. Owns the child processes it starts: it signals only
 // their pids, reaps every one of them before Run returns (the destructor SIGKILLs and
 // reaps any left by an early return), and is the only waitpid caller for them.
@@ -104,6 +111,10 @@ class Launcher {
   // which costs one restart. True: restarted; false: nothing to do; an error: a rank
   // could not be started.
   absl::StatusOr<bool> RestartKilledLearnerGroup();
+  // Whether run.dir holds a complete checkpoint for a restarted learner to resume from.
+  bool HasCheckpoint() const;
+  // A fresh GetStatus channel to a restarted rank 0.
+  void ReconnectToLearner();
   // Reaps learner ranks >= 1. An exit with code 0 is normal (rank 0 ends them at the
   // end of training); any other exit is reported with its log's tail and returns false.
   bool CheckLearnerRanks();
@@ -320,10 +331,7 @@ bool Launcher::CheckChildren() {
 bool Launcher::Restart(Child& c) {
   if (!WIFSIGNALED(c.wait_status) || restarts_left_ <= 0) return false;
   std::vector<std::string> argv = c.argv;
-  if (&c == &learner_ && FindCheckpoint(run_dir_.string(), "auto").ok() &&
-      std::find(argv.begin(), argv.end(), "--learner.resume=auto") == argv.end()) {
-    argv.push_back("--learner.resume=auto");
-  }
+  if (&c == &learner_ && HasCheckpoint()) AddResumeFlag(&argv);
   --restarts_left_;
   console_.Warn("restarting {} ({} of local.restarts left)", c.name, restarts_left_);
   absl::StatusOr<Child> again = Start(c.name, std::move(argv), c.port, c.metrics_port);
@@ -332,15 +340,19 @@ bool Launcher::Restart(Child& c) {
     return false;
   }
   c = *std::move(again);
-  if (&c == &learner_) {
-    // A channel of its own to the new process, with MakeChannel's settings: measured
-    // here, the start-up channel's (100 ms connect attempts) never completed a TLS
-    // handshake with a learner restarted under a running cluster ("Handshake read
-    // failed"), while MakeChannel's did.
-    channel_ = MakeChannel(absl::StrCat("127.0.0.1:", learner_.port));
-    stub_ = v1::Coordinator::NewStub(channel_);
-  }
+  if (&c == &learner_) ReconnectToLearner();
   return true;
+}
+
+bool Launcher::HasCheckpoint() const { return FindCheckpoint(run_dir_.string(), "auto").ok(); }
+
+void Launcher::ReconnectToLearner() {
+  // A channel of its own to the new process, with MakeChannel's settings: measured
+  // here, the start-up channel's (100 ms connect attempts) never completed a TLS
+  // handshake with a learner restarted under a running cluster ("Handshake read
+  // failed"), while MakeChannel's did.
+  channel_ = MakeChannel(absl::StrCat("127.0.0.1:", learner_.port));
+  stub_ = v1::Coordinator::NewStub(channel_);
 }
 
 absl::StatusOr<bool> Launcher::RestartKilledLearnerGroup() {
@@ -361,17 +373,9 @@ absl::StatusOr<bool> Launcher::RestartKilledLearnerGroup() {
   }
   if (killed == nullptr) return false;
   const std::string killed_name = killed->name;
-  for (Child* c : ranks) {
-    if (!c->alive) continue;
-    kill(c->pid, SIGKILL);  // a rank that already exited is a zombie: harmless
-    int status = 0;
-    while (waitpid(c->pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    c->alive = false;
-    c->wait_status = status;
-  }
+  for (Child* c : ranks) KillAndReap(*c);
   --restarts_left_;
-  const bool resume = FindCheckpoint(run_dir_.string(), "auto").ok();
+  const bool resume = HasCheckpoint();
   console_.Warn(
       "{} was killed (signal {}): restarting all {} learner ranks {} ({} of "
       "local.restarts left)",
@@ -380,16 +384,12 @@ absl::StatusOr<bool> Launcher::RestartKilledLearnerGroup() {
       restarts_left_);
   for (Child* c : ranks) {
     std::vector<std::string> argv = c->argv;
-    if (resume && std::find(argv.begin(), argv.end(), "--learner.resume=auto") == argv.end()) {
-      argv.push_back("--learner.resume=auto");
-    }
+    if (resume) AddResumeFlag(&argv);
     absl::StatusOr<Child> again = Start(c->name, std::move(argv), c->port, c->metrics_port);
     if (!again.ok()) return again.status();
     *c = *std::move(again);
   }
-  // As in Restart: a channel of its own to the new rank 0.
-  channel_ = MakeChannel(absl::StrCat("127.0.0.1:", learner_.port));
-  stub_ = v1::Coordinator::NewStub(channel_);
+  ReconnectToLearner();
   return true;
 }
 
@@ -576,13 +576,7 @@ void Launcher::ReapRetired(std::chrono::seconds grace) {
     Child& c = it->child;
     if (!Reap(c) && c.alive && Clock::now() - it->since >= grace) {
       console_.Warn("{} did not stop within {} s of SIGTERM; killing it", c.name, grace.count());
-      kill(c.pid, SIGKILL);
-      int status = 0;
-      pid_t r;
-      while ((r = waitpid(c.pid, &status, 0)) < 0 && errno == EINTR) {
-      }
-      c.alive = false;
-      c.wait_status = r == c.pid ? status : 0;
+      KillAndReap(c);
     }
     if (c.alive) {
       ++it;
@@ -626,16 +620,7 @@ void Launcher::StopGroup(std::vector<Child*> group, std::chrono::seconds grace) 
     }
     WaitForWake(50);
   }
-  for (Child* c : group) {
-    if (!c->alive) continue;
-    kill(c->pid, SIGKILL);
-    int status = 0;
-    pid_t r;
-    while ((r = waitpid(c->pid, &status, 0)) < 0 && errno == EINTR) {
-    }
-    c->alive = false;
-    c->wait_status = r == c->pid ? status : 0;
-  }
+  for (Child* c : group) KillAndReap(*c);
 }
 
 void Launcher::StopAll() {
@@ -664,13 +649,7 @@ void Launcher::KillAll() {
   for (Child& c : verifiers_) all.push_back(&c);
   all.push_back(&learner_);
   for (Child& c : learner_ranks_) all.push_back(&c);
-  for (Child* c : all) {
-    if (!c->alive || c->pid <= 0) continue;
-    kill(c->pid, SIGKILL);
-    while (waitpid(c->pid, nullptr, 0) < 0 && errno == EINTR) {
-    }
-    c->alive = false;
-  }
+  for (Child* c : all) KillAndReap(*c);
 }
 
 void Launcher::Summarise() {

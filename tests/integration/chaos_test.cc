@@ -30,7 +30,6 @@ namespace {
 using namespace testing_util;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
-using Place = std::pair<int64_t, int64_t>;  // (epoch, index)
 
 constexpr int kUpdates = 80;
 constexpr int kPromptsPerUpdate = 64;  // examples/arith.yaml
@@ -206,17 +205,7 @@ void RunChaos(uint32_t seed) {
 
   // The ledger: every trained place once, a full batch per update.
   std::set<Place> trained;
-  std::map<int64_t, int> per_update;
-  for (const auto& row : ReadCsv(run / "ledger.csv")) {
-    const Place place{std::stoll(row.at("epoch")), std::stoll(row.at("index"))};
-    EXPECT_TRUE(trained.insert(place).second)
-        << "place (" << place.first << ", " << place.second << ") trained twice";
-    ++per_update[std::stoll(row.at("update"))];
-  }
-  ASSERT_EQ(per_update.size(), static_cast<size_t>(kUpdates));
-  for (const auto& [update, n] : per_update) {
-    EXPECT_EQ(n, kPromptsPerUpdate) << "update " << update;
-  }
+  ASSERT_NO_FATAL_FAILURE(CheckLedger(run, kUpdates, kPromptsPerUpdate, &trained));
 
   // The final checkpoint accounts for every place below its cursor exactly once.
   const fs::path last = run / "checkpoints" / absl::StrFormat("update-%06d", kUpdates);

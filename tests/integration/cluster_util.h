@@ -5,19 +5,23 @@
 #define PMDRL_TESTS_INTEGRATION_CLUSTER_UTIL_H_
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "nlohmann/json.hpp"
@@ -164,6 +168,24 @@ bool WaitFor(F pred, std::chrono::seconds timeout) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   return pred();
+}
+
+using Place = std::pair<int64_t, int64_t>;  // (epoch, index) in the data stream
+
+// Reads `run_dir`/ledger.csv into `trained` and checks it: every place once, and
+// `per_update` places in each of `updates` updates. Call it under
+// ASSERT_NO_FATAL_FAILURE.
+inline void CheckLedger(const fs::path& run_dir, int updates, int per_update,
+                        std::set<Place>* trained) {
+  std::map<int64_t, int> count;
+  for (const auto& row : ReadCsv(run_dir / "ledger.csv")) {
+    const Place place{std::stoll(row.at("epoch")), std::stoll(row.at("index"))};
+    EXPECT_TRUE(trained->insert(place).second)
+        << "place (" << place.first << ", " << place.second << ") trained twice";
+    ++count[std::stoll(row.at("update"))];
+  }
+  ASSERT_EQ(count.size(), static_cast<size_t>(updates));
+  for (const auto& [update, n] : count) EXPECT_EQ(n, per_update) << "update " << update;
 }
 
 // A small, fast cluster config: random-init model, short updates.

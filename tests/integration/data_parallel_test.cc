@@ -4,7 +4,6 @@
 // restarts the group from its checkpoint, and a run resumes with another number of ranks.
 #include <gtest/gtest.h>
 
-#include <map>
 #include <set>
 #include <utility>
 
@@ -115,15 +114,8 @@ TEST(DataParallelCluster, KilledRankRestartsTheGroup) {
   EXPECT_NE(pids().first, second_rank0);
   EXPECT_EQ(ReadCsv(r.run / "metrics.csv").back().at("update"), std::to_string(kUpdates));
   // The ledger: every trained place once, a full batch (TestConfig's 8) per update.
-  std::set<std::pair<std::string, std::string>> trained;
-  std::map<std::string, int> per_update;
-  for (const auto& row : ReadCsv(r.run / "ledger.csv")) {
-    EXPECT_TRUE(trained.insert({row.at("epoch"), row.at("index")}).second)
-        << "place (" << row.at("epoch") << ", " << row.at("index") << ") trained twice";
-    ++per_update[row.at("update")];
-  }
-  EXPECT_EQ(per_update.size(), static_cast<size_t>(kUpdates));
-  for (const auto& [update, n] : per_update) EXPECT_EQ(n, 8) << "update " << update;
+  std::set<Place> trained;
+  ASSERT_NO_FATAL_FAILURE(CheckLedger(r.run, kUpdates, 8, &trained));
 }
 
 TEST(DataParallelCluster, ResumesWithAnotherWorldSize) {
