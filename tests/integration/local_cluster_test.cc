@@ -143,30 +143,44 @@ TEST(LocalCluster, StrictOnPolicyRun) {
   }
 }
 
-// Leases the given actor holds, from the coordinator's GetStatus.
-int64_t LeasesHeldBy(const fs::path& run, const std::string& actor_name) {
-  auto cluster = nlohmann::json::parse(ReadAll(run / "cluster.json"));
-  std::string token = ReadAll(run / "token");
-  while (!token.empty() && token.back() == '\n') token.pop_back();
-  // `pmdrl local` runs mutual TLS by default: this client shows the run's certificate.
-  TlsFiles tls;
-  if (cluster.contains("tls")) {
-    tls = {cluster["tls"]["cert"].get<std::string>(), cluster["tls"]["key"].get<std::string>(),
-           cluster["tls"]["ca"].get<std::string>()};
+// Leases an actor holds, from the coordinator's GetStatus, over one channel kept open
+// (a fresh mutual-TLS channel per question would be slower than a lease's life).
+class LeaseProbe {
+ public:
+  explicit LeaseProbe(const fs::path& run) {
+    auto cluster = nlohmann::json::parse(ReadAll(run / "cluster.json"));
+    token_ = ReadAll(run / "token");
+    while (!token_.empty() && token_.back() == '\n') token_.pop_back();
+    // `pmdrl local` runs mutual TLS by default: this client shows the run's certificate.
+    TlsFiles tls;
+    if (cluster.contains("tls")) {
+      tls = {cluster["tls"]["cert"].get<std::string>(), cluster["tls"]["key"].get<std::string>(),
+             cluster["tls"]["ca"].get<std::string>()};
+    }
+    if (!ConfigureTransportSecurity(tls).ok()) return;
+    stub_ = v1::Coordinator::NewStub(
+        MakeChannel("127.0.0.1:" + std::to_string(cluster["learner"]["port"].get<int>())));
   }
-  if (!ConfigureTransportSecurity(tls).ok()) return -1;
-  auto stub = v1::Coordinator::NewStub(
-      MakeChannel("127.0.0.1:" + std::to_string(cluster["learner"]["port"].get<int>())));
-  grpc::ClientContext ctx;
-  AddBearer(&ctx, token);
-  ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
-  v1::StatusResponse status;
-  if (!stub->GetStatus(&ctx, v1::GetStatusRequest(), &status).ok()) return -1;
-  for (const auto& a : status.actors()) {
-    if (a.actor_id().rfind(actor_name + "#", 0) == 0) return a.leases_in_flight();
+
+  // The leases of the actor named `actor_name`, or -1 if GetStatus failed or does not
+  // list it.
+  int64_t HeldBy(const std::string& actor_name) {
+    if (stub_ == nullptr) return -1;
+    grpc::ClientContext ctx;
+    AddBearer(&ctx, token_);
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+    v1::StatusResponse status;
+    if (!stub_->GetStatus(&ctx, v1::GetStatusRequest(), &status).ok()) return -1;
+    for (const auto& a : status.actors()) {
+      if (a.actor_id().rfind(actor_name + "#", 0) == 0) return a.leases_in_flight();
+    }
+    return -1;
   }
-  return -1;
-}
+
+ private:
+  std::string token_;
+  std::unique_ptr<v1::Coordinator::Stub> stub_;
+};
 
 // Runs a shell command (bounded by `timeout` inside it), returns stdout and stderr.
 std::string Shell(const std::string& command) {
@@ -246,18 +260,30 @@ TEST(LocalCluster, SigkillActorTrainingGoesOn) {
     EXPECT_EQ(ReadAll(fs::path("/proc") / std::to_string(victim) / "environ").find("OMP_WAIT"),
               std::string::npos);
   }
-  // Freeze the actor until it is caught holding leases, then kill it: those leases can
-  // only come back through expiry and re-issue.
+  // The other actor is frozen meanwhile, so every lease goes to the victim: on a busy
+  // machine the other actor could otherwise win every batch while the victim is caught.
+  ASSERT_EQ(cluster["actors"].size(), 2u);
+  const pid_t other = cluster["actors"][1]["pid"].get<pid_t>();
+  ASSERT_GT(other, 1);
+  ASSERT_EQ(kill(other, SIGSTOP), 0);
+  // Catch the actor holding leases, freeze it, and check that it still holds them once
+  // what it had already sent has been classified; then kill it: those leases can only
+  // come back through expiry and re-issue. (A lease of this tiny model lives a few
+  // milliseconds in a cycle of ~100 ms, so the probe asks often.)
+  LeaseProbe probe(run);
   int64_t held = 0;
-  for (int attempt = 0; attempt < 60 && held <= 0; ++attempt) {
-    ASSERT_EQ(kill(victim, SIGSTOP), 0);
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    held = LeasesHeldBy(run, "actor-0");
-    if (held <= 0) {
-      kill(victim, SIGCONT);
-      std::this_thread::sleep_for(std::chrono::milliseconds(50 + 17 * attempt % 100));
+  const auto give_up = std::chrono::steady_clock::now() + seconds(25);
+  while (held <= 0 && std::chrono::steady_clock::now() < give_up) {
+    if (probe.HeldBy("actor-0") <= 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      continue;
     }
+    ASSERT_EQ(kill(victim, SIGSTOP), 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    held = probe.HeldBy("actor-0");
+    if (held <= 0) kill(victim, SIGCONT);
   }
+  kill(other, SIGCONT);
   ASSERT_GT(held, 0) << "never caught actor-0 holding a lease";
   ASSERT_EQ(kill(victim, SIGKILL), 0);
   const int64_t update_at_kill = std::stoll(ReadCsv(run / "metrics.csv").back().at("update"));
