@@ -126,9 +126,14 @@ absl::StatusOr<v1::LeasePromptsResponse> Coordinator::LeasePrompts(
     r.set_retry_after_ms(1000);
     return r;
   }
-  // Admission control: work already out (leased or buffered) is trained within the next
-  // 1 + max_staleness batches; lending more would only produce stale groups.
-  int64_t budget = options_.prompts_per_update * (1 + options_.max_staleness) - table_.InFlight() -
+  // Admission control: a prompt leased now is sampled at version_ and trained after
+  // every prompt already out (leased or buffered, B per update) and after the batch in
+  // training, if one is. It must be trained by version_ + max_staleness, so at most
+  // 1 + max_staleness batches may be out, one fewer while a batch trains; lending more
+  // only makes groups that go stale waiting for their turn. (Before the batch in training
+  // was counted, the demo dropped a third of its groups that way.)
+  const int64_t batches_ahead = 1 + options_.max_staleness - (training_ ? 1 : 0);
+  int64_t budget = options_.prompts_per_update * batches_ahead - table_.InFlight() -
                    static_cast<int64_t>(buffer_.size());
   int64_t n = std::min<int64_t>(budget, std::max<uint32_t>(1, request.max_prompts()));
   if (n <= 0) {
@@ -376,12 +381,14 @@ std::optional<std::vector<v1::Group>> Coordinator::PopBatch(uint64_t version,
     buffer_.pop_front();
   }
   buffered_->Set(static_cast<double>(buffer_.size()));
+  training_ = true;
   return batch;
 }
 
 void Coordinator::SetVersion(uint64_t version) {
   absl::MutexLock lock(&mu_);
   version_ = version;
+  training_ = false;  // the batch PopBatch handed out is trained: version is its result
 }
 
 uint64_t Coordinator::version() const {

@@ -27,7 +27,8 @@
 //    they train at once with that reward. The learner owns this rule; the verifier only
 //    marks the outcome;
 //  - no lease is handed out while the work in flight would arrive too stale
-//    (in flight + buffered < prompts_per_update * (1 + max_staleness));
+//    (in flight + buffered < prompts_per_update * (1 + max_staleness), one batch less
+//    while a batch PopBatch handed out is training, until SetVersion);
 //  - expired leases are re-issued, so an actor that dies loses nothing;
 //  - Snapshot() is one consistent view for a checkpoint: a buffered group's place is
 //    done there, never also outstanding, so a resumed run does not train it twice.
@@ -105,7 +106,8 @@ class Coordinator {
 
   // Blocks until `prompts_per_update` accepted groups usable at `version` are buffered
   // (stale ones are dropped, counted, and their places given back for re-issue), or
-  // until `timeout`. nullopt on timeout.
+  // until `timeout`. nullopt on timeout. A batch handed out counts as training, for
+  // admission control, until the next SetVersion.
   std::optional<std::vector<v1::Group>> PopBatch(uint64_t version,
                                                  std::chrono::milliseconds timeout);
 
@@ -167,6 +169,8 @@ class Coordinator {
   uint64_t next_actor_ = 0 ABSL_GUARDED_BY(mu_);
   uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // A batch PopBatch handed out is being trained (until the next SetVersion).
+  bool training_ ABSL_GUARDED_BY(mu_) = false;
   Counts counts_ ABSL_GUARDED_BY(mu_);
   // Places rejected once and not accepted or dropped since. Not checkpointed: after a
   // resume such a place gets one more chance.

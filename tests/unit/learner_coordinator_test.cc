@@ -106,10 +106,11 @@ struct Harness {
 
   double Metric(const std::string& needle) {
     // The line of /metrics text that contains `needle` (name and labels), as a number.
-    const std::string text = metrics.Serialize();
-    size_t at = text.find(needle + " ");
+    // (At a line's start: the # HELP and # TYPE lines name it too.)
+    const std::string text = "\n" + metrics.Serialize();
+    size_t at = text.find("\n" + needle + " ");
     if (at == std::string::npos) return -1;
-    return std::stod(text.substr(at + needle.size() + 1));
+    return std::stod(text.substr(at + needle.size() + 2));
   }
 
   FakeSource source;
@@ -170,6 +171,7 @@ TEST(CoordinatorTest, ViewTakenWhileGroupsArriveNeverHoldsAPlaceTwice) {
     }
     submitter.join();
     ASSERT_TRUE(h.coordinator.PopBatch(0, milliseconds(0)).has_value());
+    h.coordinator.SetVersion(0);  // the batch is trained (the version kept, for this test)
   }
   EXPECT_EQ(doubles, 0u) << "over " << views << " views";
 }
@@ -285,6 +287,49 @@ TEST(CoordinatorTest, GroupStaleInTheBufferHasItsPlaceLeasedAgain) {
   ack = h.coordinator.Submit(h.Scored(leases[0], 0));
   ASSERT_TRUE(ack.ok()) << ack.status();
   EXPECT_EQ(ack->status(), v1::ACK_STALE);
+}
+
+// Admission: a prompt leased while a batch trains is trained one update later than one
+// leased while the learner waits, so one batch fewer may be out; with max_staleness 1
+// every group lent is trained, none goes stale waiting for its turn.
+TEST(CoordinatorTest, AdmissionCountsTheBatchInTraining) {
+  Harness h(Options(/*prompts_per_update=*/2, /*max_staleness=*/1));
+  // Waiting for groups at version 0: two batches may be out.
+  std::vector<v1::Lease> first = h.Lease(8);
+  ASSERT_EQ(first.size(), 4u);
+  EXPECT_TRUE(h.Lease(1).empty()) << "2 batches out at max_staleness 1";
+  for (const v1::Lease& l : first) ASSERT_TRUE(h.coordinator.Submit(h.Scored(l, 0)).ok());
+  ASSERT_TRUE(h.coordinator.PopBatch(0, milliseconds(0)).has_value());
+  // Training version 0 -> 1 with one batch buffered: nothing more may be lent, for a
+  // prompt lent now (sampled at 0) would be trained at version 2.
+  EXPECT_TRUE(h.Lease(2).empty()) << "one batch buffered and one training";
+  h.coordinator.SetVersion(1);
+  // Version 1, the buffered batch about to train: one more batch, sampled at 1.
+  std::vector<v1::Lease> second = h.Lease(8);
+  ASSERT_EQ(second.size(), 2u);
+  std::optional<std::vector<v1::Group>> batch = h.coordinator.PopBatch(1, milliseconds(0));
+  ASSERT_TRUE(batch.has_value());
+  EXPECT_EQ((*batch)[0].policy_version(), 0u);
+  EXPECT_TRUE(h.Lease(2).empty()) << "one batch leased and one training";
+  for (const v1::Lease& l : second) ASSERT_TRUE(h.coordinator.Submit(h.Scored(l, 1)).ok());
+  h.coordinator.SetVersion(2);
+  // At version 2 the batch sampled at 1 is within max_staleness: nothing went stale.
+  batch = h.coordinator.PopBatch(2, milliseconds(0));
+  ASSERT_TRUE(batch.has_value());
+  EXPECT_EQ((*batch)[0].policy_version(), 1u);
+  EXPECT_EQ(h.Metric("pmdrl_learner_groups_stale_in_buffer_total"), 0);
+}
+
+// Strictly on-policy: nothing is lent while a batch trains (it would be stale on arrival).
+TEST(CoordinatorTest, StrictOnPolicyLendsNothingWhileTraining) {
+  Harness h(Options(/*prompts_per_update=*/2, /*max_staleness=*/0));
+  std::vector<v1::Lease> leases = h.Lease(8);
+  ASSERT_EQ(leases.size(), 2u);
+  for (const v1::Lease& l : leases) ASSERT_TRUE(h.coordinator.Submit(h.Scored(l, 0)).ok());
+  ASSERT_TRUE(h.coordinator.PopBatch(0, milliseconds(0)).has_value());
+  EXPECT_TRUE(h.Lease(2).empty());
+  h.coordinator.SetVersion(1);
+  EXPECT_EQ(h.Lease(8).size(), 2u);
 }
 
 // ---- "Forever": a rejected group retires its lease; its place goes back once, then
