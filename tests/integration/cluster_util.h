@@ -20,6 +20,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -203,10 +204,43 @@ inline std::string TestConfig(const fs::path& run_dir, const std::string& extra 
   return y.str();
 }
 
+// Removes the FreshDir directories of a test that passed, when it ends (its children,
+// owned by the test or its fixture, are stopped by then); a failed test's stay, to be read.
+// PMDRL_KEEP_TEST_DIRS=1 keeps every one.
+class FreshDirRemover : public ::testing::EmptyTestEventListener {
+ public:
+  // The directories of the running test; the remover is registered on first use.
+  static std::vector<fs::path>& DirsOfThisTest() {
+    static FreshDirRemover* remover = [] {
+      auto* r = new FreshDirRemover;
+      ::testing::UnitTest::GetInstance()->listeners().Append(r);  // takes ownership
+      return r;
+    }();
+    return remover->dirs_;
+  }
+
+  void OnTestEnd(const ::testing::TestInfo& info) override {
+    if (info.result() != nullptr && info.result()->Passed() &&
+        std::getenv("PMDRL_KEEP_TEST_DIRS") == nullptr) {
+      for (const fs::path& d : dirs_) {
+        std::error_code ignored;
+        fs::remove_all(d, ignored);
+      }
+    }
+    dirs_.clear();
+  }
+
+ private:
+  std::vector<fs::path> dirs_;
+};
+
+// A new empty directory for one test, named after it and this process; removed when the
+// test passes (FreshDirRemover).
 inline fs::path FreshDir(const std::string& name) {
   fs::path d = fs::temp_directory_path() / ("pmdrl_it_" + name + "_" + std::to_string(getpid()));
   fs::remove_all(d);
   fs::create_directories(d);
+  FreshDirRemover::DirsOfThisTest().push_back(d);
   return d;
 }
 
