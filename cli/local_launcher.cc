@@ -92,7 +92,8 @@ class Launcher {
   absl::Status PrepareTls();
   absl::StatusOr<Child> Start(const std::string& name, std::vector<std::string> argv, int port,
                               int metrics_port);
-  // Polls GetStatus until it answers. kFinished here means "ready".
+  // Polls GetStatus until it answers. kFinished here means "ready". A learner (or rank)
+  // killed meanwhile is restarted as in Supervise, while local.restarts allows.
   Outcome WaitForLearner();
   Outcome Supervise();
   // wait_for_ready: wait (up to the timeout) for the connection instead of failing
@@ -268,8 +269,20 @@ Launcher::Outcome Launcher::WaitForLearner() {
   const int timeout_s = 60 + 30 * static_cast<int>(learner_ranks_.size());
   Clock::time_point deadline = Clock::now() + std::chrono::seconds(timeout_s);
   while (true) {
+    // A learner killed while it loads (local.restarts) starts again, as it would later:
+    // with several ranks all of them, since the others wait for it at the rendezvous.
+    absl::StatusOr<bool> regrouped = RestartKilledLearnerGroup();
+    if (!regrouped.ok()) {
+      console_.Error("{}", std::string(regrouped.status().message()));
+      return Outcome::kFailed;
+    }
+    if (*regrouped) deadline = Clock::now() + std::chrono::seconds(timeout_s);
     if (!CheckLearnerRanks()) return Outcome::kFailed;
     if (Reap(learner_)) {
+      if (plan_.learners == 1 && Restart(learner_)) {
+        deadline = Clock::now() + std::chrono::seconds(timeout_s);
+        continue;
+      }
       console_.Error("learner exited during start-up ({}); last lines of {}:\n{}",
                      DescribeWaitStatus(learner_.wait_status), learner_.log_path,
                      LogTail(learner_.log_path, 20));

@@ -160,13 +160,14 @@ inline std::vector<std::map<std::string, std::string>> ReadCsv(const fs::path& p
   return rows;
 }
 
-// Polls `pred` every 100 ms until it holds or `timeout` passes.
+// Polls `pred` every `every` (100 ms) until it holds or `timeout` passes.
 template <typename F>
-bool WaitFor(F pred, std::chrono::seconds timeout) {
+bool WaitFor(F pred, std::chrono::seconds timeout,
+             std::chrono::milliseconds every = std::chrono::milliseconds(100)) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::this_thread::sleep_for(every);
   }
   return pred();
 }

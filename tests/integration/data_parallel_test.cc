@@ -74,16 +74,34 @@ TEST(DataParallelCluster, DeadRankStopsTheOthers) {
   EXPECT_NE(log.find("another learner rank died"), std::string::npos) << log;
 }
 
-// With local.restarts, a killed rank takes its peers down and every rank starts again
-// from the last complete checkpoint: rank 1 killed (rank 0 then fails its collective),
-// then rank 0 (rank 1 fails), and the run still ends normally, each place trained once.
+// The pid in local.log's "started <name> (pid N" line, or 0 while there is none.
+pid_t StartedPid(const fs::path& log, const std::string& name) {
+  const std::string text = ReadAll(log);
+  const std::string key = "started " + name + " (pid ";
+  const size_t at = text.find(key);
+  if (at == std::string::npos) return 0;
+  return static_cast<pid_t>(std::atoi(text.c_str() + at + key.size()));
+}
+
+// With local.restarts, a killed rank takes its peers down and every rank starts again:
+// rank 1 killed as it starts (rank 0 waits for it at the rendezvous), then rank 1 again
+// (rank 0 then fails its collective) and rank 0 (rank 1 fails) from the last complete
+// checkpoint, and the run still ends normally, each place trained once.
 TEST(DataParallelCluster, KilledRankRestartsTheGroup) {
   DpRun r = MakeRun("dprestart");
   constexpr int kUpdates = 12;
-  Child local(Local(r, {"--learners", "2", "--local.restarts=2",
+  Child local(Local(r, {"--learners", "2", "--local.restarts=3",
                         "--learner.updates=" + std::to_string(kUpdates),
                         "--learner.collective_timeout_seconds=5"}),
               (r.dir / "local.log").string());
+  // Within milliseconds of its start line, long before it has loaded LibTorch and its
+  // model, so before the cluster is up (checked below: the verifiers start after).
+  pid_t starting_rank1 = 0;
+  ASSERT_TRUE(
+      WaitFor([&] { return (starting_rank1 = StartedPid(r.dir / "local.log", "learner-1")) > 1; },
+              seconds(60), std::chrono::milliseconds(5)))
+      << ReadAll(r.dir / "local.log");
+  ASSERT_EQ(kill(starting_rank1, SIGKILL), 0);
   auto pids = [&] {
     auto cluster = nlohmann::json::parse(ReadAll(r.run / "cluster.json"));
     return std::make_pair(cluster["learners"][0]["pid"].get<pid_t>(),
@@ -103,6 +121,11 @@ TEST(DataParallelCluster, KilledRankRestartsTheGroup) {
   const std::string out = ReadAll(r.dir / "local.log");
   ASSERT_TRUE(rc.has_value()) << "pmdrl local did not finish\n" << out;
   ASSERT_EQ(*rc, 0) << out;
+  const size_t at_startup = out.find(
+      "learner-1 was killed (signal 9): restarting all 2 learner ranks from the start (no "
+      "checkpoint yet)");
+  ASSERT_NE(at_startup, std::string::npos) << out;
+  EXPECT_LT(at_startup, out.find("started verifier-0")) << "killed during start-up\n" << out;
   for (const char* killed : {"learner-1", "learner"}) {
     EXPECT_NE(out.find(absl::StrCat(killed,
                                     " was killed (signal 9): restarting all 2 learner "
