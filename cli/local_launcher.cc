@@ -93,7 +93,7 @@ class Launcher {
   absl::StatusOr<Child> Start(const std::string& name, std::vector<std::string> argv, int port,
                               int metrics_port);
   // Polls GetStatus until it answers. kFinished here means "ready". A learner (or rank)
-  // killed meanwhile is restarted as in Supervise, while local.restarts allows.
+  // SIGKILLed meanwhile is restarted as in Supervise, while local.restarts allows.
   Outcome WaitForLearner();
   Outcome Supervise();
   // wait_for_ready: wait (up to the timeout) for the connection instead of failing
@@ -104,14 +104,16 @@ class Launcher {
   bool CheckChildren();
   // Starts `c` again after it was killed by a signal (not by us: we reap our own), when
   // local.restarts has some left: an actor or verifier as it was, the learner (one rank
-  // only) with learner.resume=auto once a checkpoint exists. False: not restarted.
+  // only) with learner.resume=auto once a checkpoint exists. Never once the launcher
+  // itself was asked to stop. False: not restarted.
   bool Restart(Child& c);
   // Several learner ranks live and die together: no collective goes on without every
   // rank. When one was killed by a signal and local.restarts has some left, SIGKILLs the
   // others and starts every rank again (learner.resume=auto once a checkpoint exists),
   // which costs one restart. True: restarted; false: nothing to do; an error: a rank
-  // could not be started.
-  absl::StatusOr<bool> RestartKilledLearnerGroup();
+  // could not be started. `starting` (the ranks are still loading): SIGKILL only (kill
+  // -9, the OOM killer); another signal then is a crash that would come again.
+  absl::StatusOr<bool> RestartKilledLearnerGroup(bool starting);
   // Whether run.dir holds a complete checkpoint for a restarted learner to resume from.
   bool HasCheckpoint() const;
   // A fresh GetStatus channel to a restarted rank 0.
@@ -269,9 +271,10 @@ Launcher::Outcome Launcher::WaitForLearner() {
   const int timeout_s = 60 + 30 * static_cast<int>(learner_ranks_.size());
   Clock::time_point deadline = Clock::now() + std::chrono::seconds(timeout_s);
   while (true) {
-    // A learner killed while it loads (local.restarts) starts again, as it would later:
-    // with several ranks all of them, since the others wait for it at the rendezvous.
-    absl::StatusOr<bool> regrouped = RestartKilledLearnerGroup();
+    // A learner SIGKILLed while it loads (local.restarts) starts again, as it would
+    // later: with several ranks all of them, since the others wait for it at the
+    // rendezvous. Another signal this early is a crash that would only come again.
+    absl::StatusOr<bool> regrouped = RestartKilledLearnerGroup(/*starting=*/true);
     if (!regrouped.ok()) {
       console_.Error("{}", std::string(regrouped.status().message()));
       return Outcome::kFailed;
@@ -279,7 +282,8 @@ Launcher::Outcome Launcher::WaitForLearner() {
     if (*regrouped) deadline = Clock::now() + std::chrono::seconds(timeout_s);
     if (!CheckLearnerRanks()) return Outcome::kFailed;
     if (Reap(learner_)) {
-      if (plan_.learners == 1 && Restart(learner_)) {
+      if (plan_.learners == 1 && WIFSIGNALED(learner_.wait_status) &&
+          WTERMSIG(learner_.wait_status) == SIGKILL && Restart(learner_)) {
         deadline = Clock::now() + std::chrono::seconds(timeout_s);
         continue;
       }
@@ -342,7 +346,11 @@ bool Launcher::CheckChildren() {
 }
 
 bool Launcher::Restart(Child& c) {
-  if (!WIFSIGNALED(c.wait_status) || restarts_left_ <= 0) return false;
+  // After Ctrl-C the terminal's SIGINT may have killed a child that had no handler yet:
+  // the cluster is stopping, nothing starts again.
+  if (!WIFSIGNALED(c.wait_status) || restarts_left_ <= 0 || LauncherStopSignal() != 0) {
+    return false;
+  }
   std::vector<std::string> argv = c.argv;
   if (&c == &learner_ && HasCheckpoint()) AddResumeFlag(&argv);
   --restarts_left_;
@@ -368,8 +376,8 @@ void Launcher::ReconnectToLearner() {
   stub_ = v1::Coordinator::NewStub(channel_);
 }
 
-absl::StatusOr<bool> Launcher::RestartKilledLearnerGroup() {
-  if (learner_ranks_.empty() || restarts_left_ <= 0) return false;
+absl::StatusOr<bool> Launcher::RestartKilledLearnerGroup(bool starting) {
+  if (learner_ranks_.empty() || restarts_left_ <= 0 || LauncherStopSignal() != 0) return false;
   std::vector<Child*> ranks = {&learner_};
   for (Child& c : learner_ranks_) ranks.push_back(&c);
   // Peeked, not reaped: when no rank was killed, CheckLearnerRanks and CheckChildren
@@ -384,7 +392,7 @@ absl::StatusOr<bool> Launcher::RestartKilledLearnerGroup() {
       break;
     }
   }
-  if (killed == nullptr) return false;
+  if (killed == nullptr || (starting && signal != SIGKILL)) return false;
   const std::string killed_name = killed->name;
   for (Child* c : ranks) KillAndReap(*c);
   --restarts_left_;
@@ -428,7 +436,7 @@ bool Launcher::CheckLearnerRanks() {
 Launcher::Outcome Launcher::Supervise() {
   int failures = 0;
   while (true) {
-    absl::StatusOr<bool> regrouped = RestartKilledLearnerGroup();
+    absl::StatusOr<bool> regrouped = RestartKilledLearnerGroup(/*starting=*/false);
     if (!regrouped.ok()) {
       console_.Error("{}", std::string(regrouped.status().message()));
       return Outcome::kFailed;

@@ -128,10 +128,12 @@ absl::StatusOr<v1::LeasePromptsResponse> Coordinator::LeasePrompts(
   }
   // Admission control: a prompt leased now is sampled at version_ and trained after
   // every prompt already out (leased or buffered, B per update) and after the batch in
-  // training, if one is. It must be trained by version_ + max_staleness, so at most
-  // 1 + max_staleness batches may be out, one fewer while a batch trains; lending more
-  // only makes groups that go stale waiting for their turn. (Before the batch in training
-  // was counted, the demo dropped a third of its groups that way.)
+  // training, if one is (PopBatch takes groups in arrival order, so this holds while
+  // they come back in lease order). It must be trained by version_ + max_staleness, so
+  // at most 1 + max_staleness batches may be out, one fewer while a batch trains; lending
+  // more only makes groups that go stale waiting for their turn. (Before the batch in
+  // training was counted, the demo dropped a third of its groups that way; a group
+  // overtaken by later ones still can go stale, and is counted.)
   const int64_t batches_ahead = 1 + options_.max_staleness - (training_ ? 1 : 0);
   int64_t budget = options_.prompts_per_update * batches_ahead - table_.InFlight() -
                    static_cast<int64_t>(buffer_.size());

@@ -238,7 +238,7 @@ TEST(LocalCluster, SigkillActorTrainingGoesOn) {
   LocalRun r = MakeRun("killactor", "");
   // The run ends on time (learner.max_seconds), not on an update count, so it is still
   // going whenever the actor is caught, however fast this machine is.
-  Child local(LocalArgs(r, {"--learner.updates=1000000", "--learner.max_seconds=45",
+  Child local(LocalArgs(r, {"--learner.updates=1000000", "--learner.max_seconds=60",
                             "--learner.lease_ttl_seconds=2", "--learner.max_staleness=0",
                             "--learner.checkpoint_every=0", "--actor.prompts_per_batch=16"}),
               (r.dir / "local.log").string());
@@ -266,6 +266,14 @@ TEST(LocalCluster, SigkillActorTrainingGoesOn) {
   const pid_t other = cluster["actors"][1]["pid"].get<pid_t>();
   ASSERT_GT(other, 1);
   ASSERT_EQ(kill(other, SIGSTOP), 0);
+  // Whatever happens below, neither actor is left stopped (its SIGTERM would wait).
+  struct Continue {
+    pid_t a, b;
+    ~Continue() {
+      kill(a, SIGCONT);
+      kill(b, SIGCONT);
+    }
+  } continue_both{victim, other};
   // Catch the actor holding leases, freeze it, and check that it still holds them once
   // what it had already sent has been classified; then kill it: those leases can only
   // come back through expiry and re-issue. (A lease of this tiny model lives a few
@@ -275,10 +283,10 @@ TEST(LocalCluster, SigkillActorTrainingGoesOn) {
   const auto give_up = std::chrono::steady_clock::now() + seconds(25);
   while (held <= 0 && std::chrono::steady_clock::now() < give_up) {
     if (probe.HeldBy("actor-0") <= 0) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
       continue;
     }
-    ASSERT_EQ(kill(victim, SIGSTOP), 0);
+    if (kill(victim, SIGSTOP) != 0) break;  // gone: reported below
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     held = probe.HeldBy("actor-0");
     if (held <= 0) kill(victim, SIGCONT);
