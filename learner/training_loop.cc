@@ -338,6 +338,7 @@ absl::StatusOr<std::string> TrainingLoop::Impl::WriteCheckpointNow(bool regather
 
 absl::Status TrainingLoop::Impl::Finish() {
   const bool stopped = StopRequested();
+  coordinator.CloseAdmission();  // no batch is trained after this
   // The final checkpoint below runs after the other ranks have stopped: gather first.
   absl::Status final_gathered;
   if (last_checkpoint_update != update) final_gathered = GatherOptimizer();
@@ -486,6 +487,9 @@ absl::StatusOr<bool> TrainingLoop::Step(std::chrono::milliseconds wait) {
   if (!stats.ok()) return stats.status();
   ++m.update;
   ++m.version;
+  // The last update: the version published below must not open the coordinator's budget
+  // for a batch that is never trained (those leases would postdate the final checkpoint).
+  if (m.update >= m.config.learner.updates) m.coordinator.CloseAdmission();
   // The ledger row goes first: a run that cannot record what it trained stops here.
   if (absl::Status s = m.ledger.Append(m.update, *batch); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("update ", m.update, ": ", s.message()));

@@ -126,6 +126,10 @@ absl::StatusOr<v1::LeasePromptsResponse> Coordinator::LeasePrompts(
     r.set_retry_after_ms(1000);
     return r;
   }
+  if (admission_closed_) {  // no batch will be trained again: a lease would be wasted
+    r.set_retry_after_ms(1000);
+    return r;
+  }
   // Admission control: a prompt leased now is sampled at version_ and trained after
   // every prompt already out (leased or buffered, B per update) and after the batch in
   // training, if one is (PopBatch takes groups in arrival order, so this holds while
@@ -396,6 +400,11 @@ void Coordinator::SetVersion(uint64_t version) {
 uint64_t Coordinator::version() const {
   absl::MutexLock lock(&mu_);
   return version_;
+}
+
+void Coordinator::CloseAdmission() {
+  absl::MutexLock lock(&mu_);
+  admission_closed_ = true;
 }
 
 void Coordinator::Finish() {

@@ -113,6 +113,11 @@ class Coordinator {
 
   void SetVersion(uint64_t version);
   uint64_t version() const;
+  // No batch will be popped again (the last update is trained, or the loop is ending):
+  // nothing more is lent, so no place is leased after the final checkpoint's snapshot
+  // (SetVersion would otherwise open the budget for a batch that never comes). Actors
+  // are told the run is over only by Finish.
+  void CloseAdmission();
   // The run is over: actors are told to stop; late groups are still answered.
   void Finish();
   bool finished() const;
@@ -171,6 +176,7 @@ class Coordinator {
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   // A batch PopBatch handed out is being trained (until the next SetVersion).
   bool training_ ABSL_GUARDED_BY(mu_) = false;
+  bool admission_closed_ ABSL_GUARDED_BY(mu_) = false;  // CloseAdmission was called
   Counts counts_ ABSL_GUARDED_BY(mu_);
   // Places rejected once and not accepted or dropped since. Not checkpointed: after a
   // resume such a place gets one more chance.

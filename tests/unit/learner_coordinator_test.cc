@@ -332,6 +332,21 @@ TEST(CoordinatorTest, StrictOnPolicyLendsNothingWhileTraining) {
   EXPECT_EQ(h.Lease(8).size(), 2u);
 }
 
+// After the last update nothing is lent: the version it publishes would otherwise open
+// the budget for a batch never trained, and those places would postdate the final
+// checkpoint. A group already out is still answered.
+TEST(CoordinatorTest, ClosedAdmissionLendsNothing) {
+  Harness h(Options(/*prompts_per_update=*/2, /*max_staleness=*/1));
+  std::vector<v1::Lease> leases = h.Lease(2);
+  ASSERT_EQ(leases.size(), 2u);
+  h.coordinator.CloseAdmission();
+  h.coordinator.SetVersion(1);
+  EXPECT_TRUE(h.Lease(2).empty());
+  absl::StatusOr<v1::GroupAck> ack = h.coordinator.Submit(h.Scored(leases[0], 1));
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->status(), v1::ACK_ACCEPTED);
+}
+
 // ---- "Forever": a rejected group retires its lease; its place goes back once, then
 // it is dropped.
 
