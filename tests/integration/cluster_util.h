@@ -41,6 +41,13 @@ inline std::string ReadAll(const fs::path& p) {
   return ss.str();
 }
 
+// A one-line file (a token, checkpoints/latest) without its trailing newline or blanks.
+inline std::string ReadLine(const fs::path& p) {
+  std::string s = ReadAll(p);
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
 // A child process with its output in a file. Killed (SIGKILL, by pid) if still running
 // when destroyed.
 class Child {

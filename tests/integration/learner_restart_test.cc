@@ -20,8 +20,7 @@ constexpr char kToken[] = "learner-restart-token";
 
 // The update of the newest complete checkpoint (checkpoints/latest names its folder).
 std::optional<int64_t> CheckpointUpdate(const fs::path& run) {
-  std::string name = ReadAll(run / "checkpoints" / "latest");
-  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  std::string name = ReadLine(run / "checkpoints" / "latest");
   if (name.empty()) return std::nullopt;
   std::string manifest = ReadAll(run / "checkpoints" / name / "manifest.json");
   nlohmann::json j = nlohmann::json::parse(manifest, nullptr, /*allow_exceptions=*/false);

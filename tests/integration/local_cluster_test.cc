@@ -149,8 +149,7 @@ class LeaseProbe {
  public:
   explicit LeaseProbe(const fs::path& run) {
     auto cluster = nlohmann::json::parse(ReadAll(run / "cluster.json"));
-    token_ = ReadAll(run / "token");
-    while (!token_.empty() && token_.back() == '\n') token_.pop_back();
+    token_ = ReadLine(run / "token");
     // `pmdrl local` runs mutual TLS by default: this client shows the run's certificate.
     TlsFiles tls;
     if (cluster.contains("tls")) {
@@ -212,9 +211,7 @@ void ExpectLearnerPortIsMutualTls(const fs::path& run) {
   auto status_over = [&](std::shared_ptr<grpc::ChannelCredentials> credentials) {
     auto stub = v1::Coordinator::NewStub(grpc::CreateChannel(address, credentials));
     grpc::ClientContext ctx;
-    std::string token = ReadAll(run / "token");
-    while (!token.empty() && token.back() == '\n') token.pop_back();
-    AddBearer(&ctx, token);
+    AddBearer(&ctx, ReadLine(run / "token"));
     ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
     v1::StatusResponse status;
     return stub->GetStatus(&ctx, v1::GetStatusRequest(), &status);
@@ -330,8 +327,7 @@ TEST(LocalCluster, LearnerKilledAndResumed) {
     ASSERT_TRUE(rc.has_value());
     EXPECT_NE(*rc, 0) << "a dead learner fails the run";
   }
-  std::string latest = ReadAll(run / "checkpoints" / "latest");
-  while (!latest.empty() && latest.back() == '\n') latest.pop_back();
+  std::string latest = ReadLine(run / "checkpoints" / "latest");
   auto saved = nlohmann::json::parse(ReadAll(run / "checkpoints" / latest / "trainer_state.json"));
   int64_t saved_update = saved["update"].get<int64_t>();
   uint64_t saved_version = saved["version"].get<uint64_t>();

@@ -145,8 +145,7 @@ TEST(MathCluster, TrainsOnJsonlWithTheBpeTokenizerAndTheMathGrader) {
   // The final checkpoint is a complete model directory.
   const fs::path latest = run / "checkpoints" / "latest";
   ASSERT_TRUE(fs::exists(latest));
-  std::string name = ReadAll(latest);
-  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  std::string name = ReadLine(latest);
   fs::path ckpt = fs::is_directory(latest) ? latest : run / "checkpoints" / name;
   absl::StatusOr<CausalLM> loaded = LoadModelDir(ckpt.string());
   ASSERT_TRUE(loaded.ok()) << loaded.status();
