@@ -41,7 +41,7 @@ inline std::string ReadAll(const fs::path& p) {
   return ss.str();
 }
 
-// A one-line file (a token, checkpoints/latest) without its trailing newline or blanks.
+// A one-line file (checkpoints/latest) without its trailing newline or blanks.
 inline std::string ReadLine(const fs::path& p) {
   std::string s = ReadAll(p);
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();

@@ -149,7 +149,9 @@ class LeaseProbe {
  public:
   explicit LeaseProbe(const fs::path& run) {
     auto cluster = nlohmann::json::parse(ReadAll(run / "cluster.json"));
-    token_ = ReadLine(run / "token");
+    absl::StatusOr<std::string> token = LoadToken((run / "token").string());
+    EXPECT_TRUE(token.ok()) << token.status();
+    token_ = token.value_or("");
     // `pmdrl local` runs mutual TLS by default: this client shows the run's certificate.
     TlsFiles tls;
     if (cluster.contains("tls")) {
@@ -208,10 +210,12 @@ void ExpectLearnerPortIsMutualTls(const fs::path& run) {
   EXPECT_NE(handshake.find("CONNECTION ESTABLISHED"), std::string::npos) << handshake;
   EXPECT_NE(handshake.find("Verification: OK"), std::string::npos) << handshake;
 
+  absl::StatusOr<std::string> token = LoadToken((run / "token").string());
+  ASSERT_TRUE(token.ok()) << token.status();
   auto status_over = [&](std::shared_ptr<grpc::ChannelCredentials> credentials) {
     auto stub = v1::Coordinator::NewStub(grpc::CreateChannel(address, credentials));
     grpc::ClientContext ctx;
-    AddBearer(&ctx, ReadLine(run / "token"));
+    AddBearer(&ctx, *token);
     ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
     v1::StatusResponse status;
     return stub->GetStatus(&ctx, v1::GetStatusRequest(), &status);
